@@ -1,0 +1,41 @@
+# The two commands: `make run` (serve the bundled model on 127.0.0.1:8000) and `make test`.
+# Both create .venv on first use; re-install only when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+ARGS   ?=
+
+.PHONY: run test test-fast lint services bench clean
+
+$(VENV)/.run-installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	@touch $@
+
+$(VENV)/.dev-installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	@touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed
+	$(VENV)/bin/vqa serve $(ARGS)
+
+# Services the tests need (redis-server, Chromium): installed from Debian if missing.
+services:
+	@bash scripts/install-test-services.sh
+
+test: $(VENV)/.dev-installed services
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(VENV)/.dev-installed
+	$(PY) -m pytest -m "unit" $(ARGS)
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from vqaserve.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""A deterministic engine for tests and demos: scripted answers, delays and faults on demand.
+
+Answers come from rules matched against the last user text (first match wins), else an echo of the
+form "answer to: <question>". Faults are triggered by markers in the question so a single request
+inside a batch can fail alone:
+    [[raise]]  -> EngineFailure for that request        [[oom]] -> EngineFailure("out of memory")
+    [[sleep:S]] -> that request takes S more seconds     [[say:TEXT]] -> answers TEXT verbatim
+It records every batch it saw, every request that was told to stop, and counts generations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from vqaserve.engines.base import Engine, EngineInfo
+from vqaserve.errors import EngineFailure, VQAError
+from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
+
+_SLEEP = re.compile(r"\[\[sleep:([0-9.]+)\]\]")
+_SAY = re.compile(r"\[\[say:(.*?)\]\]", re.DOTALL)
+
+
+@dataclass
+class ScriptedEngine(Engine):
+    model_id: str = "scripted"
+    rules: dict[str, str] = field(default_factory=dict)  # substring of question -> answer
+    delay_s: float = 0.0  # per generate() call
+    token_delay_s: float = 0.0  # per streamed word
+    adapter_names: list[str] = field(default_factory=list)
+    extra: dict[str, object] = field(default_factory=dict)
+    batches: list[list[str]] = field(default_factory=list)  # request ids per generate() call
+    stopped: list[str] = field(default_factory=list)  # request ids whose stop signal was seen
+    generations: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    name = "scripted"
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(model_id=self.model_id, dtype="none", device="cpu", max_context=4096,
+                          adapters=list(self.adapter_names), extra=dict(self.extra))
+
+    def reply(self, request: EngineRequest) -> str:
+        question = ""
+        for turn in reversed(request.turns):
+            if turn.role == "user":
+                question = turn.text
+                break
+        said = _SAY.search(question)
+        if said:
+            return said.group(1)
+        for needle, answer in self.rules.items():
+            if needle in question:
+                return answer
+        prefix = f"[{request.adapter}] " if request.adapter else ""
+        images = len(request.images)
+        return f"{prefix}answer to: {question.strip()}" + (f" ({images} image)" if images else "")
+
+    async def _one(self, request: EngineRequest) -> EngineResult | VQAError:
+        question = " ".join(t.text for t in request.turns if t.role == "user")
+        if "[[raise]]" in question:
+            return EngineFailure("the engine failed on this request; retry", retry_after=1)
+        if "[[oom]]" in question:
+            return EngineFailure("the engine ran out of memory; retry with fewer or smaller images",
+                                 retry_after=1)
+        m = _SLEEP.search(question)
+        if m:
+            end = time.monotonic() + float(m.group(1))
+            while time.monotonic() < end:
+                if request.should_stop():
+                    with self._lock:
+                        self.stopped.append(request.request_id)
+                    return EngineFailure("generation stopped")
+                await asyncio.sleep(0.01)
+        text = self.reply(request)
+        words = len(text.split())
+        return EngineResult(text=text, finish_reason="stop",
+                            usage=Usage(prompt_tokens=len(question.split()) + 10 * len(request.images),
+                                        completion_tokens=words))
+
+    async def generate(self, batch: Sequence[EngineRequest]) -> list[EngineResult | VQAError]:
+        with self._lock:
+            self.batches.append([r.request_id for r in batch])
+            self.generations += len(batch)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return list(await asyncio.gather(*(self._one(r) for r in batch)))
+
+    async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
+        (result,) = await self.generate([request])
+        if isinstance(result, VQAError):
+            raise result
+        words = result.text.split(" ")
+        for i, word in enumerate(words):
+            if request.should_stop():
+                with self._lock:
+                    self.stopped.append(request.request_id)
+                return
+            if self.token_delay_s:
+                await asyncio.sleep(self.token_delay_s)
+            piece = word if i == 0 else " " + word
+            if i == len(words) - 1:
+                yield StreamDelta(text=piece, finish_reason=result.finish_reason, usage=result.usage)
+            else:
+                yield StreamDelta(text=piece)

@@ -1,0 +1,203 @@
+"""Images: read (bytes, data: URI / base64, local path, URL via fetch.py), decode safely, normalize, hash.
+
+Every image becomes RGB, EXIF-upright, fitted to the pixel budget with Qwen's smart-resize rules
+(both sides multiples of 32 px, so the processor never resizes again) and hashed over its normalized
+pixels *and* their width, height and mode, so the same photo in another container hashes alike while
+the same bytes in another shape do not.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import math
+import re
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from vqaserve.errors import FetchRefused, ImageTooLarge, InvalidImage, PayloadTooLarge, UnsupportedFormat
+from vqaserve.types import ImageRef, NormalizedImage
+
+if TYPE_CHECKING:
+    from vqaserve.settings import Settings
+
+FACTOR = 32  # one visual token per 32x32 pixels (patch 16, merge 2)
+MAX_ASPECT = 200  # Qwen's limit; beyond it the resize would be meaningless
+ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF"}
+ALLOWED_MIME = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/gif"}
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)"
+                       r"(?P<b64>;base64)?,", re.IGNORECASE)
+
+# Pillow must never try to "repair" a truncated file into a half-grey picture: refuse it instead.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int,
+                 factor: int = FACTOR) -> tuple[int, int]:
+    """Qwen2/3-VL smart resize: keep aspect ratio, sides multiples of `factor`, area within budget."""
+    if height <= 0 or width <= 0:
+        raise InvalidImage("image has zero width or height")
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise InvalidImage(f"image aspect ratio is over {MAX_ASPECT}:1; crop it to something less extreme")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def content_hash(image: Image.Image) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{image.width}x{image.height}:{image.mode}:".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def decode_data_uri(value: str, name: str, max_bytes: int) -> bytes:
+    """A `data:image/...;base64,` URI (or bare base64) -> bytes, checked before decoding."""
+    if len(value) > max_bytes * 4 // 3 + 64:
+        raise PayloadTooLarge(f"{name}: base64 image is larger than {max_bytes} bytes; send a smaller image",
+                              param=name)
+    payload = value
+    m = _DATA_URI.match(value)
+    if value[:5].lower() == "data:":
+        if not m or not m.group("b64"):
+            raise InvalidImage(f"{name}: data URI must look like data:image/png;base64,<data>", param=name)
+        mime = (m.group("mime") or "").lower()
+        if mime not in ALLOWED_MIME:
+            raise UnsupportedFormat(f"{name}: data URI type {mime or 'missing'!r} is not supported; "
+                                    "use image/jpeg, image/png, image/webp, image/bmp or image/gif", param=name)
+        payload = value[m.end():]
+    payload = re.sub(r"\s+", "", payload)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImage(f"{name}: invalid base64 data; encode the image bytes with standard base64",
+                           param=name) from None
+
+
+def read_path(path_str: str, name: str, root: str | None) -> bytes:
+    path = Path(path_str).expanduser()
+    if root is not None:
+        base = Path(root).resolve()
+        try:
+            path.resolve().relative_to(base)
+        except ValueError:
+            raise FetchRefused(f"{name}: local files are only served from the configured image folder",
+                               param=name) from None
+    if not path.exists():
+        raise InvalidImage(f"image file not found: {name}", param=name)
+    if not path.is_file():
+        raise InvalidImage(f"{name} is not a file; give the path of an image file", param=name)
+    return path.read_bytes()
+
+
+async def read_ref(ref: ImageRef, settings: Settings, fetcher: Any = None) -> bytes:
+    """The raw bytes behind an image reference (no decoding yet)."""
+    max_bytes = settings.images.max_body_bytes
+    if ref.kind == "bytes":
+        data = ref.payload if isinstance(ref.payload, bytes) else ref.payload.encode()
+    elif ref.kind == "data":
+        data = decode_data_uri(str(ref.payload), ref.name, max_bytes)
+    elif ref.kind == "path":
+        data = read_path(str(ref.payload), ref.name, settings.images.local_image_dir)
+    elif ref.kind == "url":
+        if fetcher is None:
+            raise FetchRefused(f"{ref.name}: image URLs are not enabled here; send the image inline",
+                               param=ref.name)
+        data = await fetcher.load(ref)
+    else:  # pragma: no cover - ImageRef.kind is a closed set
+        raise InvalidImage(f"{ref.name}: unknown image reference")
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"{ref.name}: image is larger than {max_bytes} bytes", param=ref.name)
+    return data
+
+
+def _open_checked(data: bytes, max_image_pixels: int, name: str) -> Image.Image:
+    """Open lazily and check format and declared size *before* any pixel is decoded."""
+    if not data:
+        raise InvalidImage(f"{name}: could not decode image: the file is empty", param=name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=None)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"{name}: image has more than the {max_image_pixels:,} pixel limit; "
+                            "send a smaller image", param=name) from None
+    except UnidentifiedImageError:
+        raise InvalidImage(f"{name}: could not decode image: not a supported image file", param=name) from None
+    except Exception:
+        raise InvalidImage(f"{name}: could not decode image: the header is damaged", param=name) from None
+    if image.format not in ALLOWED_FORMATS:
+        fmt = image.format or "unknown"
+        image.close()
+        raise UnsupportedFormat(f"{name}: {fmt} images are not supported; send JPEG, PNG, WEBP, BMP or GIF",
+                                param=name)
+    w, h = image.size
+    if w <= 0 or h <= 0:
+        raise InvalidImage(f"{name}: image has zero width or height", param=name)
+    if w * h > max_image_pixels:
+        raise ImageTooLarge(f"{name}: image is {w}x{h} = {w * h:,} pixels, over the {max_image_pixels:,} "
+                            "pixel limit; send a smaller image", param=name)
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Transparent images go on white (what a shop page shows); everything else to RGB."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode != "RGB":
+        return image.convert("RGB")
+    return image
+
+
+def normalize(data: bytes, min_pixels: int, max_pixels: int, max_image_pixels: int,
+              name: str = "image") -> NormalizedImage:
+    """Decode bytes into a NormalizedImage within the budget, or raise a clear InvalidImage."""
+    image = _open_checked(data, max_image_pixels, name)
+    original = image.size
+    try:
+        if image.format == "GIF":
+            image.seek(0)  # first frame only; never walk thousands of frames
+        orientation = image.getexif().get(0x0112, 1) if image.format in ("JPEG", "WEBP") else 1
+        if image.format == "JPEG":
+            # Reduced-size DCT decoding: a 12 MP photo decodes at 1/2..1/8 scale, still >= the target.
+            sw, sh = image.size
+            th, tw = smart_resize(sh, sw, min_pixels, max_pixels)
+            image.draft("RGB", (tw, th))
+        image.load()
+    except (InvalidImage, ImageTooLarge):
+        raise
+    except Exception:
+        raise InvalidImage(f"{name}: could not decode image: the data is truncated or corrupt",
+                           param=name) from None
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image) or image
+    image = _to_rgb(image)
+    th, tw = smart_resize(image.height, image.width, min_pixels, max_pixels)
+    if (tw, th) != image.size:
+        image = image.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return NormalizedImage(image=image, content_hash=content_hash(image), width=tw, height=th,
+                           original_size=original, source=name)
+
+
+def load_image_file(path: str, min_pixels: int, max_pixels: int,
+                    max_image_pixels: int = 64_000_000) -> NormalizedImage:
+    """Convenience for scripts and training: a local file -> NormalizedImage."""
+    return normalize(read_path(path, path, None), min_pixels, max_pixels, max_image_pixels, path)

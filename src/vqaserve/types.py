@@ -1,0 +1,185 @@
+"""The data that travels along the one request path (see pipeline.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "content_filter"]
+CacheStatus = Literal["hit", "miss", "bypass"]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image as the client sent it, not yet fetched or decoded.
+
+    kind: "bytes" (upload), "data" (data: URI or bare base64), "url" (http/https), "path" (local file).
+    """
+
+    kind: Literal["bytes", "data", "url", "path"]
+    payload: bytes | str
+    name: str = "image"  # how errors refer to it, e.g. "messages[0].content[1].image_url"
+
+
+@dataclass(frozen=True)
+class NormalizedImage:
+    """A decoded, validated, RGB image fitted to the pixel budget, with its content hash."""
+
+    image: Image.Image
+    content_hash: str  # over the normalized pixels + width, height, mode
+    width: int
+    height: int
+    original_size: tuple[int, int]
+    source: str = "image"
+
+    @property
+    def visual_tokens(self) -> int:
+        return (self.width // 32) * (self.height // 32)
+
+
+@dataclass
+class Part:
+    """One piece of a turn: text, or an image (a ref before resolution, a NormalizedImage after)."""
+
+    text: str | None = None
+    image_ref: ImageRef | None = None
+    image: NormalizedImage | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return self.image_ref is not None or self.image is not None
+
+
+@dataclass
+class Turn:
+    role: Role
+    parts: list[Part]
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts if p.text is not None)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    @property
+    def deterministic(self) -> bool:
+        """Greedy, or sampling with a fixed seed: the same request gives the same answer."""
+        return self.greedy or self.seed is not None
+
+    def batch_key(self) -> tuple[object, ...]:
+        """Requests with equal keys may share one batched generate() call."""
+        if self.greedy:
+            return ("greedy",)
+        return ("sample", self.temperature, self.top_p, self.top_k, self.seed)
+
+
+@dataclass
+class Question:
+    """A parsed, validated request: turns (text + images), generation params, model and adapter."""
+
+    turns: list[Turn]
+    params: GenerationParams = field(default_factory=GenerationParams)
+    model: str | None = None  # the public name asked for (base model or adapter name)
+    adapter: str | None = None  # resolved adapter name, None for the base model
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    stream: bool = False
+    cache: bool = True  # the client may opt out of the answer cache
+    deadline: float | None = None  # time.monotonic() value after which the answer is useless
+
+    @property
+    def images(self) -> list[NormalizedImage]:
+        return [p.image for t in self.turns for p in t.parts if p.image is not None]
+
+    @property
+    def image_refs(self) -> list[ImageRef]:
+        return [p.image_ref for t in self.turns for p in t.parts if p.image_ref is not None]
+
+    @property
+    def last_user_text(self) -> str:
+        for turn in reversed(self.turns):
+            if turn.role == "user":
+                return turn.text
+        return ""
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens}
+
+
+@dataclass
+class EngineRequest:
+    """What an engine sees: turns with normalized images, params, adapter; and a stop signal."""
+
+    turns: list[Turn]
+    params: GenerationParams
+    adapter: str | None = None
+    request_id: str = ""
+    deadline: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def images(self) -> list[NormalizedImage]:
+        return [p.image for t in self.turns for p in t.parts if p.image is not None]
+
+    def should_stop(self) -> bool:
+        return self.cancel.is_set() or (self.deadline is not None and time.monotonic() > self.deadline)
+
+
+@dataclass
+class EngineResult:
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+
+
+@dataclass
+class StreamDelta:
+    """A piece of streamed output. The last one carries finish_reason and usage."""
+
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass
+class Answer:
+    text: str
+    model: str
+    finish_reason: FinishReason = "stop"
+    usage: Usage = field(default_factory=Usage)
+    cache: CacheStatus = "bypass"
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds
+    request_id: str = ""
+
+    @property
+    def cached(self) -> bool:
+        return self.cache == "hit"
