@@ -1,0 +1,54 @@
+"""Shared fixtures. Subprocess helpers run `python -m vqaserve` from *this* checkout's src."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+
+
+def vqa_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vqaserve", *args]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VQA_")}
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def image_bytes(size: tuple[int, int] = (96, 64), color: tuple[int, int, int] = (200, 30, 30),
+                fmt: str = "PNG", **save: object) -> bytes:
+    img = Image.new("RGB", size, color)
+    # a little structure so resizes and hashes are not trivial
+    for x in range(0, size[0], 8):
+        for y in range(0, size[1], 8):
+            if (x // 8 + y // 8) % 2:
+                img.putpixel((x, y), (255 - color[0], 255 - color[1], 255 - color[2]))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _clean_vqa_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never inherit a developer's VQA_* environment."""
+    for key in list(os.environ):
+        if key.startswith("VQA_"):
+            monkeypatch.delenv(key, raising=False)
