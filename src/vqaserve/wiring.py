@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from vqaserve.engines.base import Engine
 from vqaserve.errors import ConfigError
 from vqaserve.pipeline import Components, Pipeline
@@ -25,12 +27,19 @@ def build_engine(settings: Settings) -> Engine:
     raise ConfigError(f"unknown engine {kind!r}; use transformers, upstream or scripted")
 
 
-def build_components(settings: Settings, engine: Engine) -> Components:
-    """Safety, cache, batching and fetching, each from its own module, configured by settings."""
+def build_components(settings: Settings, engine: Engine, metrics: Any = None) -> Components:
+    """Safety, cache, batching and fetching, each from its own module, configured by settings.
+
+    `metrics` (a vqaserve.metrics.Metrics, given by the server) is in `extra["metrics"]` for
+    components that report (batch sizes, queue depth); stage timings flow through `observe`.
+    """
     components = Components()
+    if metrics is not None:
+        components.observe = metrics.observe_stage
+        components.extra["metrics"] = metrics
     return components
 
 
-def build_pipeline(settings: Settings, engine: Engine | None = None) -> Pipeline:
+def build_pipeline(settings: Settings, engine: Engine | None = None, metrics: Any = None) -> Pipeline:
     engine = engine or build_engine(settings)
-    return Pipeline(settings, engine, build_components(settings, engine))
+    return Pipeline(settings, engine, build_components(settings, engine, metrics))

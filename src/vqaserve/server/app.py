@@ -1,0 +1,123 @@
+"""`create_app(settings, engine=None)`: the FastAPI app around one Pipeline.
+
+The engine loads once in the lifespan. Every error leaves as OpenAI error JSON from the handlers
+below: VQAError with its own status, validation problems as 400 naming the field, anything else
+as a generic 500 from the access middleware (details go to the server log, never to the client).
+
+Hooks for later layers (API keys, rate limits, graceful shutdown): pass `middleware=[Middleware(...)]`
+(they run inside the request-id/access-log and body-limit layers, so their refusals are logged and
+carry a request id); the pipeline is `app.state.pipeline`, settings `app.state.settings`, metrics
+`app.state.metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+
+from vqaserve.engines.base import Engine
+from vqaserve.errors import BlockedInput, EngineFailure, VQAError
+from vqaserve.metrics import Metrics
+from vqaserve.server.middleware import AccessLogMiddleware, BodyLimitMiddleware, error_json
+from vqaserve.settings import Settings
+
+log = logging.getLogger("vqaserve.server")
+STATIC_DIR = Path(__file__).parent / "static"
+
+# HTTP statuses Starlette raises itself (unknown path, wrong method) -> OpenAI error types.
+_HTTP_TYPES = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
+
+
+def create_app(settings: Settings, engine: Engine | None = None,
+               middleware: Sequence[Middleware] = ()) -> FastAPI:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from vqaserve.wiring import build_engine, build_pipeline
+
+        eng = engine or build_engine(settings)
+        await eng.start()
+        pipeline = build_pipeline(settings, eng, metrics=metrics)
+        app.state.pipeline = pipeline
+        app.state.ready = True
+        log.info("engine %s ready: model %s", eng.name, pipeline.model_id)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await eng.close()
+            pipeline.image_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="vqaserve", summary="Visual question answering, OpenAI-compatible",
+                  lifespan=lifespan, middleware=[
+                      Middleware(AccessLogMiddleware, metrics=metrics),
+                      Middleware(BodyLimitMiddleware,
+                                 max_bytes=settings.images.max_body_bytes),
+                      *middleware,
+                  ])
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = False
+    _install_error_handlers(app, metrics)
+
+    from vqaserve.server import routes_openai, routes_ops, routes_vqa
+
+    app.include_router(routes_openai.router)
+    app.include_router(routes_vqa.router)
+    app.include_router(routes_ops.router)
+    routes_ops.mount_static(app, STATIC_DIR)
+    return app
+
+
+def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    async def vqa_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, VQAError)
+        if isinstance(exc, BlockedInput):
+            metrics.safety_blocks.labels(stage="input").inc()
+        if isinstance(exc, EngineFailure) or exc.status >= 500:
+            metrics.engine_errors.labels(code=str(exc.code)).inc()
+        return vqa_error_response(exc)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "form")]
+        param = ".".join(loc) or "body"
+        return error_json(400, f"{param}: {first.get('msg', 'invalid value')}", "invalid_request_error",
+                          param, "invalid_request")
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        kind, code = _HTTP_TYPES.get(exc.status_code, ("invalid_request_error", "invalid_request"))
+        message = {404: f"no route {request.url.path}; see docs/api.md for the endpoints",
+                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(
+                       exc.status_code, str(exc.detail))
+        return error_json(exc.status_code, message, kind, None, code, headers=exc.headers)
+
+    app.add_exception_handler(VQAError, vqa_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def vqa_error_response(exc: VQAError) -> JSONResponse:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    status = exc.status if exc.status >= 400 else 400
+    return JSONResponse(exc.to_openai(), status_code=status, headers=headers)
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` (several workers): settings from VQA_* variables."""
+    from vqaserve.settings import load_settings
+
+    return create_app(load_settings())
