@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from server_support import RecordingEngine, make_app, sse_payloads, user_msg
 
 from conftest import image_bytes
+from http_support import RecordingEngine, make_app, sse_payloads, user_msg
 from vqaserve.types import Answer
 
 pytestmark = pytest.mark.integration
