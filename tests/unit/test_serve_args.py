@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vqaserve.cli import build_parser
@@ -47,3 +49,11 @@ def test_bad_flags_are_one_line_config_errors(argv: tuple[str, ...]) -> None:
     with pytest.raises(ConfigError) as err:
         parse(*argv)
     assert "\n" not in err.value.message
+
+
+def test_a_bare_adapter_name_means_a_bundled_adapter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from vqaserve import settings as settings_module
+
+    (tmp_path / "sunglasses").mkdir()
+    monkeypatch.setattr(settings_module, "BUNDLED_MODELS", tmp_path)
+    assert parse("--adapter", "sunglasses").llm.adapters == {"sunglasses": str(tmp_path / "sunglasses")}

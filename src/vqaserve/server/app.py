@@ -66,8 +66,9 @@ def create_app(settings: Settings, engine: Engine | None = None,
             await eng.close()
             pipeline.image_pool.shutdown(wait=False, cancel_futures=True)
 
+    # /docs and /redoc would load Swagger/ReDoc from a CDN: off (offline sites); /openapi.json stays.
     app = FastAPI(title="vqaserve", summary="Visual question answering, OpenAI-compatible",
-                  lifespan=lifespan, middleware=[
+                  docs_url=None, redoc_url=None, lifespan=lifespan, middleware=[
                       Middleware(AccessLogMiddleware, metrics=metrics),
                       Middleware(BodyLimitMiddleware,
                                  max_bytes=settings.images.max_body_bytes),
