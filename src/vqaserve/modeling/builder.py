@@ -15,6 +15,9 @@ Recipe keys (all optional in a dict recipe; missing keys come from "tiny"):
     vision_num_position_embeddings   a square number (learned position grid, interpolated)
     deepstack_visual_indexes         vision layers whose features are added to early LLM layers
     vocab_size           target size of the byte-level BPE vocabulary (special tokens come on top)
+    initializer_range    std of the random init (0.02, as Qwen, for models to be trained; "tiny"
+                         uses 0.3 so that an untrained model's answers visibly depend on the image
+                         and the question, which tests of batching and caching need)
 """
 
 from __future__ import annotations
@@ -52,17 +55,21 @@ ADDED_TOKENS = [
 PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
                      r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
+# Every recipe key with the value a dict recipe gets when it leaves the key out.
+DEFAULTS: dict[str, Any] = {
+    "vocab_size": 1024,
+    "text_hidden_size": 64, "text_intermediate_size": 128, "text_layers": 2,
+    "text_heads": 2, "text_kv_heads": 1, "text_head_dim": 64, "mrope_section": [12, 10, 10],
+    "rope_theta": 5_000_000.0, "max_position_embeddings": 4096, "tie_word_embeddings": True,
+    "vision_hidden_size": 64, "vision_intermediate_size": 128, "vision_depth": 2,
+    "vision_heads": 1, "vision_num_position_embeddings": 256, "deepstack_visual_indexes": [0],
+    "initializer_range": 0.02,
+}
+
 RECIPES: dict[str, dict[str, Any]] = {
-    # For tests: ~1M parameters, builds and generates in well under a second per token on CPU.
-    "tiny": {
-        "vocab_size": 1024,
-        "text_hidden_size": 64, "text_intermediate_size": 128, "text_layers": 2,
-        "text_heads": 2, "text_kv_heads": 1, "text_head_dim": 64, "mrope_section": [12, 10, 10],
-        "rope_theta": 5_000_000.0, "max_position_embeddings": 4096, "tie_word_embeddings": True,
-        "vision_hidden_size": 64, "vision_intermediate_size": 128, "vision_depth": 2,
-        "vision_heads": 1, "vision_num_position_embeddings": 256, "deepstack_visual_indexes": [0],
-    },
-    # A small but capable stand-in (~20M parameters); vLLM-friendly head dims of 64.
+    # For tests: ~0.5M parameters, builds in seconds, milliseconds per token on CPU.
+    "tiny": {**DEFAULTS, "initializer_range": 0.3},
+    # A small but capable stand-in (~8M parameters); vLLM-friendly head dims of 64.
     "small": {
         "vocab_size": 2048,
         "text_hidden_size": 256, "text_intermediate_size": 768, "text_layers": 4,
@@ -70,20 +77,21 @@ RECIPES: dict[str, dict[str, Any]] = {
         "rope_theta": 5_000_000.0, "max_position_embeddings": 8192, "tie_word_embeddings": True,
         "vision_hidden_size": 256, "vision_intermediate_size": 768, "vision_depth": 4,
         "vision_heads": 4, "vision_num_position_embeddings": 1024, "deepstack_visual_indexes": [1, 2],
+        "initializer_range": 0.02,
     },
 }
 
 
 def resolve_recipe(recipe: str | dict[str, Any]) -> dict[str, Any]:
-    """A recipe name or dict -> a complete, validated dict (missing keys from "tiny")."""
+    """A recipe name or dict -> a complete, validated dict (missing keys from DEFAULTS)."""
     if isinstance(recipe, str):
         if recipe not in RECIPES:
             raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)} or pass a dict")
         recipe = RECIPES[recipe]
-    unknown = set(recipe) - set(RECIPES["tiny"])
+    unknown = set(recipe) - set(DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown recipe keys {sorted(unknown)}; valid keys: {sorted(RECIPES['tiny'])}")
-    full = {**RECIPES["tiny"], **recipe}
+        raise ValueError(f"unknown recipe keys {sorted(unknown)}; valid keys: {sorted(DEFAULTS)}")
+    full = {**DEFAULTS, **recipe}
     half = full["text_head_dim"] // 2
     if sum(full["mrope_section"]) != half or full["text_head_dim"] % 2:
         raise ValueError(f"mrope_section {full['mrope_section']} must sum to text_head_dim/2 = {half}")
@@ -144,6 +152,7 @@ def build_config(recipe: dict[str, Any], tokenizer: PreTrainedTokenizerFast) -> 
                             "mrope_section": list(recipe["mrope_section"]), "mrope_interleaved": True},
         "pad_token_id": ids["<|endoftext|>"], "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"], "tie_word_embeddings": recipe["tie_word_embeddings"],
+        "initializer_range": recipe["initializer_range"],
     }
     vision = {
         "depth": recipe["vision_depth"], "hidden_size": recipe["vision_hidden_size"],
@@ -152,12 +161,13 @@ def build_config(recipe: dict[str, Any], tokenizer: PreTrainedTokenizerFast) -> 
         "temporal_patch_size": TEMPORAL_PATCH_SIZE, "out_hidden_size": recipe["text_hidden_size"],
         "num_position_embeddings": recipe["vision_num_position_embeddings"],
         "deepstack_visual_indexes": list(recipe["deepstack_visual_indexes"]),
+        "initializer_range": recipe["initializer_range"],
     }
     return Qwen3VLConfig(
         text_config=text, vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=recipe["tie_word_embeddings"])
+        tie_word_embeddings=recipe["tie_word_embeddings"], initializer_range=recipe["initializer_range"])
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, min_pixels: int, max_pixels: int) -> Any:
