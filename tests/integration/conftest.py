@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-# A small pixel budget keeps the vision tower cheap: 4..64 visual tokens per image.
-TINY_MIN_PIXELS = 4 * 32 * 32
-TINY_MAX_PIXELS = 64 * 32 * 32
+from tiny_vlm import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 
 
 @pytest.fixture(scope="session")
