@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from conftest import image_bytes
+from tests.conftest import image_bytes
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest
@@ -78,7 +78,7 @@ class LiveServer:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
-        from conftest import free_port
+        from tests.conftest import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -131,3 +131,16 @@ def catalogue_sample(split: str, qtype: str, lang: str = "en", index: int = 0) -
         pytest.skip("the synthetic catalogue (vqaserve.train.synthetic) is not on this branch yet")
     sample = synthetic.make_sample(split, 0, index, qtype=qtype, lang=lang)
     return synthetic.png_bytes(sample.image), sample.question, sample.answer
+
+
+def random_lora_adapter(model_dir: str, out_dir: str) -> str:
+    """A LoRA adapter with random (not zero) weights for a model dir: it must change the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out_dir)
+    return out_dir

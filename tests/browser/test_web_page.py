@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from conftest import image_bytes
-from http_support import LiveServer, RecordingEngine, make_app
+from tests.conftest import image_bytes
+from tests.http_support import LiveServer, RecordingEngine, make_app
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"

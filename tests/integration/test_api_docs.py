@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, image_bytes, subprocess_env
-from http_support import LiveServer, RecordingEngine, make_app, sse_payloads
+from tests.conftest import REPO, image_bytes, subprocess_env
+from tests.http_support import LiveServer, RecordingEngine, make_app, sse_payloads
 
 pytestmark = pytest.mark.integration
 DOC = REPO / "docs" / "api.md"

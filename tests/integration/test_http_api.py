@@ -15,8 +15,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import image_bytes
-from http_support import RecordingEngine, make_app, sse_payloads, user_msg
+from tests.conftest import image_bytes
+from tests.http_support import RecordingEngine, make_app, sse_payloads, user_msg
 from vqaserve.types import Answer
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from http_support import LiveServer, RecordingEngine, make_app, user_msg
+from tests.http_support import LiveServer, RecordingEngine, make_app, user_msg
 
 pytestmark = pytest.mark.integration
 

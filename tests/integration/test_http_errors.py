@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import image_bytes
-from http_support import RecordingEngine, assert_openai_error, make_app, user_msg
+from tests.conftest import image_bytes
+from tests.http_support import RecordingEngine, assert_openai_error, make_app, user_msg
 from vqaserve.engines.scripted import ScriptedEngine
 
 pytestmark = pytest.mark.integration

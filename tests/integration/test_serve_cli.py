@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from conftest import free_port, subprocess_env, vqa_cmd
-from http_support import user_msg
+from tests.conftest import free_port, subprocess_env, vqa_cmd
+from tests.http_support import user_msg
 
 pytestmark = pytest.mark.integration
 
