@@ -144,3 +144,52 @@ def random_lora_adapter(model_dir: str, out_dir: str) -> str:
     config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(out_dir)
     return out_dir
+
+
+class ServeProcess:
+    """`vqa serve` as a user runs it (a subprocess on a free port); its log goes to `log_path`."""
+
+    def __init__(self, log_path: Any, *args: str, ready_timeout: float = 240, **env: str) -> None:
+        from tests.conftest import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args, self.env, self.log_path, self.ready_timeout = args, env, log_path, ready_timeout
+
+    def __enter__(self) -> ServeProcess:
+        import subprocess
+
+        import httpx
+
+        from tests.conftest import subprocess_env, vqa_cmd
+
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in __exit__
+        self.proc = subprocess.Popen(vqa_cmd("serve", "--port", str(self.port), *self.args),
+                                     env=subprocess_env(**self.env), stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self.proc.poll() is not None:
+                self.__exit__()
+                raise RuntimeError(f"vqa serve exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"vqa serve did not become ready; see {self.log_path}")
+            time.sleep(0.25)
+
+    def __exit__(self, *exc: object) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

@@ -9,8 +9,6 @@ until the model is on the branch), where the answers must also be right.
 from __future__ import annotations
 
 import base64
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +17,11 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import free_port, image_bytes, subprocess_env, vqa_cmd
+from tests.conftest import image_bytes
 from tests.http_support import (
     LiveServer,
     RecordingEngine,
+    ServeProcess,
     bundled_adapters,
     bundled_model_available,
     catalogue_sample,
@@ -53,20 +52,6 @@ class Live:
         return "data:image/png;base64," + base64.b64encode(data).decode(), question, expected
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vqa serve exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError("vqa serve did not become ready")
-
-
 @pytest.fixture(scope="module", params=[
     "scripted",
     pytest.param("tiny", marks=pytest.mark.slow),  # builds a model and an adapter: ~10-30 s on CPU
@@ -92,24 +77,11 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     if not bundled_model_available():
         pytest.skip("the bundled shop-toy model is not on this branch yet")
     adapters = bundled_adapters()
-    port = free_port()
-    env = subprocess_env(VQA_MODEL="shop-toy", VQA_PORT=str(port),
-                         VQA_ADAPTERS=",".join(f"{k}={v}" for k, v in adapters.items()))
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("wb")
-    proc = subprocess.Popen(vqa_cmd("serve"), env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, proc, timeout=240)
-        base = httpx.get(url + "/v1/models").json()["data"][0]["id"]
-        yield Live("shop-toy", url, base, list(adapters))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    adapter_env = ",".join(f"{k}={v}" for k, v in adapters.items())
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with ServeProcess(log, VQA_MODEL="shop-toy", VQA_ADAPTERS=adapter_env) as server:
+        base = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+        yield Live("shop-toy", server.url, base, list(adapters))
 
 
 def _messages(uri: str, question: str) -> list[Any]:
