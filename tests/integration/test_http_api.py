@@ -179,6 +179,10 @@ def test_cache_header_says_miss_then_hit_for_plain_and_stream(client: TestClient
     vqa = client.post("/v1/vqa", files={"image": ("x.png", image_bytes(), "image/png")},
                       data={"question": "cache me"})
     assert vqa.json()["cached"] is True and vqa.headers["x-vqa-cache"] == "hit"
+    # a streamed answer is cached too, once the stream has completed
+    first_stream = chat(client, [user_msg("stream me")], stream=True)
+    again = chat(client, [user_msg("stream me")])
+    assert (first_stream.headers["x-vqa-cache"], again.headers["x-vqa-cache"]) == ("miss", "hit")
 
 
 def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
