@@ -11,6 +11,14 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import image_bytes
 from tests.http_support import RecordingEngine, assert_openai_error, make_app, user_msg
+from vqaserve.errors import (
+    BlockedInput,
+    DeadlineExceeded,
+    EngineFailure,
+    Overloaded,
+    Unauthorized,
+    VQAError,
+)
 from vqaserve.types import StreamDelta
 
 pytestmark = pytest.mark.integration
@@ -200,3 +208,29 @@ def test_unexpected_exception_is_a_generic_500_and_the_server_stays_up(client: T
     assert "secret" not in stream.text and stream.text.rstrip().endswith("data: [DONE]")
     assert '"code": "internal_error"' in stream.text
     assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(("error", "status", "retry_after"), [
+    (Overloaded("the queue is full; retry shortly", retry_after=2), 429, "2"),
+    (DeadlineExceeded("the answer took longer than the request deadline"), 504, None),
+    (EngineFailure("the engine failed on this request; retry", retry_after=1), 503, "1"),
+    (BlockedInput("the image was refused by the safety check", param="messages[0].content[0]"), 400, None),
+    (Unauthorized("missing API key; send Authorization: Bearer <key>"), 401, None),
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_pipeline_errors_keep_their_status_in_both_modes(client: TestClient, error: VQAError, status: int,
+                                                        retry_after: str | None, stream: bool) -> None:
+    pipeline = client.app.state.pipeline  # type: ignore[attr-defined]
+
+    async def refuse(question: Any) -> Any:
+        raise error
+
+    pipeline.answer = pipeline.open_stream = refuse
+    r = post_chat(client, stream=stream)
+    err = assert_openai_error(r, status, error.param)
+    assert err["code"] == error.code and r.headers.get("retry-after") == retry_after
+    metrics = client.get("/metrics").text
+    if isinstance(error, BlockedInput):
+        assert 'vqa_safety_blocks_total{stage="input"} 1.0' in metrics
+    if status >= 500:
+        assert f'vqa_engine_errors_total{{code="{error.code}"}} 1.0' in metrics
