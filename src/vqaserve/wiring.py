@@ -28,7 +28,21 @@ def build_engine(settings: Settings) -> Engine:
 def build_components(settings: Settings, engine: Engine) -> Components:
     """Safety, cache, batching and fetching, each from its own module, configured by settings."""
     components = Components()
+    _add_safety(settings, components)
     return components
+
+
+def _add_safety(settings: Settings, components: Components) -> None:
+    """Image check, output blocklist, prompt guard and the SSRF-safe URL fetcher (issue 5)."""
+    from vqaserve.fetch import Fetcher
+    from vqaserve.moderation import BlocklistFilter
+    from vqaserve.prompt_guard import ControlTokenGuard
+    from vqaserve.safety import build_image_checker
+
+    components.image_checker = build_image_checker(settings)
+    components.output_filter = BlocklistFilter.from_settings(settings)
+    components.prompt_guard = ControlTokenGuard(settings.generation.max_question_chars)
+    components.fetcher = Fetcher(settings)
 
 
 def build_pipeline(settings: Settings, engine: Engine | None = None) -> Pipeline:
