@@ -12,9 +12,18 @@ import sys
 import textwrap
 
 import pytest
-from conftest import SRC, image_bytes, subprocess_env
-from hostile_helpers import FITS, OLE, assert_clean, encoded, gif_frames, jpeg_with_size, multipage_tiff, png_bomb
+from hostile_helpers import (
+    FITS,
+    OLE,
+    assert_clean,
+    encoded,
+    gif_frames,
+    jpeg_with_size,
+    multipage_tiff,
+    png_bomb,
+)
 
+from conftest import SRC, image_bytes, subprocess_env
 from vqaserve import images as imgs
 from vqaserve.errors import ImageTooLarge, InvalidImage, PayloadTooLarge, UnsupportedFormat, VQAError
 from vqaserve.settings import Settings
