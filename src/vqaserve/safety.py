@@ -151,8 +151,8 @@ class MarkerChecker:
         if image.content_hash in self.hashes:
             raise _refuse(image)
         if self.color is not None:
-            small = image.image.convert("RGB").resize((16, 16))
-            pixels = list(small.getdata())
+            raw = image.image.convert("RGB").resize((16, 16)).tobytes()
+            pixels = [raw[i:i + 3] for i in range(0, len(raw), 3)]
             close = sum(1 for p in pixels if all(abs(a - b) <= 8 for a, b in zip(p, self.color, strict=True)))
             if close >= self.share * len(pixels):
                 raise _refuse(image)
