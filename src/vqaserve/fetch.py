@@ -145,10 +145,8 @@ class Fetcher:
         return host.rstrip("."), port
 
     def _host_allowed(self, host: str) -> bool:
-        for rule in self.allow_hosts:
-            if host == rule or (rule.startswith("*.") and host.endswith(rule[1:])):
-                return True
-        return False
+        return any(host == rule or (rule.startswith("*.") and host.endswith(rule[1:]))
+                   for rule in self.allow_hosts)
 
     async def addresses(self, url: httpx.URL, name: str) -> tuple[str, IPAddress, int]:
         """Resolve once and check every address; return (host, the address to connect to, port)."""

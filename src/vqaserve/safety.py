@@ -38,6 +38,34 @@ def _refuse(image: NormalizedImage) -> BlockedInput:
     return BlockedInput(f"{image.source}: {REFUSAL}", param=image.source)
 
 
+_DETECTORS: dict[int, Any] = {}  # one ONNX session per process (per thread count), shared by checkers
+_DETECTORS_LOCK = threading.Lock()
+
+
+def _nudenet_detector(threads: int) -> Any:
+    """NudeNet's detector over our own onnxruntime session, loaded once per process, lazily."""
+    with _DETECTORS_LOCK:
+        if threads not in _DETECTORS:
+            from pathlib import Path
+
+            import nudenet
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads  # the engine owns the other cores
+            options.inter_op_num_threads = 1
+            session = onnxruntime.InferenceSession(
+                str(Path(nudenet.__file__).parent / "320n.onnx"), sess_options=options,
+                providers=["CPUExecutionProvider"])
+            # NudeDetector() builds its own session on all cores; give it ours (same model file).
+            detector = nudenet.NudeDetector.__new__(nudenet.NudeDetector)
+            detector.onnx_session = session
+            detector.input_width = detector.input_height = 320
+            detector.input_name = session.get_inputs()[0].name
+            _DETECTORS[threads] = detector
+        return _DETECTORS[threads]
+
+
 class NudeNetChecker:
     """NudeNet detector: refuse when any unsafe label is detected with score >= threshold."""
 
@@ -47,30 +75,11 @@ class NudeNetChecker:
         self.threshold = threshold
         self.threads = threads
         self._detector: Any = None
-        self._lock = threading.Lock()
 
     def _load(self) -> Any:
-        # Loaded once, lazily: `vqa --help` and the unit tests never pay for onnxruntime.
-        with self._lock:
-            if self._detector is None:
-                from pathlib import Path
-
-                import nudenet
-                import onnxruntime
-
-                options = onnxruntime.SessionOptions()
-                options.intra_op_num_threads = self.threads  # the engine owns the other cores
-                options.inter_op_num_threads = 1
-                session = onnxruntime.InferenceSession(
-                    str(Path(nudenet.__file__).parent / "320n.onnx"), sess_options=options,
-                    providers=["CPUExecutionProvider"])
-                # NudeDetector() builds its own session on all cores; give it ours (same model file).
-                detector = nudenet.NudeDetector.__new__(nudenet.NudeDetector)
-                detector.onnx_session = session
-                detector.input_width = detector.input_height = 320
-                detector.input_name = session.get_inputs()[0].name
-                self._detector = detector
-            return self._detector
+        if self._detector is None:
+            self._detector = _nudenet_detector(self.threads)
+        return self._detector
 
     def detections(self, image: NormalizedImage) -> list[dict[str, Any]]:
         import numpy as np

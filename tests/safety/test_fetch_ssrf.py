@@ -127,7 +127,8 @@ async def test_case9_redirect_to_internal_refused(attempts: list[str]) -> None:
             "/to-file": redirect("file:///etc/passwd"),
             "/to-decimal": redirect(f"http://2130706434:{internal.port}/img.png"),
             "/loop": redirect("/loop"),
-            "/hop1": redirect("/hop2", "301 Moved Permanently"), "/hop2": redirect("/img.png", "308 Permanent Redirect"),
+            "/hop1": redirect("/hop2", "301 Moved Permanently"),
+            "/hop2": redirect("/img.png", "308 Permanent Redirect"),
             "/img.png": response("200 OK", GOOD),
         })
         fetcher = Fetcher(settings(), trusted=trust(public))
