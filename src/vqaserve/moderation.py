@@ -5,8 +5,10 @@ compatibility forms become plain letters), case folding, and removal of whitespa
 characters, so "Ｐｏｒｎｏｇｒａｐｈｙ", "P o r n o g r a p h y" and "porno\u200bgraphy" all match.
 Matching is Aho-Corasick (pyahocorasick): thousands of terms cost the same as three.
 
-Streaming: StreamGuard holds back the last (longest term - 1) normalized characters, so a term split
-across chunks is caught before any of it reaches the client; the held tail is released by flush().
+Streaming: StreamGuard holds back only the tail that could still become a blocked term (the longest
+tail that is a proper prefix of a term: at most longest-1 normalized characters), so a term split across
+chunks is caught before any of it reaches the client, while clean text flows with little delay; the
+held tail is released by flush().
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class _Matcher:
         import ahocorasick
 
         self.longest = max((len(t) for t in terms), default=0)
+        # Proper prefixes of terms: a stream only needs to hold back a tail that could still grow into one.
+        self.prefixes = frozenset(t[:i] for t in terms for i in range(1, len(t)))
         self._automaton: Any = None
         if terms:
             automaton = ahocorasick.Automaton()
@@ -140,20 +144,22 @@ class StreamGuard:
         if self._m.first("".join(self._folded[start:])) is not None:
             self.blocked = True
             return "", True
-        # A future term ends at or after the next normalized char, so it starts at >= len - (longest-1):
-        # everything whose normalized form lies wholly before that point is safe.
-        keep = max(0, self._m.longest - 1)
-        boundary = len(self._folded) - keep
-        if keep == 0:
-            safe_upto = len(self._text)
-        elif boundary <= 0:
-            safe_upto = self._released
-        else:
-            safe_upto = self._source[boundary]
+        # A future match must start inside the longest tail that is a proper prefix of some term
+        # (at most longest-1 characters); everything before that tail is safe to send now.
+        keep = self._pending_prefix()
+        safe_upto = len(self._text) if keep == 0 else self._source[len(self._folded) - keep]
         safe_upto = max(safe_upto, self._released)
         out = "".join(self._text[self._released:safe_upto])
         self._released = safe_upto
         return out, False
+
+    def _pending_prefix(self) -> int:
+        n = len(self._folded)
+        tail = "".join(self._folded[max(0, n - (self._m.longest - 1)):])
+        for size in range(len(tail), 0, -1):
+            if tail[-size:] in self._m.prefixes:
+                return size
+        return 0
 
     def flush(self) -> tuple[str, bool]:
         """End of stream: the held-back tail (already checked in feed), unless blocked."""
