@@ -99,3 +99,39 @@ async def hosts(*servers: FakeHost) -> AsyncIterator[tuple[FakeHost, ...]]:
         for s in servers:
             await stack.enter_async_context(s)
         yield servers
+
+
+class ThreadedHost:
+    """The same idea for sync tests (FastAPI's TestClient runs the app in another thread's loop)."""
+
+    def __init__(self, routes: dict[str, bytes], address: str = "127.0.0.1") -> None:
+        import http.server
+        import threading
+
+        host = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                host.hits.append(self.path)
+                self.wfile.write(host.routes.get(self.path, response("404 Not Found", b"", "text/plain")))
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.routes = routes
+        self.hits: list[str] = []
+        self.server = http.server.ThreadingHTTPServer((address, 0), Handler)
+        self.server.daemon_threads = True
+        self.address, self.port = address, self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ThreadedHost:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def url(self, path: str, host: str | None = None) -> str:
+        return f"http://{host or self.address}:{self.port}{path}"
