@@ -19,6 +19,7 @@ import asyncio
 import ipaddress
 import re
 import socket
+import ssl
 import zlib
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -101,7 +102,7 @@ class Fetcher:
     """`await Fetcher(settings).load(ref)` -> the image bytes behind an http(s) URL, or a clear error."""
 
     def __init__(self, settings: Settings, *, resolver: Resolver | None = None,
-                 trusted: TrustHook | None = None) -> None:
+                 trusted: TrustHook | None = None, tls: ssl.SSLContext | None = None) -> None:
         f = settings.fetch
         self.allow_private = f.allow_private
         self.allow_hosts = [h.strip().lower().rstrip(".") for h in f.allow_hosts if h.strip()]
@@ -110,6 +111,7 @@ class Fetcher:
         self.max_redirects = f.max_redirects
         self.resolver = resolver or system_resolver
         self.trusted = trusted
+        self.tls = tls  # None: the system's CA bundle (certifi); tests pass their own CA
 
     # --- checks ------------------------------------------------------------------------------------
     def parse(self, raw: str, name: str) -> httpx.URL:
@@ -193,7 +195,7 @@ class Fetcher:
 
         checked = await self.addresses(url, name)  # refused URLs never even build a client
         # No pooling across fetches (a fresh client each time) and nothing from the environment.
-        async with httpx.AsyncClient(trust_env=False, follow_redirects=False, verify=_tls_context(),
+        async with httpx.AsyncClient(trust_env=False, follow_redirects=False, verify=self.tls or _tls_context(),
                                      timeout=httpx.Timeout(self.timeout_s)) as client:
             for hop in range(self.max_redirects + 1):
                 try:
@@ -295,8 +297,6 @@ def _tls_context() -> Any:
     """One verifying TLS context for all fetches (building one per client costs ~50 ms)."""
     global _TLS
     if _TLS is None:
-        import ssl
-
         import certifi
 
         _TLS = ssl.create_default_context(cafile=certifi.where())

@@ -312,3 +312,48 @@ async def test_cases1to5_by_url() -> None:
             assert_clean(info.value, NAME)
         assert (await load("/anim.gif")).original_size == (4, 4)  # type: ignore[attr-defined]
         assert (await load("/img.png")).width % 32 == 0  # type: ignore[attr-defined]
+
+
+# --- https: the socket goes to the checked IP, TLS still verifies the host name ----------------------
+async def test_https_connects_to_the_checked_ip_and_verifies_the_host_name(tmp_path: object) -> None:
+    import asyncio
+    import ssl
+    import subprocess
+    from pathlib import Path
+
+    d = Path(str(tmp_path))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-days", "1",
+                    "-subj", "/CN=catalogue.test", "-addext", "subjectAltName=DNS:catalogue.test"],
+                   check=True, capture_output=True, timeout=30)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(d / "cert.pem", d / "key.pem")
+    sni: list[str | None] = []
+    server_tls.sni_callback = lambda sock, name, ctx: sni.append(name)  # type: ignore[assignment,misc,return-value]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(response("200 OK", GOOD))
+            await writer.drain()
+        except Exception:  # noqa: BLE001 - a refused handshake ends here
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async def resolver(host: str, port: int) -> list[str]:
+            return ["127.0.0.1"]
+
+        client_tls = ssl.create_default_context(cafile=str(d / "cert.pem"))
+        fetcher = Fetcher(settings(), resolver=resolver, tls=client_tls,
+                          trusted=lambda host, ip, p: str(ip) == "127.0.0.1" and p == port)
+        assert await fetch(fetcher, f"https://catalogue.test:{port}/img.png") == GOOD
+        assert sni[-1] == "catalogue.test"  # SNI is the host name, not the IP we connected to
+        # a host name the certificate does not cover fails verification: 502, no internals
+        err = await refused(fetcher, f"https://other.test:{port}/img.png", FetchFailed, "could not download")
+        assert err.status == 502
+    finally:
+        server.close()
