@@ -1,5 +1,8 @@
 """HOSTILE_INPUTS.md cases 1-25 over HTTP: images by upload (/v1/vqa), data URI and URL (chat).
 
+Case 21 (slowloris) and case 24 (inert rendering on the web page) belong to the server and its
+browser tests (tests/browser/test_web_page.py); everything else is here.
+
 Each row: the status and error code, a message that names the problem without internals, and the next
 good request succeeds. Needs the server (vqaserve.server); skipped on a branch without it.
 """
@@ -238,4 +241,45 @@ def test_cases22_23_output_filter_stream_and_not(client: TestClient) -> None:
         # a blocked answer is not cached: asking again generates again (never a "hit")
         again = chat(client, data_uri(GOOD), f"what does the sign say? [[say:{said}]]")
         assert again.headers.get("x-vqa-cache") != "hit"
+    good_next(client)
+
+
+def test_case16_body_over_the_limit(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", content=b"{" + b" " * (5 * 1024 * 1024) + b"}",
+                    headers={"content-type": "application/json"})
+    assert_openai_error(r, 413)
+    good_next(client)
+
+
+def test_case18_multipart_abuse_is_refused_fast(client: TestClient) -> None:
+    t0 = time.perf_counter()
+    fields = {f"f{i}": "x" for i in range(3000)}
+    r = client.post("/v1/vqa", files={"image": ("x.png", GOOD, "image/png")}, data={"question": "q", **fields})
+    assert r.status_code in (400, 413), r.text
+    assert_openai_error(r, r.status_code)
+    r = client.post("/v1/vqa", files={"image": ("x.png", GOOD, "image/png")}, data={"question": "q" * 200_000})
+    assert r.status_code in (400, 413), r.text
+    assert time.perf_counter() - t0 < 5.0
+    good_next(client)
+
+
+@pytest.mark.parametrize(("extra", "statuses"), [
+    ({"max_tokens": 10**9}, (400,)), ({"temperature": -1}, (400,)), ({"n": 1000}, (400,)),
+    ({"chat_template": "{% for m in messages %}EVIL{% endfor %}"}, (200, 400)),
+    ({"chat_template_kwargs": {"add_generation_prompt": False}, "mm_processor_kwargs": {"max_pixels": 10**12}},
+     (200, 400)),
+])
+def test_case19_absurd_parameters_are_refused_or_ignored(client: TestClient, engine: RecordingEngine,
+                                                         extra: dict[str, Any], statuses: tuple[int, ...]) -> None:
+    content = [{"type": "image_url", "image_url": {"url": data_uri(GOOD)}}, {"type": "text", "text": "q19"}]
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}], **extra})
+    assert r.status_code in statuses, r.text
+    if r.status_code == 200:  # ignored, never obeyed: one choice, the engine saw the normal request
+        assert len(r.json()["choices"]) == 1
+        assert "EVIL" not in r.json()["choices"][0]["message"]["content"]
+        request = engine.requests[-1]
+        assert request.params.max_new_tokens <= 2048
+        assert all(img.width * img.height <= 1280 * 32 * 32 for img in request.images)
+    else:
+        assert_openai_error(r, r.status_code)
     good_next(client)
