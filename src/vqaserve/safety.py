@@ -97,8 +97,7 @@ class NudeNetChecker:
 class HFImageChecker:
     """A Hugging Face image-classification model dir: refuse when P(unsafe labels) >= threshold."""
 
-    def __init__(self, path: str, unsafe_labels: Iterable[str] = HF_UNSAFE, threshold: float = 0.6,
-                 threads: int = 1) -> None:
+    def __init__(self, path: str, unsafe_labels: Iterable[str] = HF_UNSAFE, threshold: float = 0.6) -> None:
         from pathlib import Path
 
         if not (Path(path) / "config.json").is_file():
@@ -107,7 +106,6 @@ class HFImageChecker:
         self.path = path
         self.unsafe = frozenset(label.lower() for label in unsafe_labels)
         self.threshold = threshold
-        self.threads = threads
         self._model: Any = None
         self._processor: Any = None
         self._unsafe_ids: list[int] = []
@@ -174,7 +172,7 @@ def build_image_checker(settings: Settings) -> NudeNetChecker | HFImageChecker |
     if kind == "off":
         return None
     if kind == "nudenet":
-        return NudeNetChecker(s.unsafe_labels or NUDENET_UNSAFE, s.image_threshold)
+        return NudeNetChecker(s.unsafe_labels or NUDENET_UNSAFE, s.image_threshold, s.image_threads)
     if kind == "marker":
         return MarkerChecker()
     if kind.startswith("hf:"):

@@ -82,6 +82,7 @@ class CacheSettings(BaseModel):
 class SafetySettings(BaseModel):
     image: str = "nudenet"  # nudenet | off | hf:PATH | marker (flags magenta images: tests, demos)
     image_threshold: float = 0.6
+    image_threads: int = 1  # onnxruntime threads for the NudeNet check (the engine owns the other cores)
     unsafe_labels: list[str] = Field(default_factory=list)  # empty: the checker's own default set
     blocklist: str | None = None  # path; default: the bundled list
     refusal_en: str = "Sorry, I can't help with that."
