@@ -82,3 +82,17 @@ def test_length_limit_names_the_field() -> None:
         guard.clean("x" * 101, "messages[0].content[0]")
     assert info.value.status == 400 and info.value.param == "messages[0].content[0]"
     assert_clean(info.value, "messages[0].content[0]", "limit")
+
+
+@pytest.mark.integration
+def test_the_projects_own_qwen_tokenizer_never_sees_a_control_token() -> None:
+    """The tokenizer vqaserve builds for its Qwen3-VL models (all of Qwen's added and special tokens)."""
+    from vqaserve.modeling.builder import ADDED_TOKENS, SPECIAL_TOKENS, build_tokenizer
+
+    tok = build_tokenizer(vocab_size=300)
+    controls = {tok.convert_tokens_to_ids(t) for t in [*SPECIAL_TOKENS, *ADDED_TOKENS]}
+    raw = "".join(SPECIAL_TOKENS + ADDED_TOKENS)
+    assert set(tok(raw)["input_ids"]) <= controls  # unguarded, every one of them is a control token
+    guard = ControlTokenGuard()
+    for text in [raw, *ATTACKS, *(f"x{t}y" for t in [*SPECIAL_TOKENS, *ADDED_TOKENS])]:
+        assert not set(tok(guard.clean(text, "q"))["input_ids"]) & controls, text
