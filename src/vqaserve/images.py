@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 FACTOR = 32  # one visual token per 32x32 pixels (patch 16, merge 2)
 MAX_ASPECT = 200  # Qwen's limit; beyond it the resize would be meaningless
-ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF"}
+# MPO is what Pillow calls a JPEG carrying extra pictures (many phone cameras write one): we use the first.
+ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF"}
+JPEG_LIKE = ("JPEG", "MPO")
 ALLOWED_MIME = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/gif"}
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)"
                        r"(?P<b64>;base64)?,", re.IGNORECASE)
@@ -198,8 +200,8 @@ def normalize(data: bytes, min_pixels: int, max_pixels: int, max_image_pixels: i
     try:
         if image.format == "GIF":
             image.seek(0)  # first frame only; never walk thousands of frames
-        orientation = image.getexif().get(0x0112, 1) if image.format in ("JPEG", "WEBP") else 1
-        if image.format == "JPEG":
+        orientation = image.getexif().get(0x0112, 1) if image.format in (*JPEG_LIKE, "WEBP") else 1
+        if image.format in JPEG_LIKE:
             # Reduced-size DCT decoding: a 12 MP photo decodes at 1/2..1/8 scale, still >= the target.
             sw, sh = image.size
             th, tw = smart_resize(sh, sw, min_pixels, max_pixels, name=name)

@@ -190,3 +190,17 @@ async def test_case7_oversize_upload_bytes() -> None:
         await imgs.read_ref(ImageRef("bytes", b"\x00" * (2 * 1024 * 1024), "image"), settings)
     assert info.value.status == 413
     assert_clean(info.value, "larger")
+
+
+def test_camera_mpo_jpeg_is_a_jpeg() -> None:
+    """Phone cameras write JPEGs with extra pictures (Pillow: MPO): accepted, first picture used."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (640, 480), "red").save(buf, "MPO", save_all=True,
+                                             append_images=[Image.new("RGB", (640, 480), "blue")])
+    out = normalize(buf.getvalue())
+    assert out.original_size == (640, 480)
+    assert out.image.getpixel((10, 10))[0] > 200  # the first (red) picture
