@@ -31,6 +31,7 @@ MAX_ASPECT = 200  # Qwen's limit; beyond it the resize would be meaningless
 # MPO is what Pillow calls a JPEG carrying extra pictures (many phone cameras write one): we use the first.
 ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF"}
 JPEG_LIKE = ("JPEG", "MPO")
+OPEN_FORMATS = ["BMP", "GIF", "JPEG", "PNG", "WEBP"]  # Pillow's decoders we let see client bytes
 ALLOWED_MIME = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/gif"}
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)"
                        r"(?P<b64>;base64)?,", re.IGNORECASE)
@@ -152,7 +153,7 @@ def _open_checked(data: bytes, max_image_pixels: int, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
+            image = Image.open(io.BytesIO(data), formats=OPEN_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLarge(f"{name}: image has more than the {max_image_pixels:,} pixel limit; "
                             "send a smaller image", param=name) from None
