@@ -127,7 +127,7 @@ def test_hostile_images(client: TestClient, files: ThreadedHost, engine: Recordi
     before = len(engine.requests)
     t0 = time.perf_counter()
     expect_error(send(client, how, data, files, path), status, code, *words)
-    assert time.perf_counter() - t0 < 3.0
+    assert time.perf_counter() - t0 < 5.0  # generous: refusals are milliseconds, the box is shared
     assert len(engine.requests) == before  # refused before the engine
     good_next(client)
 
