@@ -159,12 +159,12 @@ class Fetcher:
         else:
             try:
                 found = await self.resolver(host, port)
-            except (OSError, UnicodeError):
-                found = []
-            if not found:
+                candidates = [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
+            except (OSError, UnicodeError, ValueError):
+                candidates = []
+            if not candidates:
                 raise FetchFailed(f"{name}: the image host name could not be resolved; check the URL",
                                   status=502, param=name)
-            candidates = [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
         host_allowed = self._host_allowed(host)
         for ip in candidates:
             if self.trusted is not None and self.trusted(host, ip, port):
