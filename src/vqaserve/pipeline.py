@@ -309,6 +309,17 @@ class Pipeline:
                     break
                 if text:
                     yield StreamDelta(text=text)
+            else:
+                # The engine ended without a finish_reason: the held-back tail must still be released
+                # (or blocked), and the client still needs a final chunk.
+                if not request.should_stop():
+                    tail, blocked = guard.flush() if guard is not None else ("", False)
+                    final = StreamDelta(text="" if blocked else tail,
+                                        finish_reason="content_filter" if blocked else "stop")
+                    yield final
+                    if blocked:
+                        return
+                    pieces.append(tail)
         finally:
             # A client that disconnects closes this generator: tell the engine to stop.
             if final is None:

@@ -80,8 +80,10 @@ class CacheSettings(BaseModel):
 
 
 class SafetySettings(BaseModel):
-    image: str = "nudenet"  # nudenet | off | hf:PATH
+    image: str = "nudenet"  # nudenet | off | hf:PATH | marker (flags magenta images: tests, demos)
     image_threshold: float = 0.6
+    image_threads: int = 1  # onnxruntime threads for the NudeNet check (the engine owns the other cores)
+    unsafe_labels: list[str] = Field(default_factory=list)  # empty: the checker's own default set
     blocklist: str | None = None  # path; default: the bundled list
     refusal_en: str = "Sorry, I can't help with that."
     refusal_zh: str = "抱歉，我无法回答这个问题。"
@@ -89,8 +91,8 @@ class SafetySettings(BaseModel):
     @field_validator("image")
     @classmethod
     def _image(cls, v: str) -> str:
-        if v not in ("nudenet", "off") and not v.startswith("hf:"):
-            raise ValueError("VQA_SAFETY_IMAGE must be 'nudenet', 'off' or 'hf:<model dir>'")
+        if v not in ("nudenet", "off", "marker") and not v.startswith("hf:"):
+            raise ValueError("VQA_SAFETY_IMAGE must be 'nudenet', 'off', 'marker' or 'hf:<model dir>'")
         return v
 
 

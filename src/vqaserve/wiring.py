@@ -37,7 +37,21 @@ def build_components(settings: Settings, engine: Engine, metrics: Any = None) ->
     if metrics is not None:
         components.observe = metrics.observe_stage
         components.extra["metrics"] = metrics
+    _add_safety(settings, components)
     return components
+
+
+def _add_safety(settings: Settings, components: Components) -> None:
+    """Image check, output blocklist, prompt guard and the SSRF-safe URL fetcher (issue 5)."""
+    from vqaserve.fetch import Fetcher
+    from vqaserve.moderation import BlocklistFilter
+    from vqaserve.prompt_guard import ControlTokenGuard
+    from vqaserve.safety import build_image_checker
+
+    components.image_checker = build_image_checker(settings)
+    components.output_filter = BlocklistFilter.from_settings(settings)
+    components.prompt_guard = ControlTokenGuard(settings.generation.max_question_chars)
+    components.fetcher = Fetcher(settings)
 
 
 def build_pipeline(settings: Settings, engine: Engine | None = None, metrics: Any = None) -> Pipeline:
