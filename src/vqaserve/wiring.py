@@ -28,6 +28,13 @@ def build_engine(settings: Settings) -> Engine:
 def build_components(settings: Settings, engine: Engine) -> Components:
     """Safety, cache, batching and fetching, each from its own module, configured by settings."""
     components = Components()
+    if settings.cache.enabled:
+        from vqaserve.cache import build_cache
+
+        components.cache, components.cache_key = build_cache(settings)
+        # /ready awaits each of these; the server's metrics read extra["cache"].stats().
+        components.extra.setdefault("health", []).append(components.cache.health)
+        components.extra["cache"] = components.cache
     return components
 
 
