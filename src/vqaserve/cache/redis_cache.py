@@ -40,9 +40,10 @@ class RedisCache:
                                       probe_interval_s=probe_interval_s,
                                       max_probe_interval_s=max_probe_interval_s)
         self._client: Any = None
+        self._slots = asyncio.Semaphore(max_connections)
         self._last_ok = 0.0
         self.counts = {"l2_hits": 0, "l2_misses": 0, "l2_errors": 0, "l2_skipped": 0, "l2_corrupt": 0,
-                       "l2_puts": 0}
+                       "l2_puts": 0, "l2_busy": 0}
         self.latency = {"l2_seconds_sum": 0.0, "l2_seconds_count": 0, "l2_seconds_max": 0.0}
 
     def _redis(self) -> Any:
@@ -68,6 +69,13 @@ class RedisCache:
             self.counts["l2_skipped"] += 1
             return False, None
         t0 = time.perf_counter()
+        # More concurrent calls than connections: wait a moment for one, else skip. Busy is not a
+        # Redis failure, so it never trips the breaker (redis-py's pool would raise instead).
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.timeout_s)
+        except TimeoutError:
+            self.counts["l2_busy"] += 1
+            return False, None
         try:
             async with asyncio.timeout(self.timeout_s):
                 reply = await getattr(self._redis(), op)(*args, **kwargs)
@@ -76,6 +84,7 @@ class RedisCache:
             self.breaker.failure(type(exc).__name__)
             return False, None
         finally:
+            self._slots.release()
             self._observe(time.perf_counter() - t0)
         self.breaker.success()
         self._last_ok = time.monotonic()
