@@ -5,9 +5,12 @@ another content hash. This index maps it to the content hash of the first copy i
 
 1. a 64-bit DCT perceptual hash (pHash) over a 32x32 grey thumbnail finds candidates within a small
    Hamming distance (a brute-force XOR + popcount over all remembered images: microseconds);
-2. every candidate is *verified* on a small colour thumbnail: the original aspect ratio must agree
-   and the mean and the 99th-percentile pixel difference must both be small, so a different product
-   (another colour, another position, another pattern) never passes even when its pHash is close.
+2. every candidate is *verified* on a 48x48 colour thumbnail: the original aspect ratio must agree,
+   the mean difference must be small, and no thumbnail pixel may fall outside the range of the
+   other picture's 3x3 neighbourhood by more than a small margin (an "envelope" test: the blur of a
+   resize or JPEG's ringing stay inside the envelope, a new colour, a moved item, another pattern,
+   or a label or logo a few percent of the picture wide do not), so a different product does not
+   pass even when its pHash is close.
 
 Only canonical images are remembered (a copy never becomes a new anchor, so matches cannot drift
 along a chain of slightly different pictures). The index is bounded: the oldest anchors go first.
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     from vqaserve.types import NormalizedImage
 
 HASH_SIDE = 32  # grey thumbnail for the DCT
-THUMB_SIDE = 32  # colour thumbnail for verification
+THUMB_SIDE = 48  # colour thumbnail for verification: 6.9 kB per remembered image
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class Thresholds:
     max_hamming: int = 12  # of 64 pHash bits
     max_aspect_diff: float = 0.03  # relative, on the original (pre-resize) sizes
     max_mean_diff: float = 5.0  # mean |difference| of thumbnail channels, 0..255
-    max_p99_diff: float = 32.0  # 99th percentile |difference|: a local change (a logo, a colour) fails
+    max_envelope_diff: int = 40  # worst pixel outside the other's 3x3 neighbourhood range, 0..255
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -67,26 +70,43 @@ def thumbnail(image: Image.Image) -> np.ndarray:
     from PIL import Image as PILImage
 
     small = image.resize((THUMB_SIDE, THUMB_SIDE), PILImage.Resampling.BOX)
-    return np.asarray(small, dtype=np.int16)
+    return np.asarray(small, dtype=np.uint8)
+
+
+def _envelope(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel max and min over each pixel's 3x3 neighbourhood."""
+    p = np.pad(a, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    h, w = a.shape[:2]
+    shifted = np.stack([p[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)])
+    return shifted.max(axis=0), shifted.min(axis=0)
+
+
+def envelope_distance(a: np.ndarray, b: np.ndarray) -> int:
+    """How far any pixel of one thumbnail lies outside the other's local range (symmetric)."""
+    a, b = a.astype(np.int16), b.astype(np.int16)
+    a_hi, a_lo = _envelope(a)
+    b_hi, b_lo = _envelope(b)
+    out_b = np.maximum(b - a_hi, a_lo - b)
+    out_a = np.maximum(a - b_hi, b_lo - a)
+    return int(max(out_a.max(), out_b.max(), 0))
 
 
 def thumbnails_match(a: np.ndarray, b: np.ndarray, t: Thresholds) -> tuple[bool, float]:
-    diff = np.abs(a - b)
-    mean = float(diff.mean())
-    return (mean <= t.max_mean_diff and float(np.percentile(diff, 99)) <= t.max_p99_diff), mean
+    mean = float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+    return (mean <= t.max_mean_diff and envelope_distance(a, b) <= t.max_envelope_diff), mean
 
 
 class NearDuplicateIndex:
     """canonical(image) -> the content hash of the verified near-duplicate seen first, or its own."""
 
-    def __init__(self, max_images: int = 20_000, thresholds: Thresholds | None = None) -> None:
+    def __init__(self, max_images: int = 5_000, thresholds: Thresholds | None = None) -> None:
         if max_images < 1:
             raise ValueError("near_duplicates_max must be >= 1")
         self.capacity = max_images
         self.t = thresholds or Thresholds()
         self._hashes = np.zeros(max_images, dtype=np.uint64)
         self._aspects = np.zeros(max_images, dtype=np.float64)
-        self._thumbs = np.zeros((max_images, THUMB_SIDE, THUMB_SIDE, 3), dtype=np.int16)
+        self._thumbs = np.zeros((max_images, THUMB_SIDE, THUMB_SIDE, 3), dtype=np.uint8)
         self._canon: list[str | None] = [None] * max_images
         self._used = 0
         self._next = 0  # ring position: the oldest anchor is replaced first
