@@ -236,7 +236,11 @@ class Pipeline:
     async def _cache_key(self, q: Question) -> str | None:
         if not (self.c.cache and self.c.cache_key and q.cache and q.params.deterministic):
             return None
-        return self.c.cache_key(q, self._model_identity(), self._policy())
+        builder, identity, policy = self.c.cache_key, self._model_identity(), self._policy()
+        if getattr(builder, "blocking", False):  # e.g. near-duplicate hashing: milliseconds of numpy
+            return await asyncio.get_running_loop().run_in_executor(
+                self.image_pool, builder, q, identity, policy)
+        return builder(q, identity, policy)
 
     async def _cache_get(self, key: str | None, timer: Timer) -> Answer | None:
         if key is None or self.c.cache is None:

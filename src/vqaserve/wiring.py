@@ -35,6 +35,7 @@ def build_components(settings: Settings, engine: Engine) -> Components:
         # /ready awaits each of these; the server's metrics read extra["cache"].stats().
         components.extra.setdefault("health", []).append(components.cache.health)
         components.extra["cache"] = components.cache
+        components.extra.setdefault("aclose", []).append(components.cache.aclose)  # lifespan shutdown
     return components
 
 

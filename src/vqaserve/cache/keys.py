@@ -30,6 +30,8 @@ class CacheKeyBuilder:
 
     def __init__(self, canonicalizer: ImageCanonicalizer | None = None) -> None:
         self.canonicalizer = canonicalizer
+        # Tells the pipeline to build keys off the event loop (perceptual hashing costs milliseconds).
+        self.blocking = canonicalizer is not None
 
     def _image_hash(self, image: NormalizedImage) -> str:
         if self.canonicalizer is not None:
