@@ -32,8 +32,8 @@ def build_components(settings: Settings, engine: Engine) -> Components:
         from vqaserve.cache import build_cache
 
         components.cache, components.cache_key = build_cache(settings)
-        # /ready awaits each of these; the server's metrics read extra["cache"].stats().
-        components.extra.setdefault("health", []).append(components.cache.health)
+        # /ready reports each probe under its name; "status": "degraded" makes /ready say degraded.
+        components.extra.setdefault("health", {})["cache"] = components.cache.health
         components.extra["cache"] = components.cache
         components.extra.setdefault("aclose", []).append(components.cache.aclose)  # lifespan shutdown
     return components

@@ -99,7 +99,7 @@ async def test_redis_down_at_start_still_answers_and_reports_degraded() -> None:
             assert (await p.answer(ask(f"q{i}", PNG))).cache == "miss"
         assert time.perf_counter() - t0 < 1.0
         assert (await p.answer(ask("q0", PNG))).cache == "hit"  # L1 alone still serves
-        assert (await cache.health())["cache"] == "degraded"
+        assert (await cache.health())["status"] == "degraded"
         assert cache.stats()["l2_skipped"] > 0
     finally:
         await cache.aclose()
@@ -111,14 +111,14 @@ async def test_redis_killed_mid_traffic_then_restarted(redis_server: RedisServer
     p = make_pipeline(engine, cache)
     try:
         await p.answer(ask("before", PNG))
-        assert (await cache.health())["cache"] == "ok"
+        assert (await cache.health())["status"] == "ok"
         redis_server.kill()
         for i in range(10):  # every request still answers
             assert "answer to" in (await p.answer(ask(f"during {i}", PNG))).text
-        assert (await cache.health())["cache"] == "degraded"
+        assert (await cache.health())["status"] == "degraded"
         redis_server.start()  # same port; empty (no persistence)
         await wait_until(lambda: cache.l2.breaker.state == "closed")  # type: ignore[union-attr]
-        assert (await cache.health())["cache"] == "ok"
+        assert (await cache.health())["status"] == "ok"
         await p.answer(ask("after", PNG))
         other = redis_tiered(redis_server.url)  # another process: must hit through L2
         try:
@@ -146,7 +146,7 @@ async def test_a_sleeping_redis_costs_one_timeout_then_the_breaker(redis_server:
         rest = time.perf_counter() - t1
         assert first < 0.2, f"first call took {first:.3f}s"
         assert rest < 0.05, f"50 calls behind the open breaker took {rest:.3f}s"
-        assert (await cache.health())["cache"] == "degraded"
+        assert (await cache.health())["status"] == "degraded"
         blocker.close()
         await wait_until(lambda: cache.breaker.state == "closed", timeout=5)
         got = await cache.get("k")

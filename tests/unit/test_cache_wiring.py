@@ -17,7 +17,7 @@ async def test_default_is_l1_only_with_health_and_stats() -> None:
     c = build_components(load_settings(), ScriptedEngine())
     assert isinstance(c.cache, TieredCache) and c.cache.l2 is None and c.cache.l1.max_entries == 1000
     assert c.cache_key is not None and not getattr(c.cache_key, "blocking", True)
-    assert [await h() for h in c.extra["health"]] == [{"cache": "ok", "redis": "off"}]
+    assert await c.extra["health"]["cache"]() == {"status": "ok", "redis": "off"}
     assert c.extra["cache"].stats()["l1_entries"] == 0
 
 
@@ -35,3 +35,22 @@ def test_cache_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VQA_CACHE__ENABLED", "false")
     c = build_components(load_settings(), ScriptedEngine())
     assert c.cache is None and c.cache_key is None
+
+
+async def test_prometheus_collector_exposes_levels_breaker_and_latency() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from vqaserve.cache import LRUCache
+    from vqaserve.cache.metrics import CacheCollector
+    from vqaserve.types import Answer
+
+    cache = TieredCache(LRUCache(10))
+    await cache.put("k", Answer(text="red", model="m"))
+    await cache.get("k")
+    await cache.get("other")
+    registry = CollectorRegistry()
+    registry.register(CacheCollector(cache))
+    text = generate_latest(registry).decode()
+    assert 'vqa_cache_level_hits_total{level="l1"} 1.0' in text
+    assert 'vqa_cache_level_misses_total{level="l1"} 1.0' in text
+    assert "vqa_cache_get_seconds_count 2.0" in text and "vqa_cache_l1_entries 1.0" in text

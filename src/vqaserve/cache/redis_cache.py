@@ -124,11 +124,11 @@ class RedisCache:
         self._last_ok = time.monotonic()
 
     async def health(self) -> dict[str, object]:
-        """{"cache": "ok" | "degraded", "redis": breaker state}; pings when Redis has been quiet."""
+        """{"status": "ok" | "degraded", "redis": breaker state}; pings when Redis has been quiet."""
         if self.breaker.state == CLOSED and time.monotonic() - self._last_ok > HEALTH_RECHECK_S:
             await self._call("ping")
         state = self.breaker.state
-        return {"cache": "ok" if state == CLOSED else "degraded", "redis": state}
+        return {"status": "ok" if state == CLOSED else "degraded", "redis": state}
 
     def stats(self) -> dict[str, float]:
         return {**self.counts, **self.latency, "breaker_state": STATE_NUMBER[self.breaker.state],

@@ -58,7 +58,7 @@ class TieredCache:
 
     async def health(self) -> dict[str, object]:
         if self.l2 is None:
-            return {"cache": "ok", "redis": "off"}
+            return {"status": "ok", "redis": "off"}
         return await self.l2.health()
 
     def stats(self) -> dict[str, float]:
