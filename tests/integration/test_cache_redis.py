@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from cache_helpers import ask, make_pipeline, redis_tiered
-from conftest import free_port, image_bytes
+from cache_helpers import ask, free_port, image_bytes, make_pipeline, redis_tiered
 from redis_fixture import RedisServer, redis_server  # noqa: F401  (fixture)
 from vqaserve.cache import codec
 from vqaserve.cache.redis_cache import RedisCache

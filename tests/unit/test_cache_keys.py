@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from conftest import image_bytes
+from cache_helpers import image_bytes
 from vqaserve import images as imgs
 from vqaserve.cache.keys import CacheKeyBuilder
 from vqaserve.types import GenerationParams, NormalizedImage, Part, Question, Turn

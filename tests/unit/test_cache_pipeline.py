@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from cache_helpers import BlockWord, ask, make_pipeline
-from conftest import image_bytes
+from cache_helpers import BlockWord, ask, image_bytes, make_pipeline
 from vqaserve.cache import LRUCache, TieredCache
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import EngineFailure
