@@ -77,7 +77,7 @@ class CacheSettings(BaseModel):
     redis_timeout_ms: int = 100
     redis_probe_interval_s: float = 0.5  # first background probe after the breaker opens (doubles to 5 s)
     near_duplicates: bool = False
-    near_duplicates_max: int = 5_000  # images the near-duplicate index remembers (~7 kB each)
+    near_duplicates_max: int = 2_000  # images the near-duplicate index remembers (~28 kB each)
     enabled: bool = True
 
 

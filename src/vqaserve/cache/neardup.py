@@ -5,7 +5,7 @@ another content hash. This index maps it to the content hash of the first copy i
 
 1. a 64-bit DCT perceptual hash (pHash) over a 32x32 grey thumbnail finds candidates within a small
    Hamming distance (a brute-force XOR + popcount over all remembered images: microseconds);
-2. every candidate is *verified* on a 48x48 colour thumbnail: the original aspect ratio must agree,
+2. every candidate is *verified* on a 96x96 colour thumbnail: the original aspect ratio must agree,
    the mean difference must be small, and no thumbnail pixel may fall outside the range of the
    other picture's 3x3 neighbourhood by more than a small margin (an "envelope" test: the blur of a
    resize or JPEG's ringing stay inside the envelope, a new colour, a moved item, another pattern,
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from vqaserve.types import NormalizedImage
 
 HASH_SIDE = 32  # grey thumbnail for the DCT
-THUMB_SIDE = 48  # colour thumbnail for verification: 6.9 kB per remembered image
+THUMB_SIDE = 96  # colour thumbnail for verification: 27 kB per remembered image
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Thresholds:
     max_hamming: int = 12  # of 64 pHash bits
     max_aspect_diff: float = 0.03  # relative, on the original (pre-resize) sizes
     max_mean_diff: float = 5.0  # mean |difference| of thumbnail channels, 0..255
-    max_envelope_diff: int = 40  # worst pixel outside the other's 3x3 neighbourhood range, 0..255
+    max_envelope_diff: int = 72  # worst pixel outside the other's 3x3 neighbourhood range, 0..255
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -99,7 +99,7 @@ def thumbnails_match(a: np.ndarray, b: np.ndarray, t: Thresholds) -> tuple[bool,
 class NearDuplicateIndex:
     """canonical(image) -> the content hash of the verified near-duplicate seen first, or its own."""
 
-    def __init__(self, max_images: int = 5_000, thresholds: Thresholds | None = None) -> None:
+    def __init__(self, max_images: int = 2_000, thresholds: Thresholds | None = None) -> None:
         if max_images < 1:
             raise ValueError("near_duplicates_max must be >= 1")
         self.capacity = max_images
