@@ -10,6 +10,7 @@ as soon as the task ends, and the next request starts afresh.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -40,7 +41,7 @@ class Coalescer(Generic[T]):
             task = asyncio.ensure_future(work())
             flight = _Flight(task=task)
             self._flights[key] = flight
-            task.add_done_callback(lambda _t, k=key, f=flight: self._forget(k, f))
+            task.add_done_callback(functools.partial(self._forget, key, flight))
         else:
             self.coalesced += 1
             if self.on_coalesced is not None:
@@ -56,7 +57,7 @@ class Coalescer(Generic[T]):
         flight.waiters -= 1
         return result, shared
 
-    def _forget(self, key: str, flight: _Flight[T]) -> None:
+    def _forget(self, key: str, flight: _Flight[T], _task: object = None) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
         if not flight.task.cancelled():

@@ -18,6 +18,10 @@ MAGIC = "vqa-answer"
 _FINISH = {"stop", "length"}  # content_filter answers are never stored
 
 
+def _count(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
 def encode(key: str, answer: Answer) -> bytes:
     value = {"v": MAGIC, "schema": CACHE_SCHEMA_VERSION, "key": key, "text": answer.text,
              "model": answer.model, "finish_reason": answer.finish_reason,
@@ -41,7 +45,7 @@ def decode(key: str, raw: bytes | str | None) -> Answer | None:
     pt, ct = value.get("prompt_tokens"), value.get("completion_tokens")
     if not (isinstance(text, str) and isinstance(model, str) and finish in _FINISH):
         return None
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (pt, ct)):
+    if not (isinstance(pt, int) and isinstance(ct, int) and _count(pt) and _count(ct)):
         return None
     return Answer(text=text, model=model, finish_reason=finish, cache="hit",
                   usage=Usage(prompt_tokens=pt, completion_tokens=ct))

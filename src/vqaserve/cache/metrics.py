@@ -67,4 +67,4 @@ class CacheCollector:
         for prefix, (name, doc) in _SUMMARIES.items():
             total, count = stats.get(f"{prefix}_seconds_sum"), stats.get(f"{prefix}_seconds_count")
             if total is not None and count is not None:
-                yield SummaryMetricFamily(f"{self.ns}_{name}", doc, count_value=count, sum_value=total)
+                yield SummaryMetricFamily(f"{self.ns}_{name}", doc, count_value=int(count), sum_value=total)

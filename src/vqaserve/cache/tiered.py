@@ -30,7 +30,7 @@ class TieredCache:
                 return answer
             raw = await self.l2.get_raw(key)
             answer = codec.decode(key, raw)
-            if answer is None:
+            if answer is None or raw is None:
                 self.l2.counts["l2_misses"] += 1
                 if raw is not None:
                     self.l2.counts["l2_corrupt"] += 1
