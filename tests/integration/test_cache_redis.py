@@ -134,7 +134,7 @@ async def test_a_sleeping_redis_costs_one_timeout_then_the_breaker(redis_server:
                        max_probe_interval_s=0.3)
     try:
         await cache.put("k", Answer(text="red", model="m"))
-        blocker = redis_server.send_nowait("DEBUG", "SLEEP", "1.5")
+        blocker = redis_server.send_nowait("DEBUG", "SLEEP", "2")
         await asyncio.sleep(0.05)
         t0 = time.perf_counter()
         assert await cache.get("k") is None

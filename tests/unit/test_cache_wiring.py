@@ -31,6 +31,14 @@ def test_env_names_enable_redis_size_and_near_duplicates(monkeypatch: pytest.Mon
     assert isinstance(c.cache_key.canonicalizer, NearDuplicateIndex)  # type: ignore[union-attr]
 
 
+def test_a_malformed_redis_url_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqaserve.errors import ConfigError
+
+    monkeypatch.setenv("VQA_REDIS_URL", "http://cache:6379")
+    with pytest.raises(ConfigError, match="VQA_REDIS_URL must look like redis://"):
+        build_components(load_settings(), ScriptedEngine())
+
+
 def test_cache_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VQA_CACHE__ENABLED", "false")
     c = build_components(load_settings(), ScriptedEngine())

@@ -24,6 +24,10 @@ def build_cache(settings: Settings) -> tuple[TieredCache, CacheKeyBuilder]:
     c = settings.cache
     l2 = None
     if c.redis_url:
+        if not c.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            from vqaserve.errors import ConfigError
+
+            raise ConfigError("VQA_REDIS_URL must look like redis://HOST:6379/0 (or rediss://, unix://)")
         l2 = RedisCache(c.redis_url, prefix=c.redis_prefix, ttl_s=c.redis_ttl_s,
                         timeout_ms=c.redis_timeout_ms, probe_interval_s=c.redis_probe_interval_s)
     canonicalizer = None
