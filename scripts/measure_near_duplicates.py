@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     hits: Counter[str] = Counter()
     wrong: Counter[str] = Counter()
     for i, picture in enumerate(originals):
+        if i % 200 == 0:
+            print(f"copies of picture {i}/{args.n} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         for name, make in VARIANTS.items():
             canon = index.canonical(imgs.normalize(make(picture), lo, hi, s.max_image_pixels))
             who = owner.get(canon)
