@@ -75,7 +75,9 @@ class CacheSettings(BaseModel):
     redis_prefix: str = "vqa"
     redis_ttl_s: int = 7 * 24 * 3600
     redis_timeout_ms: int = 100
+    redis_probe_interval_s: float = 0.5  # first background probe after the breaker opens (doubles to 5 s)
     near_duplicates: bool = False
+    near_duplicates_max: int = 2_000  # images the near-duplicate index remembers (~28 kB each)
     enabled: bool = True
 
 

@@ -38,6 +38,18 @@ def build_components(settings: Settings, engine: Engine, metrics: Any = None) ->
         components.observe = metrics.observe_stage
         components.extra["metrics"] = metrics
     _add_safety(settings, components)
+    if settings.cache.enabled:
+        from vqaserve.cache import build_cache
+
+        components.cache, components.cache_key = build_cache(settings)
+        # /ready reports each probe under its name; "status": "degraded" makes /ready say degraded.
+        components.extra.setdefault("health", {})["cache"] = components.cache.health
+        components.extra["cache"] = components.cache
+        components.extra.setdefault("aclose", []).append(components.cache.aclose)  # lifespan shutdown
+        if metrics is not None:
+            from vqaserve.cache.metrics import CacheCollector
+
+            metrics.registry.register(CacheCollector(components.cache))
     return components
 
 
