@@ -148,7 +148,9 @@ class Pipeline:
         cached = await self._cache_get(key, timer)
         if cached is not None:
             return "hit", self._replay(cached)
-        return ("miss" if key else "bypass"), self._stream_fresh(question, key, timer)
+        request = self._engine_request(question)
+        source = self._open_engine_stream(request, question)  # admitted now: a full queue is a 429
+        return ("miss" if key else "bypass"), self._stream_fresh(question, key, timer, request, source)
 
     # --- stages ------------------------------------------------------------------------------------
     def budget(self) -> tuple[int, int]:
@@ -276,13 +278,19 @@ class Pipeline:
     async def _replay(self, answer: Answer) -> AsyncIterator[StreamDelta]:
         yield StreamDelta(text=answer.text, finish_reason=answer.finish_reason, usage=answer.usage)
 
-    async def _stream_fresh(self, q: Question, key: str | None, timer: Timer) -> AsyncIterator[StreamDelta]:
-        request = self._engine_request(q)
+    def _open_engine_stream(self, request: EngineRequest, q: Question) -> Any:
+        """The engine's stream, through the batcher's queue when there is one (same turn-taking)."""
+        opener = getattr(self.c.batcher, "open_stream", None)
+        if opener is not None:
+            return opener(request, q.adapter or "")
+        return self.engine.stream(request)
+
+    async def _stream_fresh(self, q: Question, key: str | None, timer: Timer, request: EngineRequest,
+                            gen: Any) -> AsyncIterator[StreamDelta]:
         guard = self.c.output_filter.stream_guard() if self.c.output_filter else None
         pieces: list[str] = []
         final: StreamDelta | None = None
         t0 = time.perf_counter()
-        gen = self.engine.stream(request)
         try:
             async for delta in gen:
                 if request.should_stop() and request.deadline and time.monotonic() > request.deadline:

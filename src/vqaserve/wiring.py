@@ -27,7 +27,11 @@ def build_engine(settings: Settings) -> Engine:
 
 def build_components(settings: Settings, engine: Engine) -> Components:
     """Safety, cache, batching and fetching, each from its own module, configured by settings."""
+    from vqaserve.batching import MicroBatcher
+
     components = Components()
+    # Always through the batcher (queue bound, deadlines, cancellation); max_size=1 = batching off.
+    components.batcher = MicroBatcher.from_settings(engine, settings.batching)
     return components
 
 
