@@ -321,7 +321,7 @@ class Pipeline:
             # A client that disconnects closes this generator: tell the engine to stop.
             if final is None:
                 request.cancel.set()
-            await gen.aclose()  # type: ignore[attr-defined]
+            await gen.aclose()
         timer.add("generate", t0)
         if final is not None and key and self.c.cache is not None and q.params.deterministic:
             answer = Answer(text="".join(pieces), model=q.model or self.model_id,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.conftest import image_bytes
 
+from tests.conftest import image_bytes
 from vqaserve.batching import MicroBatcher
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.settings import load_settings

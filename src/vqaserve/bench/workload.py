@@ -38,13 +38,13 @@ def catalogue_picture(seed: int, index: int) -> tuple[Image.Image, str]:
 def _fallback_picture(seed: int, index: int) -> tuple[Image.Image, str]:
     rng = random.Random(seed * 1_000_003 + index)
     img = Image.new("RGB", (rng.randint(160, 640), rng.randint(160, 640)),
-                    tuple(rng.randint(0, 255) for _ in range(3)))  # type: ignore[arg-type]
+                    tuple(rng.randint(0, 255) for _ in range(3)))
     return img, "What color is it?"
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **save: object) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format=fmt, **save)  # type: ignore[arg-type]
+    image.save(buf, format=fmt, **save)
     return buf.getvalue()
 
 
