@@ -32,6 +32,7 @@ def build_components(settings: Settings, engine: Engine) -> Components:
     components = Components()
     # Always through the batcher (queue bound, deadlines, cancellation); max_size=1 = batching off.
     components.batcher = MicroBatcher.from_settings(engine, settings.batching)
+    components.extra.setdefault("aclose", []).append(components.batcher.close)  # server shutdown hook
     return components
 
 
