@@ -22,8 +22,9 @@ from vqaserve.types import EngineRequest, GenerationParams, Part, Turn
 class InProcessEngine:
     """Loads the engine the server would load (wiring.build_engine) and times generate()."""
 
-    def __init__(self, settings: Settings, max_new_tokens: int) -> None:
+    def __init__(self, settings: Settings, max_new_tokens: int, torch_threads: int | None = None) -> None:
         self.settings = settings
+        self.torch_threads = torch_threads
         self.params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
         self.engine: Any = None
         self.budget: tuple[int, int] = (settings.images.min_pixels, settings.images.max_pixels)
@@ -32,6 +33,10 @@ class InProcessEngine:
         from vqaserve.pipeline import Pipeline
         from vqaserve.wiring import build_engine
 
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)  # as OMP_NUM_THREADS does for the servers
         self.engine = build_engine(self.settings)
         await self.engine.start()
         self.budget = Pipeline(self.settings, self.engine).budget()

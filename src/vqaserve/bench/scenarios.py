@@ -38,6 +38,10 @@ class BenchConfig:
     pid: int | None = None  # the --url server's pid, for soak RSS
     api_key: str | None = None
     in_process: bool = True
+    # torch intra-op threads for started servers and the in-process engine (None: torch's default).
+    # On an oversubscribed CPU, OpenMP workers spin against each other: 1 thread was 8-12x faster
+    # than 2 on the shared 2-core bench machine (see docs/benchmarks.md).
+    torch_threads: int | None = None
     progress: bool = True
     out_dir: Path = Path("bench-results")
 
@@ -45,6 +49,8 @@ class BenchConfig:
         env = dict(self.env)
         if self.model:
             env["VQA_MODEL"] = self.model
+        if self.torch_threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.torch_threads)
         env.update(extra)
         return env
 
@@ -98,7 +104,8 @@ class Bench:
         if self.cfg.in_process:
             from vqaserve.bench.inprocess import InProcessEngine
 
-            async with InProcessEngine(self.engine_settings(), self.cfg.max_new_tokens) as eng:
+            async with InProcessEngine(self.engine_settings(), self.cfg.max_new_tokens,
+                                       self.cfg.torch_threads) as eng:
                 details["engine"] = await eng.p50_ms(eng.requests(items))
             figures["engine_p50_ms"] = details["engine"]["p50_ms"]
             figures["http_p50_over_engine_p50"] = ratio(http.p(50), figures["engine_p50_ms"])
@@ -133,7 +140,8 @@ class Bench:
         if self.cfg.in_process:
             from vqaserve.bench.inprocess import InProcessEngine
 
-            async with InProcessEngine(self.engine_settings(), self.cfg.max_new_tokens) as eng:
+            async with InProcessEngine(self.engine_settings(), self.cfg.max_new_tokens,
+                                       self.cfg.torch_threads) as eng:
                 requests = eng.requests(per_c[top])
                 details["engine_batch"] = await eng.throughput(requests, top)
                 details["engine_batch1"] = await eng.throughput(requests, 1)

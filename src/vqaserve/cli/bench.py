@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--soak-every", type=int, default=25)
     p.add_argument("--photo-pairs", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   help="torch threads for started servers (OMP_NUM_THREADS) and the in-process engine")
     p.add_argument("--no-in-process", action="store_true",
                    help="skip the in-process engine figures (e.g. the model is only on the server)")
     p.add_argument("--out", default="bench-results", help="folder for the JSON records")
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
                       seed=args.seed, soak_requests=args.soak_requests, soak_every=max(1, args.soak_every),
                       photo_pairs=max(1, args.photo_pairs), pid=args.pid, api_key=args.api_key,
                       in_process=not args.no_in_process, progress=not args.no_progress,
+                      torch_threads=args.torch_threads,
                       out_dir=Path(args.out))
     bench = Bench(cfg)
     for scenario in SCENARIOS if args.scenario == "all" else [args.scenario]:
