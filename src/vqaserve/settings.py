@@ -110,12 +110,16 @@ class BatchSettings(BaseModel):
     max_size: int = 16
     max_wait_ms: float = 10.0
     queue_max: int = 256
+    # Fairness: a batch holds at most this many visual tokens (one request alone may exceed it).
+    max_visual_tokens: int = 16384
+    # Skip the max_wait gather while traffic is serial (it only adds latency at concurrency 1).
+    adaptive_wait: bool = True
 
-    @field_validator("max_size", "queue_max")
+    @field_validator("max_size", "queue_max", "max_visual_tokens")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
-            raise ValueError("VQA_BATCH_MAX_SIZE and VQA_QUEUE_MAX must be >= 1")
+            raise ValueError("VQA_BATCH_MAX_SIZE, VQA_QUEUE_MAX and VQA_BATCH_MAX_VISUAL_TOKENS must be >= 1")
         return v
 
 
@@ -155,6 +159,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "cache_near_duplicates": ("cache", "near_duplicates"),
     "batch_max_size": ("batching", "max_size"), "batch_max_wait_ms": ("batching", "max_wait_ms"),
     "queue_max": ("batching", "queue_max"),
+    "batch_max_visual_tokens": ("batching", "max_visual_tokens"),
     "safety_image": ("safety", "image"), "safety_blocklist": ("safety", "blocklist"),
     "fetch_allow_private": ("fetch", "allow_private"), "fetch_allow_hosts": ("fetch", "allow_hosts"),
 }

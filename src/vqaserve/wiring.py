@@ -50,7 +50,17 @@ def build_components(settings: Settings, engine: Engine, metrics: Any = None) ->
             from vqaserve.cache.metrics import CacheCollector
 
             metrics.registry.register(CacheCollector(components.cache))
+    _add_batcher(settings, engine, components, metrics)
     return components
+
+
+def _add_batcher(settings: Settings, engine: Engine, components: Components, metrics: Any) -> None:
+    """Always through the batcher (queue bound, deadlines, cancellation); max_size=1 = batching off."""
+    from vqaserve.batching import MicroBatcher
+
+    observer = metrics.observe_batch if metrics is not None else None
+    components.batcher = MicroBatcher.from_settings(engine, settings.batching, observer=observer)
+    components.extra.setdefault("aclose", []).append(components.batcher.close)  # server shutdown hook
 
 
 def _add_safety(settings: Settings, components: Components) -> None:
