@@ -1,11 +1,11 @@
-"""`vqa serve --workers N`: which engines may run several workers, and settings handed to workers."""
+"""`vqa serve --workers N`: which engines may run several workers."""
 
 from __future__ import annotations
 
 import pytest
 
 from vqaserve.errors import ConfigError
-from vqaserve.replicas import check_workers, export_to_workers
+from vqaserve.replicas import check_workers
 from vqaserve.settings import load_settings
 
 pytestmark = pytest.mark.unit
@@ -26,17 +26,3 @@ def test_upstream_engine_may_run_several_workers_and_is_told_to_share_redis() ->
     shared = load_settings(workers=4, engine="upstream", upstream_url="http://h:1/v1",
                            redis_url="redis://127.0.0.1:6379/0")
     assert check_workers(shared) == []
-
-
-def test_workers_rebuild_exactly_the_parents_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VQA_PORT", "7000")  # an env value the CLI flag below overrides
-    parent = load_settings(port=9000, engine="upstream", upstream_url="http://h:1/v1", workers=3,
-                           adapters="sunglasses=shop-lora")
-    environ: dict[str, str] = {"VQA_PORT": "7000", "VQA_LLM__DEVICE": "cuda", "PATH": "/bin"}
-    export_to_workers(parent, environ)
-    assert "VQA_PORT" not in environ and "VQA_LLM__DEVICE" not in environ and environ["PATH"] == "/bin"
-    monkeypatch.delenv("VQA_PORT")
-    for key, value in environ.items():
-        monkeypatch.setenv(key, value)
-    child = load_settings()
-    assert child == parent and child.server.port == 9000 and child.llm.adapters == {"sunglasses": "shop-lora"}

@@ -38,6 +38,7 @@ _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content
 # Upstream error text goes to our clients: strip what could reveal the server's insides.
 _PATHLIKE = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+_SOURCE = re.compile(r"\b[\w.-]+\.py\b")
 _URL = re.compile(r"\bhttps?://\S+")
 
 
@@ -150,6 +151,7 @@ def scrub(message: str, limit: int = 300) -> str:
     message = _URL.sub("<url>", message)
     message = _PATHLIKE.sub("<path>", message)
     message = _ADDRESS.sub("<addr>", message)
+    message = _SOURCE.sub("<source>", message)
     message = " ".join(message.split())
     return message[:limit] + ("..." if len(message) > limit else "")
 
