@@ -74,14 +74,17 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
 
 
 @contextlib.contextmanager
-def serve(*flags: str, timeout: float = 60, **env: str) -> Iterator[str]:
-    """A `vqa serve` subprocess on a free port; yields its base URL, stops it afterwards."""
-    port = free_port()
-    proc = subprocess.Popen(vqa_cmd("serve", "--port", str(port), *flags), env=subprocess_env(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+def serving(*flag_sets: tuple[str, ...], timeout: float = 60, ports: list[int] | None = None,
+            **env: str) -> Iterator[list[str]]:
+    """`vqa serve` subprocesses (on free ports unless given), started together; yields their base URLs."""
+    procs: list[tuple[subprocess.Popen[str], str]] = []
+    for i, flags in enumerate(flag_sets):
+        port = ports[i] if ports else free_port()
+        proc = subprocess.Popen(vqa_cmd("serve", "--port", str(port), *flags), env=subprocess_env(**env),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append((proc, f"http://127.0.0.1:{port}"))
 
-    def up() -> bool:
+    def up(proc: subprocess.Popen[str], url: str) -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"vqa serve exited early:\n{proc.stdout.read() if proc.stdout else ''}")
         try:
@@ -90,15 +93,18 @@ def serve(*flags: str, timeout: float = 60, **env: str) -> Iterator[str]:
             return False
 
     try:
-        _wait(up, timeout, "vqa serve")
-        yield url
+        for proc, url in procs:
+            _wait(lambda p=proc, u=url: up(p, u), timeout, "vqa serve")
+        yield [url for _, url in procs]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for proc, _ in procs:
+            proc.terminate()
+        for proc, _ in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def chat(base: str, image_png: bytes, question: str, **extra: Any) -> httpx.Response:
@@ -133,7 +139,7 @@ def test_photo_answered_through_replica_1_is_a_cache_hit_through_replica_2(redis
     flags = ("--engine", "upstream", "--upstream-url", upstream.url, "--upstream-model", "double-model",
              "--redis-url", redis_url, "--safety-image", "off")
     try:
-        with serve(*flags) as one, serve(*flags) as two:
+        with serving(flags, flags) as (one, two):
             image = photo_png()
             first = chat(one, image, "What colour is the jacket?")
             assert first.headers["x-vqa-cache"] == "miss"
@@ -168,10 +174,13 @@ def test_two_tier_gateway_answers_like_the_model_server_with_safety_and_cache_in
     blocklist = tmp_path / "blocklist.txt"
     blocklist.write_text("purple\n紫色\n")  # B refuses answers naming purple; A has no such rule
     samples = [make_sample("test", 7, i, qtype="color", lang="en") for i in range(8)]
-    with serve("--safety-image", "off", timeout=180) as a, \
-            serve("--engine", "upstream", "--upstream-url", a + "/v1", "--safety-image", "off",
-                  "--safety-blocklist", str(blocklist), timeout=60,
-                  VQA_LLM__UPSTREAM_IMAGE_FORMAT="png") as b:  # lossless: A sees B's exact pixels
+    port_a = free_port()
+    a = f"http://127.0.0.1:{port_a}"
+    tier_b = ("--engine", "upstream", "--upstream-url", a + "/v1", "--safety-image", "off",
+              "--safety-blocklist", str(blocklist))
+    # B may start first: with no model name given it learns it from A, so A must be up by then.
+    with serving(("--safety-image", "off"), ports=[port_a], timeout=180) as _, \
+            serving(tier_b, VQA_LLM__UPSTREAM_IMAGE_FORMAT="png") as (b,):  # lossless: A sees B's pixels
         right = 0
         for sample in samples:
             image = png_bytes(sample.image)
