@@ -27,7 +27,13 @@ def build_engine(settings: Settings) -> Engine:
 
 def build_components(settings: Settings, engine: Engine) -> Components:
     """Safety, cache, batching and fetching, each from its own module, configured by settings."""
-    return Components()
+    components = Components()
+    if getattr(engine, "batches_itself", False):
+        # A model server batching continuously (vLLM): admission only, each request sent at once.
+        from vqaserve.gate import ConcurrencyGate
+
+        components.batcher = ConcurrencyGate.from_settings(engine, settings.batching)
+    return components
 
 
 def build_pipeline(settings: Settings, engine: Engine | None = None) -> Pipeline:

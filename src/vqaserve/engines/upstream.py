@@ -65,6 +65,7 @@ class UpstreamUnreachable(EngineFailure):
 
 class UpstreamEngine(Engine):
     name = "upstream"
+    batches_itself = True  # wiring gives it a ConcurrencyGate (gate.py), not the micro-batcher
 
     def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         llm = settings.llm
