@@ -100,7 +100,7 @@ class _GatedStream:
         if self._inner is None:
             self._inner = self.gate.engine.stream(self.request)
         try:
-            return await self._inner.__anext__()  # type: ignore[no-any-return]
+            return await self._inner.__anext__()
         except BaseException:  # end, error or cancellation: the slot is free again
             self._release()
             raise
