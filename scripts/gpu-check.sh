@@ -14,7 +14,7 @@
 #     WHEELS=.whl           folder of wheels for an offline install (pip --no-index --find-links);
 #                           without it, missing packages come from PyPI (needs internet)
 #     OUT=/tmp/gpu-check    logs and result JSON go here ($OUT on the device tool comes back)
-#     CONCURRENCY=32 REQUESTS=640 VLLM_PORT=8011 GATEWAY_PORT=8012 GATEWAY_WORKERS=2
+#     CONCURRENCY=32 REQUESTS=640 VLLM_PORT=8011 GATEWAY_PORT=8012 GATEWAY_WORKERS=8
 # With this workplace's device tool (no internet there): download the wheels here first, e.g.
 #     python3 -m pip download --only-binary=:all: --python-version 3.12 \
 #         --platform manylinux_2_28_x86_64 -d .whl vllm fastapi uvicorn pydantic-settings python-multipart
@@ -29,7 +29,7 @@ CONCURRENCY=${CONCURRENCY:-32}
 REQUESTS=${REQUESTS:-640}
 VLLM_PORT=${VLLM_PORT:-8011}
 GATEWAY_PORT=${GATEWAY_PORT:-8012}
-GATEWAY_WORKERS=${GATEWAY_WORKERS:-2}
+GATEWAY_WORKERS=${GATEWAY_WORKERS:-8}  # ~9 ms CPU per 512x512 request: give the gateway cores
 MODEL_DIR=${MODEL_DIR:-/tmp/gpu-check-model}
 MODEL_NAME=tiny-qwen3-vl
 START=$(date +%s)
