@@ -302,3 +302,16 @@ async def _eventually(cond: Any, timeout: float = 3.0) -> None:
     while not cond():
         assert time.monotonic() < end, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+@pytest.mark.unit
+def test_a_probe_that_never_reports_back_stops_blocking_after_reset() -> None:
+    now = [0.0]
+    b = CircuitBreaker(failure_threshold=1, reset_s=5, clock=lambda: now[0])
+    b.record_failure()
+    now[0] = 5.0
+    assert b.allow() and not b.allow()  # the probe's owner vanishes without a verdict
+    now[0] = 9.9
+    assert not b.allow()
+    now[0] = 10.1
+    assert b.allow()  # a stale probe no longer holds the breaker shut

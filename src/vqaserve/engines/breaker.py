@@ -24,6 +24,7 @@ class CircuitBreaker:
     failures: int = 0  # consecutive
     opened_at: float | None = None
     probing: bool = False  # a half-open probe is in flight
+    probe_started_at: float = 0.0
     trips: int = 0  # how many times it opened (for metrics/health)
     _last_error: str = field(default="", repr=False)
 
@@ -46,9 +47,11 @@ class CircuitBreaker:
         state = self.state
         if state == "closed":
             return True
-        if state == "open" or self.probing:
+        # A probe whose owner never reported back (a leak) stops blocking after reset_s.
+        if state == "open" or (self.probing and self.clock() - self.probe_started_at < self.reset_s):
             return False
         self.probing = True
+        self.probe_started_at = self.clock()
         return True
 
     def record_success(self) -> None:

@@ -123,8 +123,8 @@ class UpstreamEngine(Engine):
         now = time.monotonic()
         if now - self._probe[0] >= PROBE_INTERVAL_S and self.breaker.state != "open":
             self._probe = (now, await self._probe_once())
-        reachable = self._probe[1]
-        ok = reachable and self.breaker.state != "open"
+        reachable = self._probe[1] and self.breaker.state != "open"  # open: the last calls failed
+        ok = reachable
         return {"ok": ok, "engine": "upstream", "upstream_reachable": reachable,
                 "model": self.model_name, "breaker": self.breaker.snapshot()}
 
@@ -136,6 +136,9 @@ class UpstreamEngine(Engine):
         except httpx.HTTPError as exc:
             self.breaker.record_failure(f"probe: {type(exc).__name__}")
             return False
+        except BaseException:  # cancelled (the /ready caller left): no verdict
+            self.breaker.release()
+            raise
         if resp.status_code >= 500:
             self.breaker.record_failure(f"probe: HTTP {resp.status_code}")
             return False
@@ -284,6 +287,9 @@ class UpstreamEngine(Engine):
             resp = await self._send("POST", "chat/completions", body, timeout, request.deadline)
         except httpx.TimeoutException:
             raise self._timed_out(request, timeout) from None
+        except BaseException:  # unreachable (already counted) or cancelled: free a half-open probe
+            self.breaker.release()
+            raise
         try:
             if resp.status_code != 200:
                 raw = await resp.aread()
