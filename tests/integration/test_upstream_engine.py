@@ -128,6 +128,26 @@ async def test_params_model_and_adapter_names_are_mapped(upstream: UpstreamDoubl
     await engine.close()
 
 
+@pytest.mark.integration
+async def test_base_model_and_lora_adapters_are_learnt_from_the_upstream(upstream: UpstreamDouble) -> None:
+    upstream.behaviour.models = [{"id": "shop-v2", "parent": "qwen3-vl"},
+                                 {"id": "qwen3-vl", "max_model_len": 16384},
+                                 {"id": "other-lora", "parent": "another-base"}]
+    engine = UpstreamEngine(settings(upstream.url))
+    await engine.start()
+    info = engine.info()
+    assert (info.model_id, info.max_context, info.adapters) == ("qwen3-vl", 16384, ["shop-v2"])
+    tuned = request("hi")
+    tuned.adapter = "shop-v2"
+    (result,) = await engine.generate([tuned])
+    assert not isinstance(result, VQAError) and upstream.received[0].body["model"] == "shop-v2"
+    configured = UpstreamEngine(settings(upstream.url, adapters={"sunglasses": "shop-v2"}))
+    await configured.start()
+    assert configured.adapters() == ["sunglasses"]  # an explicit mapping wins
+    await engine.close()
+    await configured.close()
+
+
 # --- streaming -----------------------------------------------------------------------------------------
 @pytest.mark.integration
 async def test_stream_is_relayed_chunk_by_chunk_with_usage(upstream: UpstreamDouble) -> None:

@@ -33,7 +33,7 @@ class Behaviour:
     chunks: list[str] | None = None  # stream these text pieces (None: split the answer by words)
     chunk_pause_s: float = 0.0
     finish_reason: str = "stop"
-    models: list[str] = field(default_factory=lambda: ["double-model"])
+    models: list[str | dict[str, Any]] = field(default_factory=lambda: ["double-model"])
 
 
 @dataclass
@@ -93,7 +93,8 @@ class UpstreamDouble:
             if b.status >= 500:
                 return JSONResponse({"error": {"message": "down"}}, status_code=b.status)
             return JSONResponse({"object": "list", "data": [
-                {"id": m, "object": "model", "max_model_len": 4096} for m in b.models]})
+                {"id": m, "object": "model", "max_model_len": 4096} if isinstance(m, str) else m
+                for m in b.models]})
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:

@@ -158,9 +158,14 @@ class UpstreamEngine(Engine):
             ids = [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
             if not ids:
                 raise EngineFailure("the model server lists no models; set VQA_UPSTREAM_MODEL")
-            chosen = next((e for e in ids if e["id"] == self.model_name), ids[0])
+            bases = [e for e in ids if not e.get("parent")] or ids
+            chosen = next((e for e in ids if e["id"] == self.model_name), bases[0])
             self.model_name = self.model_name or chosen["id"]
             self.max_context = int(chosen.get("max_model_len") or 0)
+            if not self.settings.llm.adapters:
+                # vLLM lists each --lora-modules adapter with its base model as `parent`: with no
+                # mapping configured, serve them under their upstream names.
+                self.adapter_map = {e["id"]: e["id"] for e in ids if e.get("parent") == self.model_name}
 
     # --- requests ----------------------------------------------------------------------------------
     def _upstream_model(self, adapter: str | None) -> str:
