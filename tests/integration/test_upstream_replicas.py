@@ -197,3 +197,32 @@ def test_two_tier_gateway_answers_like_the_model_server_with_safety_and_cache_in
         assert chat(b, image, question).headers["x-vqa-cache"] in ("hit", "miss")
         cached = chat(b, image, question)
         assert cached.headers["x-vqa-cache"] == "hit"
+
+
+@pytest.mark.slow
+def test_two_tier_mechanics_on_a_tiny_random_model(tmp_path: Path) -> None:
+    """Runs wherever the server and the transformers engine are (no trained model needed): B's answers
+    equal A's, usage comes from A, B's cache answers repeats even after A is gone."""
+    _need("vqaserve.server.app")
+    _need("vqaserve.engines.transformers")
+    from tests.conftest import image_bytes
+    from vqaserve.modeling.builder import build_model_dir
+
+    model = build_model_dir(tmp_path / "tiny", "tiny", seed=0)
+    port_a = free_port()
+    a = f"http://127.0.0.1:{port_a}"
+    tier_b = ("--engine", "upstream", "--upstream-url", a + "/v1", "--safety-image", "off")
+    image = image_bytes((300, 200))
+    with contextlib.ExitStack() as tier_a:
+        tier_a.enter_context(serving(("--safety-image", "off", "--model", str(model)), ports=[port_a],
+                                     timeout=240))
+        with serving(tier_b, VQA_LLM__UPSTREAM_IMAGE_FORMAT="png") as (b,):
+            direct = chat(a, image, "What color is it?")
+            gated = chat(b, image, "What color is it?")
+            assert answer_of(gated) == answer_of(direct)
+            assert gated.json()["usage"] == direct.json()["usage"]  # A's token counts, passed through
+            assert gated.json()["model"] == Path(model).name  # B learnt the model name from A
+            tier_a.close()  # A goes away
+            again = chat(b, image, "What color is it?")
+            assert again.headers["x-vqa-cache"] == "hit" and answer_of(again) == answer_of(direct)
+            assert chat(b, image, "Is it red?").status_code == 503
