@@ -30,6 +30,11 @@ class ModelSettings(BaseModel):
     upstream_model: str | None = None
     upstream_api_key: str | None = None
     upstream_timeout_s: float = 60.0
+    upstream_retries: int = 3  # extra attempts on connect errors only (the request never arrived)
+    upstream_breaker_failures: int = 5  # consecutive failures that open the circuit breaker
+    upstream_breaker_reset_s: float = 10.0  # how long it stays open before one probe is let through
+    upstream_image_format: Literal["auto", "png", "jpeg"] = "auto"  # how images travel upstream
+    upstream_send_uuid: bool = True  # vLLM's per-image `uuid`; turn off for servers that reject it
 
 
 class ImageSettings(BaseModel):
@@ -150,6 +155,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "trust_remote_code": ("llm", "trust_remote_code"),
     "upstream_url": ("llm", "upstream_url"), "upstream_model": ("llm", "upstream_model"),
     "upstream_api_key": ("llm", "upstream_api_key"),
+    "upstream_timeout_s": ("llm", "upstream_timeout_s"),
     "min_pixels": ("images", "min_pixels"), "max_pixels": ("images", "max_pixels"),
     "max_image_pixels": ("images", "max_image_pixels"), "max_images": ("images", "max_images"),
     "max_body_bytes": ("images", "max_body_bytes"), "local_image_dir": ("images", "local_image_dir"),

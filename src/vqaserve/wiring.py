@@ -55,11 +55,20 @@ def build_components(settings: Settings, engine: Engine, metrics: Any = None) ->
 
 
 def _add_batcher(settings: Settings, engine: Engine, components: Components, metrics: Any) -> None:
-    """Always through the batcher (queue bound, deadlines, cancellation); max_size=1 = batching off."""
-    from vqaserve.batching import MicroBatcher
+    """Always through an admission queue (bound -> 429, deadlines, cancellation).
 
-    observer = metrics.observe_batch if metrics is not None else None
-    components.batcher = MicroBatcher.from_settings(engine, settings.batching, observer=observer)
+    In-process engines get the micro-batcher (max_size=1 = batching off); a model server that
+    batches continuously itself (vLLM) gets admission only, each request sent at once.
+    """
+    if getattr(engine, "batches_itself", False):
+        from vqaserve.gate import ConcurrencyGate
+
+        components.batcher = ConcurrencyGate.from_settings(engine, settings.batching)
+    else:
+        from vqaserve.batching import MicroBatcher
+
+        observer = metrics.observe_batch if metrics is not None else None
+        components.batcher = MicroBatcher.from_settings(engine, settings.batching, observer=observer)
     components.extra.setdefault("aclose", []).append(components.batcher.close)  # server shutdown hook
 
 
