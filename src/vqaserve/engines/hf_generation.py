@@ -1,0 +1,143 @@
+"""Pieces of batched Hugging Face generation the engine composes: prompts, groups, a per-row stopper.
+
+Kept apart from engines/transformers.py (loading, threads, adapters) so each reads in one sitting.
+torch is imported lazily: this module is imported by the engine only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vqaserve.types import EngineRequest, FinishReason, GenerationParams
+
+WORD_JOINER = "\u2060"
+
+
+def neutralise(text: str, control_tokens: Iterable[str]) -> str:
+    """Break control-token spellings in user text ("<|im_start|>" -> "<\u2060|im_start|>").
+
+    The prompt guard already does this as policy; the engine repeats it because a literal
+    "<|image_pad|>" in a question would otherwise desynchronise image placeholders and crash the
+    processor, and "<|im_end|>" would let a user forge a turn.
+    """
+    for token in control_tokens:
+        if token in text:
+            text = text.replace(token, token[0] + WORD_JOINER + token[1:])
+    return text
+
+
+def to_messages(request: EngineRequest,
+                control_tokens: Sequence[str]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """EngineRequest turns -> chat-template messages (image parts as {"type": "image"}) and the
+    PIL images in placeholder order."""
+    messages: list[dict[str, Any]] = []
+    images: list[Any] = []
+    for turn in request.turns:
+        content: list[dict[str, Any]] = []
+        for part in turn.parts:
+            if part.image is not None:
+                content.append({"type": "image"})
+                images.append(part.image.image)
+            elif part.text is not None:
+                content.append({"type": "text", "text": neutralise(part.text, control_tokens)})
+        messages.append({"role": turn.role, "content": content})
+    return messages, images
+
+
+def group_key(request: EngineRequest) -> tuple[object, ...]:
+    """Requests with equal keys may share one forward pass: same adapter, same sampling settings.
+
+    Seeded sampling runs alone: with a batch-mate the random stream would be shared and the same
+    seed would give a different answer depending on who else was in the batch.
+    """
+    params = request.params
+    key: tuple[object, ...] = (request.adapter or "", *params.batch_key())
+    if not params.greedy and params.seed is not None:
+        key = (*key, "solo", id(request))
+    return key
+
+
+def split_groups(batch: Sequence[EngineRequest]) -> list[list[int]]:
+    """Indexes of `batch` grouped by group_key, in first-seen order."""
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for i, request in enumerate(batch):
+        groups.setdefault(group_key(request), []).append(i)
+    return list(groups.values())
+
+
+def generation_kwargs(base_config: Any, params: GenerationParams, max_new_tokens: int) -> Any:
+    """A GenerationConfig from the model's own (eos, pad) with our sampling settings on top."""
+    import copy
+
+    config = copy.deepcopy(base_config)
+    config.max_new_tokens = max_new_tokens
+    config.max_length = None
+    config.min_new_tokens = None
+    config.num_beams = 1
+    if params.greedy:
+        config.do_sample = False
+        config.temperature, config.top_p, config.top_k = None, None, None
+    else:
+        config.do_sample = True
+        config.temperature = params.temperature
+        config.top_p = params.top_p if 0.0 < params.top_p < 1.0 else None
+        config.top_k = params.top_k if params.top_k > 0 else None
+    return config
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """Text up to the earliest stop string (excluded) and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+@dataclass
+class RowState:
+    max_new_tokens: int
+    stops: tuple[str, ...]
+    request: EngineRequest
+    done_at: int | None = None  # number of generated tokens when the row finished
+    reason: FinishReason | None = None
+    cancelled: bool = False
+
+
+@dataclass
+class RowStopper:
+    """A per-row StoppingCriteria: its own max_new_tokens, stop strings, EOS, and the request's
+    cancel/deadline signal. It records when and why each row stopped; generate() pads the rest."""
+
+    rows: list[RowState]
+    prompt_len: int
+    eos_ids: set[int]
+    decode: Any  # token ids -> text (special tokens skipped)
+    calls: int = field(default=0)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        self.calls += 1
+        generated = input_ids.shape[1] - self.prompt_len
+        done = []
+        for i, row in enumerate(self.rows):
+            if row.done_at is None:
+                self._check(row, input_ids[i, self.prompt_len:], generated)
+            done.append(row.done_at is not None)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def _check(self, row: RowState, new_ids: Any, generated: int) -> None:
+        stopped = int(new_ids[-1]) in self.eos_ids or (
+            bool(row.stops) and cut_at_stop(self.decode(new_ids.tolist()), row.stops)[1])
+        if stopped:
+            row.done_at, row.reason = generated, "stop"
+        elif generated >= row.max_new_tokens:
+            row.done_at, row.reason = generated, "length"
+        elif row.request.should_stop():
+            row.done_at, row.reason, row.cancelled = generated, "stop", True
+
+    def finish(self, generated: int) -> None:
+        """Rows still open when generate() returned ran out of tokens."""
+        for row in self.rows:
+            if row.done_at is None:
+                row.done_at, row.reason = generated, "length"

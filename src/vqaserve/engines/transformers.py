@@ -1,0 +1,394 @@
+"""In-process engine: any AutoModelForImageTextToText + AutoProcessor (Qwen3-VL first), CPU or GPU.
+
+All torch work runs on ONE dedicated worker thread (a model and its tokenizer are not thread-safe);
+the event loop only awaits it. A batch is split into groups that may share a forward pass (same
+adapter, same sampling settings); each group is one batched processor call (left padding) and one
+generate(); when a group fails, its members are retried one by one so only the bad one fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from vqaserve.engines.base import Engine, EngineInfo
+from vqaserve.engines.hf_generation import (
+    RowState,
+    RowStopper,
+    cut_at_stop,
+    generation_kwargs,
+    split_groups,
+    to_messages,
+)
+from vqaserve.engines.placement import Placement, choose_placement
+from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, NotFound, VQAError
+from vqaserve.settings import BUNDLED_MODELS, Settings, resolve_model_path
+from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
+
+log = logging.getLogger(__name__)
+_DONE = object()
+
+
+def public_model_id(name: str) -> str:
+    """The name clients see: a bundled name as is, a local directory by its basename, a hub id as is."""
+    if "/" not in name and (BUNDLED_MODELS / name).is_dir():
+        return name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve().name
+    return name
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+class TransformersEngine(Engine):
+    name = "transformers"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.model_name = settings.llm.model
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqa-torch")
+        self._model: Any = None
+        self._processor: Any = None
+        self._placement: Placement | None = None
+        self._control_tokens: list[str] = []
+        self._counter: Any = None  # a private tokenizer copy for count_tokens (off the worker thread)
+        self._adapters: list[str] = []
+        # request_id -> generated tokens, for diagnostics and tests (bounded)
+        self.generated_tokens: OrderedDict[str, int] = OrderedDict()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._model is None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._model = None
+
+    def _resolve(self) -> str:
+        name = self.model_name
+        path_str = resolve_model_path(name)
+        path = Path(path_str).expanduser()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ConfigError(f"model {name!r} is a directory without config.json; point VQA_MODEL / "
+                                  "--model at a Hugging Face model directory")
+            return str(path)
+        if _looks_like_hub_id(name) and not path.exists():
+            return name
+        raise ConfigError(f"model {name!r} not found: give a model directory, a hub id such as "
+                          "Qwen/Qwen3-VL-2B-Instruct, or a bundled name (shop-toy)")
+
+    def _load(self) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        source = self._resolve()
+        llm = self.settings.llm
+        placement = choose_placement(llm.device, llm.dtype)
+        common = {"trust_remote_code": llm.trust_remote_code}
+        try:
+            processor = AutoProcessor.from_pretrained(source, **common)
+            model = AutoModelForImageTextToText.from_pretrained(
+                source, dtype=placement.torch_dtype(), device_map=placement.device_map,
+                attn_implementation=placement.attn_implementation, **common)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("loading %s failed: %s", source, exc)
+            raise ConfigError(f"model {self.model_name!r} could not be loaded ({type(exc).__name__}); "
+                              "check it is a complete AutoModelForImageTextToText directory or a "
+                              "reachable hub id (`vqa doctor --model ...` checks it)") from None
+        if placement.device_map is None:
+            model.to(placement.device)
+        model.eval()
+        tokenizer = processor.tokenizer
+        tokenizer.padding_side = "left"  # batched generation continues every row from its last token
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._control_tokens = sorted(
+            (t.content for t in tokenizer.added_tokens_decoder.values() if t.special),
+            key=len, reverse=True)
+        from tokenizers import Tokenizer
+
+        self._counter = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self._model, self._processor, self._placement = model, processor, placement
+        self._load_adapters()
+
+    def _load_adapters(self) -> None:
+        adapters = self.settings.llm.adapters
+        if not adapters:
+            return
+        from peft import PeftModel
+
+        model = self._model
+        for name, path in adapters.items():
+            path = resolve_model_path(path)
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise ConfigError(f"adapter {name!r}: no adapter_config.json at the given path; "
+                                  "VQA_ADAPTERS takes NAME=PATH to a PEFT LoRA directory")
+            try:
+                if isinstance(model, PeftModel):
+                    model.load_adapter(path, adapter_name=name)
+                else:
+                    model = PeftModel.from_pretrained(model, path, adapter_name=name)
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                raise ConfigError(f"adapter {name!r} does not fit model {self.model_name!r} "
+                                  f"({type(exc).__name__}); train it on this base model") from None
+        model.eval()
+        self._model = model
+        self._adapters = list(adapters)
+
+    # --- description -------------------------------------------------------------------------------
+    def info(self) -> EngineInfo:
+        extra: dict[str, object] = {}
+        max_context = 0
+        if self._processor is not None:
+            size = getattr(self._processor.image_processor, "size", None) or {}
+            get = size.get if isinstance(size, dict) else (lambda k, d=None: getattr(size, k, d))
+            lo, hi = get("shortest_edge"), get("longest_edge")
+            if lo and hi:
+                extra = {"min_pixels": int(lo), "max_pixels": int(hi)}
+        if self._model is not None:
+            config = getattr(self._model, "config", None)
+            text = getattr(config, "text_config", config)
+            max_context = int(getattr(text, "max_position_embeddings", 0) or 0)
+        placement = self._placement
+        return EngineInfo(model_id=public_model_id(self.model_name),
+                          dtype=placement.dtype if placement else "n/a",
+                          device=placement.device if placement else "n/a",
+                          max_context=max_context, adapters=list(self._adapters), extra=extra)
+
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def count_tokens(self, text: str) -> int:
+        if self._counter is None:
+            return super().count_tokens(text)
+        return len(self._counter.encode(text, add_special_tokens=False).ids)
+
+    # --- generation --------------------------------------------------------------------------------
+    async def generate(self, batch: Sequence[EngineRequest]) -> list[EngineResult | VQAError]:
+        if self._model is None:
+            raise EngineFailure("the model is not loaded yet; retry in a moment", retry_after=5)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._generate_all,
+                                                                list(batch))
+
+    def _generate_all(self, batch: list[EngineRequest]) -> list[EngineResult | VQAError]:
+        results: list[EngineResult | VQAError | None] = [None] * len(batch)
+        for group in split_groups(batch):
+            members = [batch[i] for i in group]
+            for i, result in zip(group, self._run_isolated(members), strict=True):
+                results[i] = result
+        return [r if r is not None else EngineFailure("no result") for r in results]
+
+    def _run_isolated(self, members: list[EngineRequest]) -> list[EngineResult | VQAError]:
+        """One batched pass; if it fails, each member alone, so one bad request fails alone."""
+        try:
+            return self._generate_group(members)
+        except VQAError as exc:
+            if len(members) == 1:
+                return [exc]
+        except Exception as exc:  # noqa: BLE001 - turned into a per-request EngineFailure below
+            if len(members) == 1:
+                return [self._failure(exc, members[0])]
+            log.warning("batch of %d failed (%s); retrying one by one", len(members), type(exc).__name__)
+            self._free_memory()
+        out: list[EngineResult | VQAError] = []
+        for member in members:
+            out.extend(self._run_isolated([member]))
+        return out
+
+    def _failure(self, exc: BaseException, request: EngineRequest) -> EngineFailure:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+            self._free_memory()
+            return EngineFailure("out of memory while answering; retry with fewer or smaller images or "
+                                 "a shorter max_tokens", retry_after=2)
+        log.exception("generation failed for request %s", request.request_id, exc_info=exc)
+        return EngineFailure("the engine failed on this request; retry", retry_after=1)
+
+    def _free_memory(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _adapter_context(self, adapter: str | None) -> Any:
+        model = self._model
+        if adapter is not None and adapter not in self._adapters:
+            raise NotFound(f"adapter {adapter!r} is not loaded; GET /v1/models lists the served models",
+                           param="model")
+        if not self._adapters:
+            return nullcontext()
+        if adapter is None:
+            return model.disable_adapter()  # the base model, bit for bit
+        model.set_adapter(adapter)
+        return nullcontext()
+
+    def _prepare(self, members: list[EngineRequest]) -> Any:
+        processor = self._processor
+        prompts, images = [], []
+        for request in members:
+            messages, imgs = to_messages(request, self._control_tokens)
+            prompts.append(processor.apply_chat_template(messages, tokenize=False,
+                                                         add_generation_prompt=True))
+            images.extend(imgs)
+        factor = 32
+        aligned = all(im.width % factor == 0 and im.height % factor == 0 for im in images)
+        kwargs: dict[str, Any] = {"do_resize": not aligned} if images else {}
+        inputs = processor(text=prompts, images=images or None, return_tensors="pt", padding=True, **kwargs)
+        inputs = inputs.to(self._model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
+        return inputs
+
+    def _generate_group(self, members: list[EngineRequest],
+                        streamer: Any = None) -> list[EngineResult | VQAError]:
+        """Generate for requests sharing adapter and sampling settings (runs on the worker thread)."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        early = [self._early_error(r) for r in members]
+        live = [r for r, e in zip(members, early, strict=True) if e is None]
+        if not live:
+            return [e for e in early if e is not None]
+        inputs = self._prepare(live)
+        prompt_len = int(inputs["input_ids"].shape[1])
+        params = live[0].params
+        max_new = max(r.params.max_new_tokens for r in live)
+        gen_config = generation_kwargs(self._model.generation_config, params, max_new)
+        eos = gen_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        tokenizer = self._processor.tokenizer
+        rows = [RowState(r.params.max_new_tokens, tuple(r.params.stop), r) for r in live]
+        stopper = RowStopper(rows, prompt_len, eos_ids,
+                             lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        if params.seed is not None and not params.greedy:
+            torch.manual_seed(params.seed)
+        with torch.inference_mode(), self._adapter_context(live[0].adapter):
+            out = self._model.generate(**inputs, generation_config=gen_config, streamer=streamer,
+                                       stopping_criteria=StoppingCriteriaList([stopper]))
+        stopper.finish(int(out.shape[1]) - prompt_len)
+        results = iter(self._row_result(row, out[i, prompt_len:], inputs["attention_mask"][i])
+                       for i, row in enumerate(rows))
+        return [e if e is not None else next(results) for e in early]
+
+    def _early_error(self, request: EngineRequest) -> VQAError | None:
+        if request.adapter is not None and request.adapter not in self._adapters:
+            return NotFound(f"adapter {request.adapter!r} is not loaded; GET /v1/models lists the "
+                            "served models", param="model")
+        return self._stopped_error(request) if request.should_stop() else None
+
+    @staticmethod
+    def _stopped_error(request: EngineRequest) -> VQAError:
+        if request.deadline is not None and not request.cancel.is_set():
+            return DeadlineExceeded("the answer took longer than the request deadline; retry, or raise "
+                                    "VQA_REQUEST_TIMEOUT_S")
+        return EngineFailure("generation cancelled: the client went away", code="cancelled")
+
+    def _row_result(self, row: RowState, new_ids: Any, attention: Any) -> EngineResult | VQAError:
+        done = row.done_at if row.done_at is not None else len(new_ids)
+        ids = new_ids[:done].tolist()
+        self._record(row.request.request_id, len(ids))
+        if row.cancelled:
+            return self._stopped_error(row.request)
+        text = self._processor.tokenizer.decode(ids, skip_special_tokens=True)
+        text, hit_stop = cut_at_stop(text, row.request.params.stop)
+        reason = "stop" if hit_stop else (row.reason or "length")
+        return EngineResult(text=text, finish_reason=reason,
+                            usage=Usage(prompt_tokens=int(attention.sum()), completion_tokens=len(ids)))
+
+    def _record(self, request_id: str, n: int) -> None:
+        self.generated_tokens[request_id] = n
+        while len(self.generated_tokens) > 1024:
+            self.generated_tokens.popitem(last=False)
+
+    # --- streaming ---------------------------------------------------------------------------------
+    async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
+        if self._model is None:
+            raise EngineFailure("the model is not loaded yet; retry in a moment", retry_after=5)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def push(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        future = loop.run_in_executor(self._executor, self._stream_worker, request, push)
+        stops = tuple(s for s in request.params.stop if s)
+        hold = max((len(s) for s in stops), default=1) - 1  # a stop string may be split over pieces
+        text, sent = "", 0
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                text += item
+                safe = len(text) - hold
+                if stops and cut_at_stop(text, stops)[1]:
+                    continue  # the worker's stopper ends generation on this string
+                if safe > sent:
+                    yield StreamDelta(text=text[sent:safe])
+                    sent = safe
+            (result,) = await future
+            if isinstance(result, VQAError):
+                raise result
+            yield StreamDelta(text=result.text[sent:], finish_reason=result.finish_reason, usage=result.usage)
+        finally:
+            if not future.done():  # the consumer went away: stop generating, wait for the worker
+                request.cancel.set()
+                await asyncio.wait([future])
+
+    def _stream_worker(self, request: EngineRequest,
+                       push: Callable[[Any], None]) -> list[EngineResult | VQAError]:
+        streamer = _PushStreamer(self._processor.tokenizer, push)
+        try:
+            return self._run_isolated_stream(request, streamer)
+        finally:
+            push(_DONE)
+
+    def _run_isolated_stream(self, request: EngineRequest, streamer: Any) -> list[EngineResult | VQAError]:
+        try:
+            return self._generate_group([request], streamer=streamer)
+        except VQAError as exc:
+            return [exc]
+        except Exception as exc:  # noqa: BLE001 - becomes the stream's error
+            return [self._failure(exc, request)]
+
+
+def _push_streamer_class() -> type:
+    from transformers import TextStreamer
+
+    class PushStreamer(TextStreamer):  # type: ignore[misc]
+        """TextStreamer that hands finished text pieces to the event loop instead of printing."""
+
+        def __init__(self, tokenizer: Any, push: Callable[[Any], None]) -> None:
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self._push = push
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                self._push(text)
+
+    return PushStreamer
+
+
+_lock = threading.Lock()
+_cls: type | None = None
+
+
+def _PushStreamer(tokenizer: Any, push: Callable[[Any], None]) -> Any:  # noqa: N802 - acts as a class
+    global _cls
+    with _lock:
+        if _cls is None:
+            _cls = _push_streamer_class()
+    return _cls(tokenizer, push)

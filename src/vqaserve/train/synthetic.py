@@ -1,0 +1,350 @@
+"""The synthetic shop catalogue (docs: /SHOP_CATALOGUE.md): vocabulary, rules, pictures, questions.
+
+Everything is a pure function of (split, seed, index), so any sample can be re-made on its own, in
+any order, in any process: `make_sample("test", 7, 123)` is always the same picture and question.
+Pictures: 1-3 identical items (a per-category silhouette filled with a colour and a pattern) on a
+contrasting, lightly textured background, 160-640 px per side, aspect ratio up to 2:1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image, ImageChops, ImageDraw
+
+# --- vocabulary (index order is part of the held-out rule: do not reorder) -------------------------
+CATEGORIES: list[tuple[str, str]] = [
+    ("t-shirt", "T恤"), ("trousers", "裤子"), ("dress", "连衣裙"), ("jacket", "外套"),
+    ("hat", "帽子"), ("shoe", "鞋"), ("handbag", "手提包"), ("mug", "杯子"),
+]
+SUNGLASSES = 8  # adapter-only category index
+ALL_CATEGORIES: list[tuple[str, str]] = [*CATEGORIES, ("sunglasses", "太阳镜")]
+COLOURS: list[tuple[str, str]] = [
+    ("red", "红色"), ("orange", "橙色"), ("yellow", "黄色"), ("green", "绿色"), ("blue", "蓝色"),
+    ("purple", "紫色"), ("pink", "粉色"), ("brown", "棕色"), ("black", "黑色"), ("white", "白色"),
+]
+COLOUR_RGB: list[tuple[int, int, int]] = [
+    (210, 30, 35), (245, 130, 20), (245, 215, 30), (40, 160, 60), (35, 80, 200),
+    (130, 50, 170), (245, 150, 190), (120, 72, 35), (25, 25, 25), (245, 245, 245),
+]
+PATTERNS: list[tuple[str, str]] = [
+    ("plain", "纯色"), ("striped", "条纹"), ("dotted", "波点"), ("checked", "格子"),
+]
+OCCASIONS: list[tuple[str, str]] = [
+    ("home", "居家"), ("party", "派对"), ("business", "商务"), ("sport", "运动"), ("casual", "休闲"),
+]
+QUESTION_TYPES: tuple[str, ...] = ("category", "color", "pattern", "yesno", "occasion", "count", "describe")
+LANGS: tuple[str, ...] = ("en", "zh")
+SPLITS: tuple[str, ...] = ("train", "test", "heldout", "adapter")
+Split = Literal["train", "test", "heldout", "adapter"]
+
+# Each split draws from its own seed space, so `train` seed 0 and `test` seed 0 never share a picture.
+_SPLIT_SALT = {"train": 11, "test": 23, "heldout": 37, "adapter": 53}
+
+
+def is_held_out(category: int, colour: int, pattern: int) -> bool:
+    """The catalogue's held-out triples: never in any training picture."""
+    return (category + 2 * colour + 3 * pattern) % 9 == 0
+
+
+def occasion(category: int, colour: int, pattern: int) -> int:
+    """Index into OCCASIONS: the first rule of the catalogue page that matches."""
+    cat = ALL_CATEGORIES[category][0]
+    col = COLOURS[colour][0]
+    if cat == "mug":
+        return 0
+    if cat in ("dress", "handbag") and col in ("red", "pink", "purple"):
+        return 1
+    if (cat in ("jacket", "trousers", "shoe", "handbag") and pattern == 0
+            and col in ("black", "white", "brown", "blue")):
+        return 2
+    if cat in ("hat", "shoe") and col in ("orange", "yellow", "green"):
+        return 3
+    return 4
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one picture shows."""
+
+    category: int
+    colour: int
+    pattern: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Image.Image
+    question: str
+    answer: str
+    type: str
+    lang: str
+    spec: Spec
+
+
+# --- questions and exact answers ------------------------------------------------------------------
+def describe(spec: Spec, lang: str) -> str:
+    cat, col, pat = ALL_CATEGORIES[spec.category], COLOURS[spec.colour], PATTERNS[spec.pattern]
+    if lang == "en":
+        words = [col[0]] + ([pat[0]] if spec.pattern else []) + [cat[0]]
+        return "a " + " ".join(words)  # the catalogue fixes the article: always "a"
+    return "一件" + col[1] + (pat[1] if spec.pattern else "") + cat[1]
+
+
+def make_question(spec: Spec, qtype: str, lang: str, rng: random.Random) -> tuple[str, str]:
+    """(question, exact answer) for one question type and language, as the catalogue page says."""
+    i = 0 if lang == "en" else 1
+    if qtype == "category":
+        return ("What is this product?", "这是什么商品？")[i], ALL_CATEGORIES[spec.category][i]
+    if qtype == "color":
+        return ("What color is it?", "这是什么颜色？")[i], COLOURS[spec.colour][i]
+    if qtype == "pattern":
+        return ("What pattern does it have?", "这是什么图案？")[i], PATTERNS[spec.pattern][i]
+    if qtype == "yesno":
+        # Half the time ask about the true colour, so "yes" and "no" are equally likely.
+        asked = spec.colour if rng.random() < 0.5 else rng.choice([c for c in range(10) if c != spec.colour])
+        yes = asked == spec.colour
+        if lang == "en":
+            return f"Is it {COLOURS[asked][0]}?", "yes" if yes else "no"
+        return f"它是{COLOURS[asked][1]}的吗？", "是" if yes else "不是"
+    if qtype == "occasion":
+        occ = OCCASIONS[occasion(spec.category, spec.colour, spec.pattern)]
+        return ("What occasion is it suitable for?", "适合什么场合？")[i], occ[i]
+    if qtype == "count":
+        count = str(spec.count) + ("" if i == 0 else "件")
+        return ("How many items are there?", "图中有几件商品？")[i], count
+    if qtype == "describe":
+        return ("Describe this product.", "描述一下这件商品。")[i], describe(spec, lang)
+    raise ValueError(f"unknown question type {qtype!r}; use one of {', '.join(QUESTION_TYPES)}")
+
+
+# --- silhouettes: polygons and ellipses in a unit box ----------------------------------------------
+Shape = list[tuple[str, object]]
+_SHAPES: dict[int, Shape] = {
+    0: [("poly", [(.35, .1), (.5, .18), (.65, .1), (.95, .3), (.85, .46), (.75, .38), (.75, .95),
+                  (.25, .95), (.25, .38), (.15, .46), (.05, .3)])],
+    1: [("poly", [(.25, .05), (.75, .05), (.86, .95), (.6, .95), (.5, .35), (.4, .95), (.14, .95)])],
+    2: [("poly", [(.38, .04), (.44, .04), (.5, .12), (.56, .04), (.62, .04), (.6, .36), (.92, .95),
+                  (.08, .95), (.4, .36)])],
+    3: [("poly", [(.35, .04), (.5, .14), (.65, .04), (.9, .14), (.99, .92), (.84, .94), (.78, .42),
+                  (.78, .96), (.53, .96), (.5, .3), (.47, .96), (.22, .96), (.22, .42), (.16, .94),
+                  (.01, .92), (.1, .14)])],
+    4: [("ellipse", (.03, .55, .97, .8)), ("poly", [(.28, .67), (.3, .3), (.42, .22), (.58, .22),
+                                                    (.7, .3), (.72, .67)])],
+    5: [("poly", [(.06, .3), (.36, .3), (.42, .52), (.8, .6), (.95, .72), (.97, .86), (.06, .86)])],
+    6: [("poly", [(.14, .42), (.86, .42), (.96, .92), (.04, .92)]), ("ring", (.27, .08, .73, .66, .09))],
+    7: [("rect", (.16, .18, .68, .92)), ("ring", (.56, .32, .92, .76, .1))],
+    8: [("ellipse", (.02, .36, .44, .72)), ("ellipse", (.56, .36, .98, .72)), ("rect", (.4, .42, .6, .5)),
+        ("rect", (.0, .34, .1, .42)), ("rect", (.9, .34, 1.0, .42))],
+}
+
+
+def _silhouette(category: int, size: int) -> Image.Image:
+    """An L-mode mask (255 = item) of one item, size x size pixels."""
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    s = size - 1
+    for kind, geo in _SHAPES[category]:
+        if kind == "poly":
+            draw.polygon([(x * s, y * s) for x, y in geo], fill=255)  # type: ignore[union-attr]
+        elif kind == "ellipse":
+            x0, y0, x1, y1 = geo  # type: ignore[misc]
+            draw.ellipse((x0 * s, y0 * s, x1 * s, y1 * s), fill=255)
+        elif kind == "rect":
+            x0, y0, x1, y1 = geo  # type: ignore[misc]
+            draw.rectangle((x0 * s, y0 * s, x1 * s, y1 * s), fill=255)
+        elif kind == "ring":
+            x0, y0, x1, y1, w = geo  # type: ignore[misc]
+            draw.ellipse((x0 * s, y0 * s, x1 * s, y1 * s), outline=255, width=max(2, round(w * s)))
+    return mask
+
+
+def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 12) -> tuple[int, int, int]:
+    return tuple(min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)  # type: ignore[return-value]
+
+
+def _distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)))
+
+
+def second_colours(colour: int) -> list[int]:
+    """Pattern colours that contrast with the main colour (never its near-duplicates)."""
+    return [c for c in range(10) if _distance(COLOUR_RGB[c], COLOUR_RGB[colour]) >= 150]
+
+
+def _fill(spec: Spec, size: int, rng: random.Random) -> Image.Image:
+    """The item's surface: main colour plus the pattern in a contrasting colour.
+
+    The pattern covers at most ~40% of the surface so the main colour always dominates, and its
+    period is a fraction of the item size so it survives the resize to the model's pixel budget.
+    """
+    main = _jitter(COLOUR_RGB[spec.colour], rng)
+    tile = Image.new("RGB", (size, size), main)
+    if spec.pattern == 0:
+        return tile
+    other = _jitter(COLOUR_RGB[rng.choice(second_colours(spec.colour))], rng)
+    draw = ImageDraw.Draw(tile)
+    period = size / rng.uniform(3.0, 4.2)
+    phase = rng.uniform(0, period)
+    steps = int(size / period) + 2
+    if spec.pattern == 1:  # striped: horizontal bands
+        band = 0.34 * period
+        for k in range(-1, steps):
+            y = phase + k * period
+            draw.rectangle((0, y, size, y + band), fill=other)
+    elif spec.pattern == 2:  # dotted: staggered dots
+        r = 0.22 * period
+        for row in range(-1, steps):
+            for col in range(-1, steps):
+                cx = phase + col * period + (period / 2 if row % 2 else 0)
+                cy = phase + row * period
+                draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=other)
+    else:  # checked: a grid of bands both ways
+        band = 0.22 * period
+        for k in range(-1, steps):
+            v = phase + k * period
+            draw.rectangle((0, v, size, v + band), fill=other)
+            draw.rectangle((v, 0, v + band, size), fill=other)
+    return tile
+
+
+def _background(width: int, height: int, avoid: list[tuple[int, int, int]],
+                rng: random.Random) -> Image.Image:
+    """A muted colour far from the item's colours, with a gradient and a little noise."""
+    for _ in range(100):
+        grey = rng.randint(0, 255)
+        sat = rng.uniform(0.0, 0.35)
+        base = tuple(round(grey * (1 - sat) + rng.randint(0, 255) * sat) for _ in range(3))
+        if all(_distance(base, a) >= 110 for a in avoid):
+            break
+    bg = Image.new("RGB", (width, height), base)  # type: ignore[arg-type]
+    kind = rng.random()
+    if kind < 0.4:  # gradient towards a slightly lighter/darker shade
+        shade = tuple(min(255, max(0, c + rng.choice((-1, 1)) * rng.randint(15, 35))) for c in base)
+        grad = Image.linear_gradient("L")
+        if rng.random() < 0.5:
+            grad = grad.transpose(Image.Transpose.ROTATE_90)
+        grad = grad.resize((width, height))
+        bg = Image.composite(Image.new("RGB", (width, height), shade), bg, grad)  # type: ignore[arg-type]
+    elif kind < 0.7:  # fine noise (paper / fabric)
+        noise = Image.effect_noise((width, height), rng.uniform(6, 16)).convert("RGB")
+        bg = ImageChops.add(bg, ImageChops.subtract(noise, Image.new("RGB", (width, height), (128,) * 3)),
+                            scale=1.0, offset=0)
+    return bg
+
+
+def _place(count: int, width: int, height: int, rng: random.Random) -> tuple[int, list[tuple[int, int]]]:
+    """Item size and top-left corners of `count` non-overlapping boxes (a margin between them)."""
+    short = min(width, height)
+    lo, hi = {1: (0.4, 0.8), 2: (0.3, 0.5), 3: (0.26, 0.4)}[count]
+    for attempt in range(200):
+        shrink = 0.985 ** attempt  # fall back to smaller items when a layout does not fit
+        size = max(24, int(short * rng.uniform(lo, hi) * shrink))
+        boxes: list[tuple[int, int]] = []
+        for _ in range(count * 30):
+            x, y = rng.randint(0, width - size), rng.randint(0, height - size)
+            gap = size * 0.12
+            if all(abs(x - bx) >= size + gap or abs(y - by) >= size + gap for bx, by in boxes):
+                boxes.append((x, y))
+                if len(boxes) == count:
+                    return size, boxes
+    raise RuntimeError("could not place items")  # pragma: no cover - sizes above always fit
+
+
+def render(spec: Spec, rng: random.Random) -> Image.Image:
+    """The picture for a spec: random size (160-640 px, aspect <= 2:1), background, layout, rotation."""
+    width = rng.randint(160, 640)
+    height = min(640, max(160, round(width * rng.uniform(0.5, 2.0))))
+    size, boxes = _place(spec.count, width, height, rng)
+    fill = _fill(spec, size, rng)
+    mask = _silhouette(spec.category, size)
+    angle = rng.uniform(-12, 12)
+    if abs(angle) > 0.5:  # identical items: one rotation for all of them
+        mask = mask.rotate(angle, resample=Image.Resampling.BILINEAR)
+        centre = fill.getpixel((size // 2, size // 2))
+        fill = fill.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=centre)
+    bg = _background(width, height, [COLOUR_RGB[spec.colour]], rng)
+    for x, y in boxes:
+        bg.paste(fill, (x, y), mask)
+    return bg
+
+
+# --- splits and samples -----------------------------------------------------------------------------
+def _rng(split: str, seed: int, index: int) -> random.Random:
+    digest = hashlib.blake2b(f"{split}:{_SPLIT_SALT[split]}:{seed}:{index}".encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "big"))
+
+
+_BASE_TRIPLES = [(c, k, p) for c in range(len(CATEGORIES)) for k in range(len(COLOURS)) for p in range(4)]
+_TRAIN_TRIPLES = [t for t in _BASE_TRIPLES if not is_held_out(*t)]
+_HELDOUT_TRIPLES = [t for t in _BASE_TRIPLES if is_held_out(*t)]
+_BY_OCCASION = {o: [t for t in _TRAIN_TRIPLES if occasion(*t) == o] for o in range(len(OCCASIONS))}
+
+
+def sample_spec(split: str, rng: random.Random, balance_occasions: float = 0.0) -> Spec:
+    """A random spec for a split. `balance_occasions` (train only) is the share of pictures drawn
+    occasion-first, so the rare rules (business is 5% of uniform triples) are seen often enough."""
+    if split == "heldout":
+        triple = rng.choice(_HELDOUT_TRIPLES)
+    elif split == "adapter":
+        triple = (SUNGLASSES, rng.randrange(10), rng.randrange(4))
+    elif split in ("train", "test"):
+        if split == "train" and rng.random() < balance_occasions:
+            triple = rng.choice(_BY_OCCASION[rng.randrange(len(OCCASIONS))])
+        else:
+            triple = rng.choice(_TRAIN_TRIPLES)
+    else:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    return Spec(*triple, count=rng.randint(1, 3))
+
+
+def make_sample(split: str, seed: int, index: int, qtype: str | None = None, lang: str | None = None,
+                balance_occasions: float = 0.0) -> Sample:
+    """Sample `index` of a split: by default question types and languages cycle evenly."""
+    rng = _rng(split, seed, index)
+    spec = sample_spec(split, rng, balance_occasions)
+    qtype = qtype or QUESTION_TYPES[index % len(QUESTION_TYPES)]
+    lang = lang or LANGS[(index // len(QUESTION_TYPES)) % len(LANGS)]
+    question, answer = make_question(spec, qtype, lang, rng)
+    return Sample(render(spec, rng), question, answer, qtype, lang, spec)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)  # fast; files are regenerated, not archived
+    return buf.getvalue()
+
+
+def iter_samples(split: str, n: int, seed: int) -> Iterator[Sample]:
+    for index in range(n):
+        yield make_sample(split, seed, index)
+
+
+def write_split(split: str, n: int, seed: int, out: str | Path, progress: bool = False) -> Path:
+    """Write `out/data.jsonl` and `out/images/` (one picture per question). Returns the jsonl path."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    path = out / "data.jsonl"
+    samples = iter_samples(split, n, seed)
+    if progress:
+        from tqdm import tqdm
+
+        samples = tqdm(samples, total=n, desc=f"synth {split}", unit="img")
+    with path.open("w", encoding="utf-8") as fh:
+        for index, s in enumerate(samples):
+            name = f"images/{index:06d}.png"
+            (out / name).write_bytes(png_bytes(s.image))
+            fh.write(json.dumps({"image": name, "question": s.question, "answer": s.answer,
+                                 "type": s.type, "lang": s.lang}, ensure_ascii=False) + "\n")
+    return path
