@@ -75,13 +75,16 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from vqaserve.server.app import create_app
+    from vqaserve.server.limits import uvicorn_limits
+    from vqaserve.server.shutdown import GracefulServer
 
     settings = settings_from_args(args)
     _configure_logging(args.log_level, settings.server.log_json)
     s = settings.server
     common: dict[str, Any] = {"host": s.host, "port": s.port, "log_level": args.log_level,
                               "access_log": False,  # our own JSON access log replaces uvicorn's
-                              "log_config": None, "timeout_keep_alive": 5}
+                              "log_config": None, "timeout_keep_alive": 5,
+                              **uvicorn_limits(settings)}  # read deadlines, caps, grace
     if s.workers > 1:
         # Each worker process builds its own app from the environment: hand the flags over as VQA_*.
         for name in FLAT:
@@ -93,5 +96,7 @@ def run(args: argparse.Namespace) -> int:
             os.environ["VQA_ADAPTERS"] = ",".join(f"{k}={v}" for k, v in settings.llm.adapters.items())
         uvicorn.run("vqaserve.server.app:create_app_from_env", factory=True, workers=s.workers, **common)
     else:
-        uvicorn.run(create_app(settings), **common)
+        app = create_app(settings)
+        # Drains on SIGTERM/SIGINT (503 to new requests, in-flight ones finish), then exits 0.
+        GracefulServer(uvicorn.Config(app, **common), drain=app.state.drain).run()
     return 0

@@ -27,6 +27,8 @@ from vqaserve.engines.base import Engine
 from vqaserve.errors import BlockedInput, EngineFailure, VQAError
 from vqaserve.metrics import Metrics
 from vqaserve.server.middleware import AccessLogMiddleware, BodyLimitMiddleware, error_json
+from vqaserve.server.operations import ops_middleware, ops_middleware_after_body
+from vqaserve.server.shutdown import Drain
 from vqaserve.settings import Settings
 
 log = logging.getLogger("vqaserve.server")
@@ -57,13 +59,18 @@ def create_app(settings: Settings, engine: Engine | None = None,
             await eng.close()
             pipeline.image_pool.shutdown(wait=False, cancel_futures=True)
 
+    drain = Drain(settings.server.shutdown_grace_s)
     app = FastAPI(title="vqaserve", summary="Visual question answering, OpenAI-compatible",
                   lifespan=lifespan, middleware=[
                       Middleware(AccessLogMiddleware, metrics=metrics),
+                      # Refusals that cost nothing come before the body is read (ops layers).
+                      *ops_middleware(settings, drain),
                       Middleware(BodyLimitMiddleware,
                                  max_bytes=settings.images.max_body_bytes),
+                      *ops_middleware_after_body(settings),
                       *middleware,
                   ])
+    app.state.drain = drain  # the server's graceful shutdown waits on it (server/shutdown.py)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = False
