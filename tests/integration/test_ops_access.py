@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from ops_support import ThreadServer, chat_body, image_bytes, redis_server
 
+from ops_support import ThreadServer, chat_body, image_bytes, redis_server
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.server.app import create_app
 from vqaserve.settings import load_settings
