@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+
 from ops_support import ServeProcess, chat_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -125,6 +125,9 @@ def vqa_error_response(exc: VQAError) -> JSONResponse:
 
 def create_app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory` (several workers): settings from VQA_* variables."""
+    from vqaserve.server.limits import timed_protocol
     from vqaserve.settings import load_settings
 
-    return create_app(load_settings())
+    settings = load_settings()
+    timed_protocol(settings.server.header_timeout_s, settings.server.body_timeout_s)  # this worker's
+    return create_app(settings)

@@ -91,14 +91,21 @@ class ReadDeadlines:
             self.transport.close()
 
 
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
+except ImportError:  # httptools is an optional uvicorn extra
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _Base  # type: ignore[assignment]
+
+
+class TimedHttpProtocol(ReadDeadlines, _Base):  # type: ignore[misc, valid-type]
+    """Module-level, so `--workers N` can pickle the uvicorn config by reference."""
+
+
 def timed_protocol(header_timeout_s: float, body_timeout_s: float) -> type:
-    """A uvicorn HTTP protocol class with read deadlines (httptools if installed, else h11)."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
-    except ImportError:  # httptools is an optional uvicorn extra
-        from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]
-    return type("TimedHttpProtocol", (ReadDeadlines, Base),
-                {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s})
+    """The uvicorn HTTP protocol class with these read deadlines (one server per process)."""
+    TimedHttpProtocol.header_timeout_s = header_timeout_s
+    TimedHttpProtocol.body_timeout_s = body_timeout_s
+    return TimedHttpProtocol
 
 
 def uvicorn_limits(settings: Settings) -> dict[str, Any]:
