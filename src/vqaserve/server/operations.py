@@ -9,6 +9,8 @@ cannot make the server buffer a 25 MB body.
 
 from __future__ import annotations
 
+import logging
+
 from starlette.middleware import Middleware
 
 from vqaserve.server.access import ApiKeyMiddleware
@@ -17,9 +19,15 @@ from vqaserve.server.ratelimit import RateLimiter, RateLimitMiddleware
 from vqaserve.server.shutdown import Drain, DrainMiddleware
 from vqaserve.settings import Settings
 
+log = logging.getLogger("vqaserve.server")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
 
 def ops_middleware(settings: Settings, drain: Drain) -> list[Middleware]:
     s = settings.server
+    if not s.api_keys and s.host not in LOOPBACK:
+        log.warning("serving on %s without API keys: anyone who can reach it can use the model; "
+                    "set VQA_API_KEYS_FILE (or VQA_API_KEYS)", s.host)
     return [Middleware(DrainMiddleware, drain=drain),
             Middleware(ApiKeyMiddleware, keys=s.api_keys, public_web_page=s.public_web_page)]
 
