@@ -7,6 +7,7 @@ import re
 import time
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -198,3 +199,32 @@ def test_symlinks_out_of_the_static_folder_are_not_followed(tmp_path) -> None:  
         for path in ("/static/link.txt", "/static/linkdir/secret.txt"):
             r = client.get(path)
             assert r.status_code == 404 and "secret" not in r.text, path
+
+
+def test_body_limit_is_enforced_while_reading_not_after() -> None:
+    import select
+    import socket
+
+    limit = 100_000
+    with ThreadServer(app_with(max_body_bytes=str(limit))) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk, sent, total, reply = b"x" * 16_384, 0, 20_000_000, b""
+        try:
+            while sent < total:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+                if select.select([sock], [], [], 0)[0]:
+                    reply = sock.recv(65536)
+                    break
+            else:
+                reply = sock.recv(65536)
+        except OSError:
+            reply = reply or b""
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 413"), reply[:80]
+        # Refused mid-upload: the client had not sent a quarter of its 20 MB (loopback socket
+        # buffers hold a few MB, so 'sent' overshoots the 100 KB the server read).
+        assert sent < total // 4
+        assert httpx.get(server.url + "/ready").status_code == 200
