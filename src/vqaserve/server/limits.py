@@ -97,7 +97,7 @@ except ImportError:  # httptools is an optional uvicorn extra
     from uvicorn.protocols.http.h11_impl import H11Protocol as _Base  # type: ignore[assignment]
 
 
-class TimedHttpProtocol(ReadDeadlines, _Base):  # type: ignore[misc, valid-type]
+class TimedHttpProtocol(ReadDeadlines, _Base):  # type: ignore[misc]
     """Module-level, so `--workers N` can pickle the uvicorn config by reference."""
 
 
