@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from conftest import image_bytes
+from tests.conftest import image_bytes
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest
@@ -78,7 +78,7 @@ class LiveServer:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
-        from conftest import free_port
+        from tests.conftest import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -131,3 +131,65 @@ def catalogue_sample(split: str, qtype: str, lang: str = "en", index: int = 0) -
         pytest.skip("the synthetic catalogue (vqaserve.train.synthetic) is not on this branch yet")
     sample = synthetic.make_sample(split, 0, index, qtype=qtype, lang=lang)
     return synthetic.png_bytes(sample.image), sample.question, sample.answer
+
+
+def random_lora_adapter(model_dir: str, out_dir: str) -> str:
+    """A LoRA adapter with random (not zero) weights for a model dir: it must change the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out_dir)
+    return out_dir
+
+
+class ServeProcess:
+    """`vqa serve` as a user runs it (a subprocess on a free port); its log goes to `log_path`."""
+
+    def __init__(self, log_path: Any, *args: str, ready_timeout: float = 240, **env: str) -> None:
+        from tests.conftest import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args, self.env, self.log_path, self.ready_timeout = args, env, log_path, ready_timeout
+
+    def __enter__(self) -> ServeProcess:
+        import subprocess
+
+        import httpx
+
+        from tests.conftest import subprocess_env, vqa_cmd
+
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in __exit__
+        self.proc = subprocess.Popen(vqa_cmd("serve", "--port", str(self.port), *self.args),
+                                     env=subprocess_env(**self.env), stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self.proc.poll() is not None:
+                self.__exit__()
+                raise RuntimeError(f"vqa serve exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"vqa serve did not become ready; see {self.log_path}")
+            time.sleep(0.25)
+
+    def __exit__(self, *exc: object) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

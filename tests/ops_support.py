@@ -1,13 +1,8 @@
-"""Helpers for the operations tests: a real `vqa serve` process, an in-process live server, Redis.
-
-The root conftest is loaded by its path: `from conftest import ...` is ambiguous once a test
-folder has its own conftest.py (tests/integration/ does).
-"""
+"""Helpers for the operations tests: a real `vqa serve` process, an in-process live server, Redis."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import signal
@@ -21,15 +16,9 @@ from typing import Any
 
 import httpx
 
-_spec = importlib.util.spec_from_file_location("vqa_root_conftest", Path(__file__).with_name("conftest.py"))
-assert _spec is not None and _spec.loader is not None
-root = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(root)
+from tests.conftest import free_port, image_bytes, subprocess_env, vqa_cmd
 
-free_port = root.free_port
-image_bytes = root.image_bytes
-vqa_cmd = root.vqa_cmd
-subprocess_env = root.subprocess_env
+__all__ = ["ServeProcess", "ThreadServer", "chat_body", "free_port", "image_bytes", "redis_server"]
 
 
 def data_uri(**kw: Any) -> str:

@@ -9,6 +9,9 @@ Helpers other modules call (all cheap, thread-safe):
                                             queue, generate, safety_out (Components.observe)
     metrics.batch_size.observe(n)           size of each batch handed to the engine (batcher)
     metrics.queue_depth.set(n)              requests waiting in the batcher queue (batcher)
+    metrics.observe_batch(metric, value)    the batcher's observer callback, one entry point for
+                                            queue_depth, batch_size, batch_visual_tokens,
+                                            batch_seconds, rejected (create_app wires it in)
     metrics.count_cache(status)             "hit" | "miss" | "bypass" per answer
     metrics.count_tokens(prompt, completion)
     metrics.safety_blocks.labels(stage="input"|"output").inc()
@@ -48,6 +51,13 @@ class Metrics:
         self.tokens = Counter("tokens", "Tokens processed", ["direction"], namespace=ns, registry=r)
         self.batch_size = Histogram("batch_size", "Requests per engine batch", namespace=ns,
                                     registry=r, buckets=BATCH_BUCKETS)
+        self.batch_visual_tokens = Histogram("batch_visual_tokens", "Visual tokens per engine batch",
+                                             namespace=ns, registry=r,
+                                             buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768))
+        self.batch_seconds = Histogram("batch_seconds", "Engine time per batch", namespace=ns,
+                                       registry=r, buckets=STAGE_BUCKETS)
+        self.queue_rejections = Counter("queue_rejections", "Requests refused because the queue was full",
+                                        namespace=ns, registry=r)
         self.queue_depth = Gauge("queue_depth", "Requests waiting for the engine", namespace=ns,
                                  registry=r)
         self.cache = Counter("cache_lookups", "Answer cache results", ["result"], namespace=ns,
@@ -61,6 +71,19 @@ class Metrics:
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage_latency.labels(stage=stage).observe(seconds)
+
+    def observe_batch(self, metric: str, value: float) -> None:
+        """The batcher's observer: (metric name, value). Unknown names are ignored, never raised."""
+        if metric == "queue_depth":
+            self.queue_depth.set(value)
+        elif metric == "batch_size":
+            self.batch_size.observe(value)
+        elif metric == "batch_visual_tokens":
+            self.batch_visual_tokens.observe(value)
+        elif metric == "batch_seconds":
+            self.batch_seconds.observe(value)
+        elif metric == "rejected":
+            self.queue_rejections.inc(value)
 
     def count_cache(self, status: str) -> None:
         self.cache.labels(result=status).inc()

@@ -9,8 +9,15 @@ from typing import Any
 
 import pytest
 
-from conftest import image_bytes
-from http_support import LiveServer, RecordingEngine, make_app
+from tests.conftest import image_bytes
+from tests.http_support import (
+    LiveServer,
+    RecordingEngine,
+    ServeProcess,
+    bundled_model_available,
+    catalogue_sample,
+    make_app,
+)
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -19,8 +26,9 @@ XSS = '<img src=x onerror="window.__pwned = 1"><script>window.__pwned = 2</scrip
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
+    _, question, answer = catalogue_sample("test", "color", "en", index=3)
     engine = RecordingEngine(model_id="scripted", adapter_names=["sunglasses"],
-                             rules={"What color": "red", "什么颜色": "红色", "show html": XSS})
+                             rules={question: answer, "什么颜色": "红色", "show html": XSS})
     with LiveServer(make_app(engine)) as live:
         yield live
 
@@ -68,12 +76,13 @@ def ask(page: Any, picture: Path, question: str) -> str:
 
 
 def test_upload_ask_and_see_the_answer_stream_in(page: Any, tmp_path: Path) -> None:
-    picture = tmp_path / "jacket.png"
-    picture.write_bytes(image_bytes(size=(320, 200)))
+    data, question, answer = catalogue_sample("test", "color", "en", index=3)
+    picture = tmp_path / "catalogue.png"
+    picture.write_bytes(data)
     page.wait_for_function("document.querySelectorAll('#model option').length === 2")
     assert page.eval_on_selector_all("#model option", "els => els.map(e => e.value)") == [
         "scripted", "sunglasses"]
-    assert ask(page, picture, "What color is it?") == "red"
+    assert ask(page, picture, question) == answer
     stats = page.text_content("#stats")
     assert "latency" in stats and "cached" in stats
     assert ask(page, picture, "这是什么颜色？") == "红色"
@@ -120,3 +129,20 @@ def test_a_typed_api_key_is_sent_with_every_api_call(page: Any, tmp_path: Path) 
     ask(page, picture, "What color is it?")
     api = [auth for url, auth in sent if "/v1/" in url]
     assert len(api) >= 2 and all(auth == "Bearer sk-test-123" for auth in api)
+
+
+@pytest.mark.slow
+def test_the_bundled_model_answers_a_catalogue_picture_on_the_page(browser: Any, tmp_path: Path) -> None:
+    if not bundled_model_available():
+        pytest.skip("the bundled shop-toy model is not on this branch yet")
+    data, question, answer = catalogue_sample("test", "category", "en", index=0)
+    picture = tmp_path / "catalogue.png"
+    picture.write_bytes(data)
+    with ServeProcess(tmp_path / "serve.log", VQA_MODEL="shop-toy") as server:
+        context = browser.new_context(bypass_csp=True)
+        page = context.new_page()
+        page.goto(server.url + "/")
+        page.set_default_timeout(120_000)  # CPU generation on a busy machine
+        assert ask(page, picture, question).strip().lower() == answer
+        page.screenshot(path=str(tmp_path / "shop_toy_page.png"), full_page=True)
+        context.close()

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import image_bytes
-from http_support import RecordingEngine, make_app, sse_payloads, user_msg
+from tests.conftest import image_bytes
+from tests.http_support import RecordingEngine, make_app, sse_payloads, user_msg
 from vqaserve.types import Answer
 
 pytestmark = pytest.mark.integration
@@ -179,6 +179,10 @@ def test_cache_header_says_miss_then_hit_for_plain_and_stream(client: TestClient
     vqa = client.post("/v1/vqa", files={"image": ("x.png", image_bytes(), "image/png")},
                       data={"question": "cache me"})
     assert vqa.json()["cached"] is True and vqa.headers["x-vqa-cache"] == "hit"
+    # a streamed answer is cached too, once the stream has completed
+    first_stream = chat(client, [user_msg("stream me")], stream=True)
+    again = chat(client, [user_msg("stream me")])
+    assert (first_stream.headers["x-vqa-cache"], again.headers["x-vqa-cache"]) == ("miss", "hit")
 
 
 def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
@@ -253,3 +257,37 @@ def test_web_page_and_static_files_are_served_safely(client: TestClient) -> None
     for evil in ("/static/../app.py", "/static/%2e%2e/app.py", "/static//etc/passwd"):
         r = client.get(evil)
         assert r.status_code == 404 and "import" not in r.text
+
+
+def test_batcher_observer_and_shutdown_hooks_are_wired(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqaserve import wiring
+
+    closed: list[str] = []
+
+    class FakeBatcher:
+        observer = None
+
+        async def submit(self, request, model_key):  # type: ignore[no-untyped-def]
+            (result,) = await engine.generate([request])
+            self.observer("batch_size", 1)  # type: ignore[misc]
+            self.observer("queue_depth", 0)  # type: ignore[misc]
+            return result
+
+    async def close_hook() -> None:
+        closed.append("cache")
+
+    real = wiring.build_components
+
+    def with_batcher(settings, engine, metrics=None):  # type: ignore[no-untyped-def]
+        components = real(settings, engine, metrics)
+        components.batcher = FakeBatcher()
+        components.extra["aclose"] = [close_hook]
+        return components
+
+    monkeypatch.setattr(wiring, "build_components", with_batcher)
+    engine = RecordingEngine(model_id="scripted")
+    with TestClient(make_app(engine)) as c:
+        assert chat(c, [user_msg("batched")]).status_code == 200
+        text = c.get("/metrics").text
+        assert "vqa_batch_size_count 1.0" in text and "vqa_queue_depth 0.0" in text
+    assert closed == ["cache"]

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import image_bytes
-from http_support import RecordingEngine, assert_openai_error, make_app, user_msg
+from tests.conftest import image_bytes
+from tests.http_support import RecordingEngine, assert_openai_error, make_app, user_msg
 from vqaserve.engines.scripted import ScriptedEngine
 
 pytestmark = pytest.mark.integration
@@ -126,8 +126,10 @@ def test_too_many_images(client: TestClient, engine: RecordingEngine) -> None:
     assert engine.requests == []
 
 
-def test_unknown_model_is_404(client: TestClient) -> None:
-    err = assert_openai_error(post_chat(client, model="gpt-17"), 404, "model")
+@pytest.mark.parametrize("stream", [False, True])
+def test_unknown_model_is_404(client: TestClient, stream: bool) -> None:
+    # streaming requests are validated before the first byte, so they get real statuses too
+    err = assert_openai_error(post_chat(client, model="gpt-17", stream=stream), 404, "model")
     assert "/v1/models" in err["message"]
 
 

@@ -1,14 +1,14 @@
 """The official `openai` client against a live server (real uvicorn on a free port).
 
-Runs twice: on the scripted engine (in-process uvicorn thread; always) and on the bundled shop-toy
-model (`vqa serve` subprocess with VQA_MODEL=shop-toy; skipped until the model is on the branch).
+Runs on the scripted engine (exact plumbing), on the tiny random Qwen3-VL with a random LoRA adapter
+(the real transformers engine; answers are noise but must be consistent), both in-process uvicorn
+threads, and on the bundled shop-toy model (`vqa serve` subprocess with VQA_MODEL=shop-toy; skipped
+until the model is on the branch), where the answers must also be right.
 """
 
 from __future__ import annotations
 
 import base64
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,14 +17,16 @@ import httpx
 import openai
 import pytest
 
-from conftest import free_port, image_bytes, subprocess_env, vqa_cmd
-from http_support import (
+from tests.conftest import image_bytes
+from tests.http_support import (
     LiveServer,
     RecordingEngine,
+    ServeProcess,
     bundled_adapters,
     bundled_model_available,
     catalogue_sample,
     make_app,
+    random_lora_adapter,
 )
 
 pytestmark = pytest.mark.integration
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 @dataclass
 class Live:
-    kind: str  # "scripted" | "shop-toy"
+    kind: str  # "scripted" | "tiny" | "shop-toy"
     url: str
     base: str  # the base model's public name
     adapters: list[str]
@@ -46,51 +48,40 @@ class Live:
             data, question, expected = image_bytes(size=(200, 120)), "What is this product?", None
         else:
             data, question, expected = catalogue_sample(split, qtype)
+            expected = expected if self.kind == "shop-toy" else None
         return "data:image/png;base64," + base64.b64encode(data).decode(), question, expected
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vqa serve exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError("vqa serve did not become ready")
-
-
-@pytest.fixture(scope="module", params=["scripted", "shop-toy"])
+@pytest.fixture(scope="module", params=[
+    "scripted",
+    pytest.param("tiny", marks=pytest.mark.slow),  # builds a model and an adapter: ~10-30 s on CPU
+    pytest.param("shop-toy", marks=pytest.mark.slow)])
 def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     if request.param == "scripted":
         engine = RecordingEngine(model_id="scripted", adapter_names=["sunglasses"])
         with LiveServer(make_app(engine)) as server:
             yield Live("scripted", server.url, "scripted", ["sunglasses"])
         return
+    if request.param == "tiny":
+        from vqaserve.server.app import create_app
+        from vqaserve.settings import load_settings
+
+        model_dir = str(request.getfixturevalue("tiny_model_dir"))
+        adapter = random_lora_adapter(model_dir, str(tmp_path_factory.mktemp("lora")))
+        settings = load_settings(model=model_dir, adapters={"sunglasses": adapter}, device="cpu",
+                                 safety_image="off")
+        with LiveServer(create_app(settings)) as server:
+            base = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+            yield Live("tiny", server.url, base, ["sunglasses"])
+        return
     if not bundled_model_available():
         pytest.skip("the bundled shop-toy model is not on this branch yet")
     adapters = bundled_adapters()
-    port = free_port()
-    env = subprocess_env(VQA_MODEL="shop-toy", VQA_PORT=str(port),
-                         VQA_ADAPTERS=",".join(f"{k}={v}" for k, v in adapters.items()))
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("wb")
-    proc = subprocess.Popen(vqa_cmd("serve"), env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, proc, timeout=240)
-        base = httpx.get(url + "/v1/models").json()["data"][0]["id"]
-        yield Live("shop-toy", url, base, list(adapters))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    adapter_env = ",".join(f"{k}={v}" for k, v in adapters.items())
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with ServeProcess(log, VQA_MODEL="shop-toy", VQA_ADAPTERS=adapter_env) as server:
+        base = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+        yield Live("shop-toy", server.url, base, list(adapters))
 
 
 def _messages(uri: str, question: str) -> list[Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ops_support import ThreadServer, chat_body, free_port
+from tests.ops_support import ThreadServer, chat_body, free_port
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.server.app import create_app
 from vqaserve.settings import load_settings

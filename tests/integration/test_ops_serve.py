@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops_support import ServeProcess, chat_body
+from tests.ops_support import ServeProcess, chat_body
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from ops_support import ServeProcess, chat_body
+from tests.ops_support import ServeProcess, chat_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

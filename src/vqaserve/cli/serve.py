@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
                        description="Serve the API and the web page. Every flag is also an environment "
                                    "variable: --max-pixels N == VQA_MAX_PIXELS=N. Flags win.")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
-                   help="serve a LoRA adapter under NAME (repeatable); clients pick it with model=NAME")
+                   help="serve a LoRA adapter under NAME (repeatable); clients pick it with model=NAME; "
+                        "a bare NAME is an adapter bundled with vqaserve")
     for name in FLAT:
         flag = "--" + name.replace("_", "-")
         env = f"VQA_{name.upper()}"
@@ -51,13 +52,22 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.adapter:
         try:
             merged = parse_adapters(overrides.get("adapters") or os.environ.get("VQA_ADAPTERS") or [])
-            merged.update(parse_adapters(args.adapter))
+            merged.update(parse_adapters([_bundled(a) for a in args.adapter]))
         except ValueError as exc:
             from vqaserve.errors import ConfigError
 
             raise ConfigError(f"--adapter: {exc}") from None
         overrides["adapters"] = merged
     return load_settings(**overrides)
+
+
+def _bundled(value: str) -> str:
+    """`--adapter NAME` alone names an adapter bundled next to the models (like `vqa ask`)."""
+    from vqaserve.settings import BUNDLED_MODELS
+
+    if "=" not in value and (BUNDLED_MODELS / value).is_dir():
+        return f"{value}={BUNDLED_MODELS / value}"
+    return value
 
 
 def _configure_logging(level: str, json_lines: bool) -> None:

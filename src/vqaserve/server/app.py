@@ -49,6 +49,9 @@ def create_app(settings: Settings, engine: Engine | None = None,
         eng = engine or build_engine(settings)
         await eng.start()
         pipeline = build_pipeline(settings, eng, metrics=metrics)
+        batcher = pipeline.c.batcher
+        if batcher is not None and getattr(batcher, "observer", False) is None:
+            batcher.observer = metrics.observe_batch  # type: ignore[attr-defined]
         app.state.pipeline = pipeline
         app.state.ready = True
         log.info("engine %s ready: model %s", eng.name, pipeline.model_id)
@@ -56,12 +59,19 @@ def create_app(settings: Settings, engine: Engine | None = None,
             yield
         finally:
             app.state.ready = False
+            # Components register async close hooks (e.g. the Redis pool) in extra["aclose"].
+            for close in pipeline.c.extra.get("aclose", []):
+                try:
+                    await close()
+                except Exception:  # noqa: BLE001 - one failing hook must not skip the others
+                    log.exception("shutdown hook failed")
             await eng.close()
             pipeline.image_pool.shutdown(wait=False, cancel_futures=True)
 
     drain = Drain(settings.server.shutdown_grace_s)
+    # /docs and /redoc would load Swagger/ReDoc from a CDN: off (offline sites); /openapi.json stays.
     app = FastAPI(title="vqaserve", summary="Visual question answering, OpenAI-compatible",
-                  lifespan=lifespan, middleware=[
+                  docs_url=None, redoc_url=None, lifespan=lifespan, middleware=[
                       Middleware(AccessLogMiddleware, metrics=metrics),
                       # Refusals that cost nothing come before the body is read (ops layers).
                       *ops_middleware(settings, drain),

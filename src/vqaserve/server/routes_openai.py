@@ -122,8 +122,8 @@ async def sse_events(deltas: AsyncIterator[StreamDelta], *, model: str, cache: s
                 pieces.append(delta.text)
                 yield _chunk(cid, created, model, Delta(content=delta.text))
             if delta.finish_reason is not None:
+                # no break: the pipeline writes the cache after its final delta, when resumed once more
                 finish, usage = delta.finish_reason, delta.usage
-                break
     except VQAError as exc:
         yield _event(exc.to_openai())
         yield "data: [DONE]\n\n"
