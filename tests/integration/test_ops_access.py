@@ -227,3 +227,20 @@ def test_body_limit_is_enforced_while_reading_not_after() -> None:
         # buffers hold a few MB, so 'sent' overshoots the 100 KB the server read).
         assert sent < total // 4
         assert httpx.get(server.url + "/ready").status_code == 200
+
+
+def test_while_draining_new_requests_get_503_and_ready_is_false_but_health_is_ok() -> None:
+    app = app_with(api_keys=KEY, shutdown_grace_s="12")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with TestClient(app) as client:
+        assert client.post("/v1/chat/completions", json=chat_body("a", stream=True), headers=auth).status_code == 200
+        assert client.post("/v1/chat/completions", json=chat_body("b [[raise]]"), headers=auth).status_code == 503
+        assert app.state.drain.in_flight == 0  # every finished request (streamed, failed) was counted out
+        app.state.drain.start()
+        r = client.post("/v1/chat/completions", json=chat_body("late"), headers=auth)
+        err = assert_error(r, 503, "shutting_down")
+        assert "shutting down" in err["message"]
+        assert 1 <= int(r.headers["retry-after"]) <= 12 and r.headers["connection"] == "close"
+        ready = client.get("/ready", headers=auth)
+        assert ready.status_code == 503 and ready.json() == {"status": "shutting_down"}
+        assert client.get("/health").status_code == 200
