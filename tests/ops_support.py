@@ -36,7 +36,7 @@ def chat_body(text: str, images: int = 1, stream: bool = False, png: bytes | Non
     return {"model": "scripted", "messages": [{"role": "user", "content": parts}], "stream": stream}
 
 
-def wait_http(url: str, deadline_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(url: str, deadline_s: float = 90.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
