@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import subprocess_env, vqa_cmd
 from tests.http_support import ServeProcess, user_msg
 
 pytestmark = pytest.mark.integration
@@ -27,3 +29,11 @@ def test_vqa_serve_runs_the_app_with_its_flags(tmp_path: Path) -> None:
     (access,) = [ln for ln in lines if ln["request_id"] == "cli-test-1"]
     assert access["path"] == "/v1/chat/completions" and access["status"] == 200
     assert "base64" not in out
+
+
+def test_a_model_that_cannot_load_is_one_line_and_a_failing_exit(tmp_path: Path) -> None:
+    done = subprocess.run(vqa_cmd("serve", "--model", str(tmp_path / "missing-model"), "--port", "0"),
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "vqa: error: model" in done.stderr and "not found" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout

@@ -105,8 +105,29 @@ def run(args: argparse.Namespace) -> int:
         if settings.llm.adapters:
             os.environ["VQA_ADAPTERS"] = ",".join(f"{k}={v}" for k, v in settings.llm.adapters.items())
         uvicorn.run("vqaserve.server.app:create_app_from_env", factory=True, workers=s.workers, **common)
-    else:
-        app = create_app(settings)
+        return 0
+    app = create_app(settings)
+    if not args.debug:  # a bad model or adapter is one line on stderr, not a uvicorn traceback
+        logging.getLogger("uvicorn.error").addFilter(_StartupTracebackFilter(app))
+    try:
         # Drains on SIGTERM/SIGINT (503 to new requests, in-flight ones finish), then exits 0.
         GracefulServer(uvicorn.Config(app, **common), drain=app.state.drain).run()
+    except SystemExit:  # uvicorn exits this way when the lifespan (model loading) failed
+        if app.state.startup_error is None:
+            raise
+    if app.state.startup_error is not None:
+        raise app.state.startup_error
     return 0
+
+
+class _StartupTracebackFilter(logging.Filter):
+    """Drops uvicorn's traceback of a startup failure that is a known VQAError (bad model, adapter)."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__()
+        self.app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.app.state.startup_error is None:
+            return True
+        return not (record.exc_info or "Traceback (most recent call last)" in record.getMessage())

@@ -46,8 +46,12 @@ def create_app(settings: Settings, engine: Engine | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from vqaserve.wiring import build_engine, build_pipeline
 
-        eng = engine or build_engine(settings)
-        await eng.start()
+        try:
+            eng = engine or build_engine(settings)
+            await eng.start()
+        except VQAError as exc:
+            app.state.startup_error = exc  # `vqa serve` reports it as one line after uvicorn exits
+            raise
         pipeline = build_pipeline(settings, eng, metrics=metrics)
         batcher = pipeline.c.batcher
         if batcher is not None and getattr(batcher, "observer", False) is None:
@@ -84,6 +88,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = False
+    app.state.startup_error = None
     _install_error_handlers(app, metrics)
 
     from vqaserve.server import routes_openai, routes_ops, routes_vqa
@@ -115,7 +120,8 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         kind, code = _HTTP_TYPES.get(exc.status_code, ("invalid_request_error", "invalid_request"))
-        message = {404: f"no route {request.url.path}; see docs/api.md for the endpoints",
+        message = {404: f"no route {request.url.path}; the API is /v1/chat/completions, /v1/vqa, "
+                        "/v1/models, /health, /ready, /metrics and the page at /",
                    405: f"method {request.method} is not allowed on {request.url.path}"}.get(
                        exc.status_code, str(exc.detail))
         return error_json(exc.status_code, message, kind, None, code, headers=exc.headers)

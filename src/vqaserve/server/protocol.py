@@ -90,8 +90,8 @@ def parse_chat_request(data: Any) -> ChatCompletionRequest:
     known = set(ChatCompletionRequest.model_fields) | IGNORED_FIELDS
     unknown = sorted(k for k in data if k not in known)
     if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}; remove it (see docs/api.md for the "
-                             "accepted fields)", param=unknown[0])
+        raise InvalidRequest(f"unknown field {unknown[0]!r}; remove it (the API documentation lists "
+                             "the accepted fields)", param=unknown[0])
     try:
         request = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
