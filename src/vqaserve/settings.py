@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODELS = Path(__file__).parent / "models"
@@ -139,8 +139,24 @@ class ServerSettings(BaseModel):
     rate_limit_ipm: int = 0  # per key images/min, 0 = off
     shutdown_grace_s: float = 30.0
     max_connections: int = 256
-    header_timeout_s: float = 10.0
+    header_timeout_s: float = 10.0  # a request head must arrive whole within this (slowloris)
+    body_timeout_s: float = 120.0  # the whole body must arrive within this after the head
     log_json: bool = True
+
+    @field_validator("shutdown_grace_s", "header_timeout_s", "body_timeout_s")
+    @classmethod
+    def _seconds(cls, v: float, info: ValidationInfo) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"VQA_{str(info.field_name).upper()} must be a number of seconds > 0")
+        return v
+
+    @field_validator("rate_limit_rpm", "rate_limit_ipm", "max_connections")
+    @classmethod
+    def _counts(cls, v: int, info: ValidationInfo) -> int:
+        if v < (1 if info.field_name == "max_connections" else 0):
+            raise ValueError(f"VQA_{str(info.field_name).upper()} must be "
+                             f"{'>= 1' if info.field_name == 'max_connections' else '>= 0 (0 = off)'}")
+        return v
 
 
 # Flat public env names (DESIGN.md contract) -> (group, field)
@@ -150,6 +166,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "rate_limit_rpm": ("server", "rate_limit_rpm"), "rate_limit_ipm": ("server", "rate_limit_ipm"),
     "shutdown_grace_s": ("server", "shutdown_grace_s"),
     "max_connections": ("server", "max_connections"),
+    "header_timeout_s": ("server", "header_timeout_s"), "body_timeout_s": ("server", "body_timeout_s"),
+    "public_web_page": ("server", "public_web_page"),
     "model": ("llm", "model"), "adapters": ("llm", "adapters"), "engine": ("llm", "engine"),
     "device": ("llm", "device"), "dtype": ("llm", "dtype"),
     "trust_remote_code": ("llm", "trust_remote_code"),

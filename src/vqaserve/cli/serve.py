@@ -85,13 +85,16 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from vqaserve.server.app import create_app
+    from vqaserve.server.limits import uvicorn_limits
+    from vqaserve.server.shutdown import GracefulServer
 
     settings = settings_from_args(args)
     _configure_logging(args.log_level, settings.server.log_json)
     s = settings.server
     common: dict[str, Any] = {"host": s.host, "port": s.port, "log_level": args.log_level,
                               "access_log": False,  # our own JSON access log replaces uvicorn's
-                              "log_config": None, "timeout_keep_alive": 5}
+                              "log_config": None, "timeout_keep_alive": 5,
+                              **uvicorn_limits(settings)}  # read deadlines, caps, grace
     if s.workers > 1:
         # Each worker process builds its own app from the environment: hand the flags over as VQA_*.
         for name in FLAT:
@@ -107,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.debug:  # a bad model or adapter is one line on stderr, not a uvicorn traceback
         logging.getLogger("uvicorn.error").addFilter(_StartupTracebackFilter(app))
     try:
-        uvicorn.Server(uvicorn.Config(app, **common)).run()
+        # Drains on SIGTERM/SIGINT (503 to new requests, in-flight ones finish), then exits 0.
+        GracefulServer(uvicorn.Config(app, **common), drain=app.state.drain).run()
     except SystemExit:  # uvicorn exits this way when the lifespan (model loading) failed
         if app.state.startup_error is None:
             raise

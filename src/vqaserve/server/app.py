@@ -27,6 +27,8 @@ from vqaserve.engines.base import Engine
 from vqaserve.errors import BlockedInput, EngineFailure, VQAError
 from vqaserve.metrics import Metrics
 from vqaserve.server.middleware import AccessLogMiddleware, BodyLimitMiddleware, error_json
+from vqaserve.server.operations import ops_middleware, ops_middleware_after_body
+from vqaserve.server.shutdown import Drain
 from vqaserve.settings import Settings
 
 log = logging.getLogger("vqaserve.server")
@@ -70,14 +72,19 @@ def create_app(settings: Settings, engine: Engine | None = None,
             await eng.close()
             pipeline.image_pool.shutdown(wait=False, cancel_futures=True)
 
+    drain = Drain(settings.server.shutdown_grace_s)
     # /docs and /redoc would load Swagger/ReDoc from a CDN: off (offline sites); /openapi.json stays.
     app = FastAPI(title="vqaserve", summary="Visual question answering, OpenAI-compatible",
                   docs_url=None, redoc_url=None, lifespan=lifespan, middleware=[
                       Middleware(AccessLogMiddleware, metrics=metrics),
+                      # Refusals that cost nothing come before the body is read (ops layers).
+                      *ops_middleware(settings, drain),
                       Middleware(BodyLimitMiddleware,
                                  max_bytes=settings.images.max_body_bytes),
+                      *ops_middleware_after_body(settings),
                       *middleware,
                   ])
+    app.state.drain = drain  # the server's graceful shutdown waits on it (server/shutdown.py)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = False
@@ -134,6 +141,9 @@ def vqa_error_response(exc: VQAError) -> JSONResponse:
 
 def create_app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory` (several workers): settings from VQA_* variables."""
+    from vqaserve.server.limits import timed_protocol
     from vqaserve.settings import load_settings
 
-    return create_app(load_settings())
+    settings = load_settings()
+    timed_protocol(settings.server.header_timeout_s, settings.server.body_timeout_s)  # this worker's
+    return create_app(settings)

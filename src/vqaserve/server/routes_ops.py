@@ -8,7 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+
+from vqaserve.server.static_files import SafeStaticFiles
 
 router = APIRouter()
 
@@ -61,7 +62,7 @@ async def metrics(request: Request) -> Response:
 
 
 def mount_static(app: FastAPI, static_dir: Path) -> None:
-    """The page at `/`; its assets under `/static` (StaticFiles refuses paths outside the folder)."""
+    """The page at `/`; its assets under `/static` (never anything outside that folder)."""
     index = static_dir / "index.html"
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
@@ -69,7 +70,7 @@ def mount_static(app: FastAPI, static_dir: Path) -> None:
         return FileResponse(index, media_type="text/html; charset=utf-8",
                             headers={"content-security-policy": CSP, "x-content-type-options": "nosniff"})
 
-    app.mount("/static", StaticFiles(directory=static_dir), name="static")
+    app.mount("/static", SafeStaticFiles(directory=str(static_dir)), name="static")
 
 
 # The page loads only its own files and talks only to this origin; inline scripts are not allowed,
