@@ -6,10 +6,9 @@ import io
 from pathlib import Path
 
 import pytest
-from hostile_helpers import assert_clean
+from hostile_helpers import assert_clean, image_bytes
 from PIL import Image
 
-from conftest import image_bytes
 from vqaserve.errors import BlockedInput, ConfigError
 from vqaserve.images import normalize
 from vqaserve.safety import MARKER_COLOR, HFImageChecker, MarkerChecker, NudeNetChecker, build_image_checker

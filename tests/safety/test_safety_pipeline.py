@@ -6,9 +6,8 @@ import asyncio
 import logging
 
 import pytest
-from hostile_helpers import assert_clean
+from hostile_helpers import assert_clean, image_bytes
 
-from conftest import image_bytes
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import BlockedInput, FetchRefused, InvalidImage, InvalidRequest
 from vqaserve.moderation import fold
