@@ -202,11 +202,13 @@ def normalize(data: bytes, min_pixels: int, max_pixels: int, max_image_pixels: i
         if image.format == "GIF":
             image.seek(0)  # first frame only; never walk thousands of frames
         orientation = image.getexif().get(0x0112, 1) if image.format in (*JPEG_LIKE, "WEBP") else 1
+        drafted = False
         if image.format in JPEG_LIKE:
             # Reduced-size DCT decoding: a 12 MP photo decodes at 1/2..1/8 scale, still >= the target.
             sw, sh = image.size
             th, tw = smart_resize(sh, sw, min_pixels, max_pixels, name=name)
             image.draft("RGB", (tw, th))
+            drafted = image.size != (sw, sh)
         image.load()
     except (InvalidImage, ImageTooLarge):
         raise
@@ -218,7 +220,11 @@ def normalize(data: bytes, min_pixels: int, max_pixels: int, max_image_pixels: i
     image = _to_rgb(image)
     th, tw = smart_resize(image.height, image.width, min_pixels, max_pixels, name=name)
     if (tw, th) != image.size:
-        image = image.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        # After DCT scaling the picture is already low-passed and < 2x the target: bilinear is as
+        # close to the processor's bicubic-from-full-size result (measured, `vqa bench photo`) at
+        # well under half the cost of bicubic. Otherwise bicubic, as Qwen's processor does.
+        resample = Image.Resampling.BILINEAR if drafted else Image.Resampling.BICUBIC
+        image = image.resize((tw, th), resample, reducing_gap=3.0)
     return NormalizedImage(image=image, content_hash=content_hash(image), width=tw, height=th,
                            original_size=original, source=name)
 

@@ -11,28 +11,6 @@ from PIL import Image
 
 from vqaserve.errors import VQAError
 
-
-def _root_conftest() -> object:
-    """tests/conftest.py under its own name: `from conftest import` is ambiguous once subfolders have one."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    name = "_vqa_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-_conftest = _root_conftest()
-image_bytes = _conftest.image_bytes  # type: ignore[attr-defined]
-subprocess_env = _conftest.subprocess_env  # type: ignore[attr-defined]
-SRC = _conftest.SRC  # type: ignore[attr-defined]
-
 # What must never reach a client: tracebacks, memory addresses, file paths, internal hosts/addresses.
 _INTERNALS = re.compile(
     r"Traceback|File \"|\bat 0x|0x[0-9a-f]{6,}|(?:^|[\s'\"(])/(?:etc|tmp|home|usr|work|var|proc|root|srv)\b"

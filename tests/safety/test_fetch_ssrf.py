@@ -14,8 +14,9 @@ import time
 import httpx
 import pytest
 from fake_hosts import FakeHost, endless, gzip_bomb, hosts, redirect, response, silent, trickle
-from hostile_helpers import assert_clean, encoded, gif_frames, image_bytes, png_bomb
+from hostile_helpers import assert_clean, encoded, gif_frames, png_bomb
 
+from tests.conftest import image_bytes
 from vqaserve import images as imgs
 from vqaserve.errors import (
     FetchFailed,

@@ -15,17 +15,15 @@ import pytest
 from hostile_helpers import (
     FITS,
     OLE,
-    SRC,
     assert_clean,
     encoded,
     gif_frames,
-    image_bytes,
     jpeg_with_size,
     multipage_tiff,
     png_bomb,
-    subprocess_env,
 )
 
+from tests.conftest import SRC, image_bytes, subprocess_env
 from vqaserve import images as imgs
 from vqaserve.errors import ImageTooLarge, InvalidImage, PayloadTooLarge, UnsupportedFormat, VQAError
 from vqaserve.settings import Settings

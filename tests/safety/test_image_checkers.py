@@ -6,9 +6,10 @@ import io
 from pathlib import Path
 
 import pytest
-from hostile_helpers import assert_clean, image_bytes
+from hostile_helpers import assert_clean
 from PIL import Image
 
+from tests.conftest import image_bytes
 from vqaserve.errors import BlockedInput, ConfigError
 from vqaserve.images import normalize
 from vqaserve.safety import MARKER_COLOR, HFImageChecker, MarkerChecker, NudeNetChecker, build_image_checker

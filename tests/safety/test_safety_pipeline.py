@@ -6,8 +6,9 @@ import asyncio
 import logging
 
 import pytest
-from hostile_helpers import assert_clean, image_bytes
+from hostile_helpers import assert_clean
 
+from tests.conftest import image_bytes
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import BlockedInput, FetchRefused, InvalidImage, InvalidRequest
 from vqaserve.moderation import fold
