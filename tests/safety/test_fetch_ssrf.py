@@ -37,7 +37,8 @@ NAME = "messages[0].content[1].image_url"
 
 
 def settings(**fetch: object) -> Settings:
-    return Settings(fetch={"timeout_s": 1.0, "max_bytes": 1_000_000, **fetch})
+    # generous: the test box is shared and loaded; only the timeout test itself uses a short one
+    return Settings(fetch={"timeout_s": 10.0, "max_bytes": 1_000_000, **fetch})
 
 
 @pytest.fixture
@@ -230,7 +231,7 @@ async def test_case13_trickle_and_silence_fail_within_timeout() -> None:
             t0 = time.perf_counter()
             err = await refused(fetcher, server.url(path), FetchFailed, "within 1 s")
             assert err.status == 504
-            assert time.perf_counter() - t0 < 2.0
+            assert time.perf_counter() - t0 < 4.0  # 1 s timeout + slack for a loaded box
 
 
 async def test_case14_size_cap_and_wrong_content() -> None:
@@ -243,10 +244,10 @@ async def test_case14_size_cap_and_wrong_content() -> None:
         "/gzip-ok": response("200 OK", __import__("gzip").compress(GOOD), extra="Content-Encoding: gzip\r\n"),
         "/br": response("200 OK", GOOD, extra="Content-Encoding: br\r\n"),
     }) as server:
-        fetcher = Fetcher(settings(max_bytes=1_000_000, timeout_s=3.0), trusted=trust(server))
+        fetcher = Fetcher(settings(max_bytes=1_000_000), trusted=trust(server))
         t0 = time.perf_counter()
         err = await refused(fetcher, server.url("/huge"), PayloadTooLarge, "1,000,000 byte limit")
-        assert err.status == 413 and time.perf_counter() - t0 < 1.0
+        assert err.status == 413 and time.perf_counter() - t0 < 3.0  # refused on the header, 5 GB never read
         await refused(fetcher, server.url("/endless"), PayloadTooLarge, "limit")
         tracemalloc.start()
         await refused(fetcher, server.url("/gzip-bomb"), PayloadTooLarge, "limit")

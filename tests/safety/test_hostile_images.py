@@ -110,13 +110,19 @@ async def test_case2_lying_header_within_limit_is_sane() -> None:
         assert out.width * out.height <= HI
 
 
-def test_case5_many_frames_is_fast() -> None:
-    import time
+def test_case5_many_frames_are_never_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import GifImagePlugin
 
-    data = gif_frames(20_000)
-    t0 = time.perf_counter()
-    normalize(data)
-    assert time.perf_counter() - t0 < 1.0
+    frames: list[int] = []
+    original = GifImagePlugin.GifImageFile._seek
+
+    def spy(self: object, frame: int, update_image: bool = True) -> None:
+        frames.append(frame)
+        original(self, frame, update_image)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "_seek", spy)
+    out = normalize(gif_frames(20_000))
+    assert out.original_size == (4, 4) and max(frames) == 0  # only the first of 20,000 frames
 
 
 def test_case1_bombs_are_refused_fast_and_small() -> None:
@@ -173,7 +179,7 @@ async def test_case7_bad_base64_refused_before_decode(case: str, value: str, err
     t0 = time.perf_counter()
     with pytest.raises(error) as info:
         await imgs.read_ref(ImageRef("data", value, "image"), Settings())
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 3.0  # checked on the string, before any decoding
     assert info.value.status in (400, 413, 415)
     assert_clean(info.value, *words)
     monkeypatch.undo()

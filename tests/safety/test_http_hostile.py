@@ -67,7 +67,7 @@ def client(engine: RecordingEngine, files: ThreadedHost, internal: ThreadedHost)
     files.routes["/to-internal"] = redirect(internal.url("/secret.png"))
     files.routes["/to-metadata"] = redirect("http://169.254.169.254/latest/meta-data/")
     app = make_app(engine, safety_image="marker", fetch_allow_hosts=["localhost"], max_images=4,
-                   max_body_bytes=4 * 1024 * 1024, fetch={"timeout_s": 2.0, "max_bytes": 1024 * 1024})
+                   max_body_bytes=4 * 1024 * 1024, fetch={"timeout_s": 10.0, "max_bytes": 1024 * 1024})
     with TestClient(app) as c:
         yield c
 
