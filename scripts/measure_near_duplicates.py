@@ -119,7 +119,7 @@ def resized(img: Image.Image, f: float) -> Image.Image:
 
 
 VARIANTS: dict[str, Callable[[Image.Image], bytes]] = {
-    "png_resave": lambda im: encode(im, "PNG", optimize=True),
+    "png_resave": lambda im: encode(im, "PNG", compress_level=9),
     "jpeg_q95": lambda im: encode(im, "JPEG", quality=95),
     "jpeg_q75": lambda im: encode(im, "JPEG", quality=75),
     "jpeg_q50": lambda im: encode(im, "JPEG", quality=50),
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     false_hits, exact_dupes = 0, 0
     t0 = time.perf_counter()
     for i in range(args.n):
+        if i % 500 == 0:
+            print(f"indexing distinct picture {i}/{args.n}", file=sys.stderr, flush=True)
         picture = render(rng)
         siblings[i] = picture.info.pop("siblings", {})
         picture = picture.convert("RGB")
@@ -174,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         originals.append(picture)
     hits: Counter[str] = Counter()
     wrong: Counter[str] = Counter()
+    # Hard negatives: each picture with a small label (3% / 6% of its side), and (catalogue) the
+    # same layout with another colour, pattern or category. None may map to the original.
+    negatives: Counter[str] = Counter()
+    tried: Counter[str] = Counter()
+    done = 0
     for i, picture in enumerate(originals):
-        if i % 200 == 0:
-            print(f"copies of picture {i}/{args.n} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         for name, make in VARIANTS.items():
             canon = index.canonical(imgs.normalize(make(picture), lo, hi, s.max_image_pixels))
             who = owner.get(canon)
@@ -184,38 +189,44 @@ def main(argv: list[str] | None = None) -> int:
                 hits[name] += 1
             elif who is not None:
                 wrong[name] += 1
-    # Hard negatives: each picture with a small label (3% / 6% of its side), and (catalogue) the
-    # same layout with another colour, pattern or category. None may map to the original.
-    negatives: Counter[str] = Counter()
-    tried: Counter[str] = Counter()
-    for i, picture in enumerate(originals):
         others = {"label_3pct": labelled(picture, 0.03, rng), "label_6pct": labelled(picture, 0.06, rng),
-                  **{f"other_{k}": v.convert("RGB") for k, v in siblings[i].items()}}
+                  **{f"other_{k}": v.convert("RGB") for k, v in siblings.pop(i).items()}}
         for name, other in others.items():
             tried[name] += 1
             norm = imgs.normalize(encode(other, "JPEG", quality=90), lo, hi, s.max_image_pixels)
             if owner.get(index.canonical(norm)) == i:
                 negatives[name] += 1
-    seconds = time.perf_counter() - t0
-    copies = args.n * len(VARIANTS)
-    report = {
-        "source": source, "distinct_pictures": args.n, "copies": copies, "seed": args.seed,
+        done = i + 1
+        if done % 100 == 0 or done == args.n:
+            figures = report(args, source, done, hits, wrong, negatives, tried, false_hits, exact_dupes,
+                             time.perf_counter() - t0, (lo, hi))
+            print(f"{done}/{args.n}: {json.dumps(figures)}", file=sys.stderr, flush=True)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(figures, f, indent=2)
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+def report(args: argparse.Namespace, source: str, done: int, hits: Counter[str], wrong: Counter[str],
+           negatives: Counter[str], tried: Counter[str], false_hits: int, exact_dupes: int,
+           seconds: float, budget: tuple[int, int]) -> dict[str, object]:
+    """Figures so far: every distinct picture is indexed; copies and negatives of `done` of them."""
+    copies = done * len(VARIANTS)
+    return {
+        "source": source, "distinct_pictures": args.n, "pictures_with_copies_checked": done,
+        "copies": copies, "seed": args.seed,
         "reencode_hit_rate": round(sum(hits.values()) / copies, 4),
         "false_hits": false_hits + sum(wrong.values()) + sum(negatives.values()),
         "false_hits_between_distinct_pictures": false_hits,
         "identical_renders": exact_dupes,
         "hard_negatives": dict(tried),
         "hard_negative_false_hits": {k: negatives[k] for k in tried},
-        "per_variant_hit_rate": {k: round(hits[k] / args.n, 4) for k in VARIANTS},
+        "per_variant_hit_rate": {k: round(hits[k] / done, 4) for k in VARIANTS},
         "per_variant_false_hits": {k: wrong[k] for k in VARIANTS},
-        "pixel_budget": [lo, hi], "seconds": round(seconds, 1),
+        "pixel_budget": list(budget), "seconds": round(seconds, 1),
         "ms_per_lookup_incl_decode": round(1000 * seconds / (args.n + sum(tried.values()) + copies), 2),
     }
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    return 0
 
 
 if __name__ == "__main__":
