@@ -167,7 +167,9 @@ class Pipeline:
             return "hit", self._replay(cached)
         if key is not None and self.inflight.in_flight(key):
             return "miss", self._replay_shared(question, key, timer)
-        return ("miss" if key else "bypass"), self._stream_fresh(question, key, timer)
+        request = self._engine_request(question)
+        source = self._open_engine_stream(request, question)  # admitted now: a full queue is a 429
+        return ("miss" if key else "bypass"), self._stream_fresh(question, key, timer, request, source)
 
     # --- stages ------------------------------------------------------------------------------------
     def budget(self) -> tuple[int, int]:
@@ -315,13 +317,19 @@ class Pipeline:
         async for delta in self._replay(answer):
             yield delta
 
-    async def _stream_fresh(self, q: Question, key: str | None, timer: Timer) -> AsyncIterator[StreamDelta]:
-        request = self._engine_request(q)
+    def _open_engine_stream(self, request: EngineRequest, q: Question) -> Any:
+        """The engine's stream, through the batcher's queue when there is one (same turn-taking)."""
+        opener = getattr(self.c.batcher, "open_stream", None)
+        if opener is not None:
+            return opener(request, q.adapter or "")
+        return self.engine.stream(request)
+
+    async def _stream_fresh(self, q: Question, key: str | None, timer: Timer, request: EngineRequest,
+                            gen: Any) -> AsyncIterator[StreamDelta]:
         guard = self.c.output_filter.stream_guard() if self.c.output_filter else None
         pieces: list[str] = []
         final: StreamDelta | None = None
         t0 = time.perf_counter()
-        gen = self.engine.stream(request)  # an async generator (has aclose)
         try:
             async for delta in gen:
                 if request.should_stop() and request.deadline and time.monotonic() > request.deadline:
@@ -354,9 +362,20 @@ class Pipeline:
                     break
                 if text:
                     yield StreamDelta(text=text)
+            else:
+                # The engine ended without a finish_reason: the held-back tail must still be released
+                # (or blocked), and the client still needs a final chunk.
+                if not request.should_stop():
+                    tail, blocked = guard.flush() if guard is not None else ("", False)
+                    final = StreamDelta(text="" if blocked else tail,
+                                        finish_reason="content_filter" if blocked else "stop")
+                    yield final
+                    if blocked:
+                        return
+                    pieces.append(tail)
         finally:
             # A client that disconnects closes this generator: tell the engine to stop.
             if final is None:
                 request.cancel.set()
-            await gen.aclose()  # type: ignore[attr-defined]
+            await gen.aclose()
         timer.add("generate", t0)
