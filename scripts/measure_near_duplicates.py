@@ -93,14 +93,20 @@ def catalogue_renderer() -> tuple[str, Callable[[random.Random], Image.Image]]:
         spec = synthetic.sample_spec("test", rng)
         state = rng.getstate()
         image = synthetic.render(spec, rng)
-        # Hard negatives: the same layout and background with another colour, pattern or category.
-        siblings = {}
-        for field, value in (("colour", (spec.colour + 1 + rng.randrange(9)) % 10),
-                             ("pattern", (spec.pattern + 1 + rng.randrange(3)) % 4),
-                             ("category", (spec.category + 1 + rng.randrange(7)) % 8)):
-            twin = random.Random()
-            twin.setstate(state)
-            siblings[field] = synthetic.render(dataclasses.replace(spec, **{field: value}), twin)
+        changes = (("colour", (spec.colour + 1 + rng.randrange(9)) % 10),
+                   ("pattern", (spec.pattern + 1 + rng.randrange(3)) % 4),
+                   ("category", (spec.category + 1 + rng.randrange(7)) % 8))
+
+        def siblings() -> dict[str, Image.Image]:
+            """Hard negatives, drawn on demand: the same layout and background with another colour,
+            pattern or category."""
+            out = {}
+            for field, value in changes:
+                twin = random.Random()
+                twin.setstate(state)
+                out[field] = synthetic.render(dataclasses.replace(spec, **{field: value}), twin)
+            return out
+
         image.info["siblings"] = siblings
         return image
 
@@ -156,24 +162,25 @@ def main(argv: list[str] | None = None) -> int:
     index = NearDuplicateIndex(max_images=args.n * (1 + len(VARIANTS)))
     rng = random.Random(args.seed)
     owner: dict[str, int] = {}  # canonical hash -> picture number
-    originals: list[Image.Image] = []
-    siblings: dict[int, dict[str, Image.Image]] = {}
+    originals: list[bytes] = []  # PNG bytes: 2,000 decoded pictures would hold gigabytes
+    siblings: dict[int, Callable[[], dict[str, Image.Image]]] = {}
     false_hits, exact_dupes = 0, 0
     t0 = time.perf_counter()
     for i in range(args.n):
-        if i % 500 == 0:
-            print(f"indexing distinct picture {i}/{args.n}", file=sys.stderr, flush=True)
+        if i % 250 == 0:
+            print(f"indexing distinct picture {i}/{args.n} ({time.perf_counter() - t0:.0f} s): "
+                  f"{false_hits} false hits so far", file=sys.stderr, flush=True)
         picture = render(rng)
-        siblings[i] = picture.info.pop("siblings", {})
-        picture = picture.convert("RGB")
-        norm = imgs.normalize(encode(picture, "PNG"), lo, hi, s.max_image_pixels)
+        siblings[i] = picture.info.pop("siblings", dict)
+        png = encode(picture.convert("RGB"), "PNG")
+        norm = imgs.normalize(png, lo, hi, s.max_image_pixels)
         canon = index.canonical(norm)
         if canon != norm.content_hash:
             false_hits += 1  # a distinct picture answered as another one
         elif canon in owner:
             exact_dupes += 1  # the renderer drew the very same pixels twice: not a false hit
         owner.setdefault(canon, i)
-        originals.append(picture)
+        originals.append(png)
     hits: Counter[str] = Counter()
     wrong: Counter[str] = Counter()
     # Hard negatives: each picture with a small label (3% / 6% of its side), and (catalogue) the
@@ -181,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     negatives: Counter[str] = Counter()
     tried: Counter[str] = Counter()
     done = 0
-    for i, picture in enumerate(originals):
+    figures: dict[str, object] = {}
+    for i, png in enumerate(originals):
+        picture = Image.open(io.BytesIO(png)).convert("RGB")
         for name, make in VARIANTS.items():
             canon = index.canonical(imgs.normalize(make(picture), lo, hi, s.max_image_pixels))
             who = owner.get(canon)
@@ -190,14 +199,14 @@ def main(argv: list[str] | None = None) -> int:
             elif who is not None:
                 wrong[name] += 1
         others = {"label_3pct": labelled(picture, 0.03, rng), "label_6pct": labelled(picture, 0.06, rng),
-                  **{f"other_{k}": v.convert("RGB") for k, v in siblings.pop(i).items()}}
+                  **{f"other_{k}": v.convert("RGB") for k, v in siblings.pop(i)().items()}}
         for name, other in others.items():
             tried[name] += 1
             norm = imgs.normalize(encode(other, "JPEG", quality=90), lo, hi, s.max_image_pixels)
             if owner.get(index.canonical(norm)) == i:
                 negatives[name] += 1
         done = i + 1
-        if done % 100 == 0 or done == args.n:
+        if done % 25 == 0 or done == args.n:
             figures = report(args, source, done, hits, wrong, negatives, tried, false_hits, exact_dupes,
                              time.perf_counter() - t0, (lo, hi))
             print(f"{done}/{args.n}: {json.dumps(figures)}", file=sys.stderr, flush=True)
