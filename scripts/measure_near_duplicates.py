@@ -93,14 +93,20 @@ def catalogue_renderer() -> tuple[str, Callable[[random.Random], Image.Image]]:
         spec = synthetic.sample_spec("test", rng)
         state = rng.getstate()
         image = synthetic.render(spec, rng)
-        # Hard negatives: the same layout and background with another colour, pattern or category.
-        siblings = {}
-        for field, value in (("colour", (spec.colour + 1 + rng.randrange(9)) % 10),
-                             ("pattern", (spec.pattern + 1 + rng.randrange(3)) % 4),
-                             ("category", (spec.category + 1 + rng.randrange(7)) % 8)):
-            twin = random.Random()
-            twin.setstate(state)
-            siblings[field] = synthetic.render(dataclasses.replace(spec, **{field: value}), twin)
+        changes = (("colour", (spec.colour + 1 + rng.randrange(9)) % 10),
+                   ("pattern", (spec.pattern + 1 + rng.randrange(3)) % 4),
+                   ("category", (spec.category + 1 + rng.randrange(7)) % 8))
+
+        def siblings() -> dict[str, Image.Image]:
+            """Hard negatives, drawn on demand: the same layout and background with another colour,
+            pattern or category."""
+            out = {}
+            for field, value in changes:
+                twin = random.Random()
+                twin.setstate(state)
+                out[field] = synthetic.render(dataclasses.replace(spec, **{field: value}), twin)
+            return out
+
         image.info["siblings"] = siblings
         return image
 
@@ -119,7 +125,7 @@ def resized(img: Image.Image, f: float) -> Image.Image:
 
 
 VARIANTS: dict[str, Callable[[Image.Image], bytes]] = {
-    "png_resave": lambda im: encode(im, "PNG", optimize=True),
+    "png_resave": lambda im: encode(im, "PNG", compress_level=9),
     "jpeg_q95": lambda im: encode(im, "JPEG", quality=95),
     "jpeg_q75": lambda im: encode(im, "JPEG", quality=75),
     "jpeg_q50": lambda im: encode(im, "JPEG", quality=50),
@@ -156,27 +162,35 @@ def main(argv: list[str] | None = None) -> int:
     index = NearDuplicateIndex(max_images=args.n * (1 + len(VARIANTS)))
     rng = random.Random(args.seed)
     owner: dict[str, int] = {}  # canonical hash -> picture number
-    originals: list[Image.Image] = []
-    siblings: dict[int, dict[str, Image.Image]] = {}
+    originals: list[bytes] = []  # PNG bytes: 2,000 decoded pictures would hold gigabytes
+    siblings: dict[int, Callable[[], dict[str, Image.Image]]] = {}
     false_hits, exact_dupes = 0, 0
     t0 = time.perf_counter()
     for i in range(args.n):
+        if i % 250 == 0:
+            print(f"indexing distinct picture {i}/{args.n} ({time.perf_counter() - t0:.0f} s): "
+                  f"{false_hits} false hits so far", file=sys.stderr, flush=True)
         picture = render(rng)
-        siblings[i] = picture.info.pop("siblings", {})
-        picture = picture.convert("RGB")
-        norm = imgs.normalize(encode(picture, "PNG"), lo, hi, s.max_image_pixels)
+        siblings[i] = picture.info.pop("siblings", dict)
+        png = encode(picture.convert("RGB"), "PNG")
+        norm = imgs.normalize(png, lo, hi, s.max_image_pixels)
         canon = index.canonical(norm)
         if canon != norm.content_hash:
             false_hits += 1  # a distinct picture answered as another one
         elif canon in owner:
             exact_dupes += 1  # the renderer drew the very same pixels twice: not a false hit
         owner.setdefault(canon, i)
-        originals.append(picture)
+        originals.append(png)
     hits: Counter[str] = Counter()
     wrong: Counter[str] = Counter()
-    for i, picture in enumerate(originals):
-        if i % 200 == 0:
-            print(f"copies of picture {i}/{args.n} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    # Hard negatives: each picture with a small label (3% / 6% of its side), and (catalogue) the
+    # same layout with another colour, pattern or category. None may map to the original.
+    negatives: Counter[str] = Counter()
+    tried: Counter[str] = Counter()
+    done = 0
+    figures: dict[str, object] = {}
+    for i, png in enumerate(originals):
+        picture = Image.open(io.BytesIO(png)).convert("RGB")
         for name, make in VARIANTS.items():
             canon = index.canonical(imgs.normalize(make(picture), lo, hi, s.max_image_pixels))
             who = owner.get(canon)
@@ -184,38 +198,44 @@ def main(argv: list[str] | None = None) -> int:
                 hits[name] += 1
             elif who is not None:
                 wrong[name] += 1
-    # Hard negatives: each picture with a small label (3% / 6% of its side), and (catalogue) the
-    # same layout with another colour, pattern or category. None may map to the original.
-    negatives: Counter[str] = Counter()
-    tried: Counter[str] = Counter()
-    for i, picture in enumerate(originals):
         others = {"label_3pct": labelled(picture, 0.03, rng), "label_6pct": labelled(picture, 0.06, rng),
-                  **{f"other_{k}": v.convert("RGB") for k, v in siblings[i].items()}}
+                  **{f"other_{k}": v.convert("RGB") for k, v in siblings.pop(i)().items()}}
         for name, other in others.items():
             tried[name] += 1
             norm = imgs.normalize(encode(other, "JPEG", quality=90), lo, hi, s.max_image_pixels)
             if owner.get(index.canonical(norm)) == i:
                 negatives[name] += 1
-    seconds = time.perf_counter() - t0
-    copies = args.n * len(VARIANTS)
-    report = {
-        "source": source, "distinct_pictures": args.n, "copies": copies, "seed": args.seed,
+        done = i + 1
+        if done % 25 == 0 or done == args.n:
+            figures = report(args, source, done, hits, wrong, negatives, tried, false_hits, exact_dupes,
+                             time.perf_counter() - t0, (lo, hi))
+            print(f"{done}/{args.n}: {json.dumps(figures)}", file=sys.stderr, flush=True)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(figures, f, indent=2)
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+def report(args: argparse.Namespace, source: str, done: int, hits: Counter[str], wrong: Counter[str],
+           negatives: Counter[str], tried: Counter[str], false_hits: int, exact_dupes: int,
+           seconds: float, budget: tuple[int, int]) -> dict[str, object]:
+    """Figures so far: every distinct picture is indexed; copies and negatives of `done` of them."""
+    copies = done * len(VARIANTS)
+    return {
+        "source": source, "distinct_pictures": args.n, "pictures_with_copies_checked": done,
+        "copies": copies, "seed": args.seed,
         "reencode_hit_rate": round(sum(hits.values()) / copies, 4),
         "false_hits": false_hits + sum(wrong.values()) + sum(negatives.values()),
         "false_hits_between_distinct_pictures": false_hits,
         "identical_renders": exact_dupes,
         "hard_negatives": dict(tried),
         "hard_negative_false_hits": {k: negatives[k] for k in tried},
-        "per_variant_hit_rate": {k: round(hits[k] / args.n, 4) for k in VARIANTS},
+        "per_variant_hit_rate": {k: round(hits[k] / done, 4) for k in VARIANTS},
         "per_variant_false_hits": {k: wrong[k] for k in VARIANTS},
-        "pixel_budget": [lo, hi], "seconds": round(seconds, 1),
+        "pixel_budget": list(budget), "seconds": round(seconds, 1),
         "ms_per_lookup_incl_decode": round(1000 * seconds / (args.n + sum(tried.values()) + copies), 2),
     }
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    return 0
 
 
 if __name__ == "__main__":

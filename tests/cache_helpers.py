@@ -76,9 +76,13 @@ def make_pipeline(engine: ScriptedEngine | None = None, cache: TieredCache | Non
                                cache_key=key_builder or CacheKeyBuilder(), output_filter=output_filter))
 
 
+# Generous where the timeout is not what a test is about: this machine is shared and often loaded.
+TEST_TIMEOUT_MS = 3000
+
+
 def redis_tiered(url: str, probe_interval_s: float = 0.1) -> TieredCache:
     return TieredCache(LRUCache(100), RedisCache(url, prefix="test", probe_interval_s=probe_interval_s,
-                                                 max_probe_interval_s=0.2))
+                                                 max_probe_interval_s=0.2, timeout_ms=TEST_TIMEOUT_MS))
 
 
 def ask(text: str, image: bytes, *, kind: str = "bytes", model: str | None = None,

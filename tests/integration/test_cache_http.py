@@ -18,7 +18,7 @@ import pytest
 from cache_helpers import free_port, image_bytes
 from redis_fixture import RedisServer, redis_server  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # two service start-ups: ~25 s idle
 pytest.importorskip("vqaserve.server.app", reason="the HTTP server is not merged on this branch yet")
 SRC = Path(__file__).resolve().parents[2] / "src"
 PNG = image_bytes(size=(160, 96))
@@ -33,7 +33,8 @@ class Service:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VQA_")}
         env.update(PYTHONPATH=str(SRC), PYTHONUNBUFFERED="1", VQA_ENGINE="scripted", VQA_HOST="127.0.0.1",
                    VQA_PORT=str(self.port), VQA_REDIS_URL=redis_url, VQA_SAFETY_IMAGE="off",
-                   VQA_CACHE__REDIS_PREFIX="http-test", VQA_CACHE__REDIS_PROBE_INTERVAL_S="0.1")
+                   VQA_CACHE__REDIS_PREFIX="http-test", VQA_CACHE__REDIS_PROBE_INTERVAL_S="0.1",
+                   VQA_CACHE__REDIS_TIMEOUT_MS="3000")  # generous: this machine is shared
         self.proc = subprocess.Popen([sys.executable, "-m", "vqaserve", "serve"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -80,7 +81,7 @@ def services(redis_server: RedisServer) -> Iterator[tuple[Service, Service]]:  #
         b.stop()
 
 
-def wait_for(predicate: Any, timeout: float = 10) -> None:
+def wait_for(predicate: Any, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"

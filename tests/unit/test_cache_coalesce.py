@@ -12,16 +12,18 @@ pytestmark = pytest.mark.unit
 
 
 class Work:
-    def __init__(self, delay: float = 0.05, fail: bool = False) -> None:
+    """Work that finishes only when the test releases it (no timing assumptions on a busy machine)."""
+
+    def __init__(self, fail: bool = False) -> None:
         self.runs = 0
         self.cancelled = 0
-        self.delay = delay
         self.fail = fail
+        self.release = asyncio.Event()
 
     async def __call__(self) -> str:
         self.runs += 1
         try:
-            await asyncio.sleep(self.delay)
+            await self.release.wait()
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
@@ -30,10 +32,18 @@ class Work:
         return f"result {self.runs}"
 
 
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
 async def test_concurrent_identical_calls_run_once() -> None:
     c: Coalescer[str] = Coalescer()
     work = Work()
-    results = await asyncio.gather(*(c.run("k", work) for _ in range(20)))
+    tasks = [asyncio.create_task(c.run("k", work)) for _ in range(20)]
+    await settle()
+    work.release.set()
+    results = await asyncio.gather(*tasks)
     assert work.runs == 1
     assert {r for r, _ in results} == {"result 1"}
     assert sum(shared for _, shared in results) == 19 == c.coalesced
@@ -43,18 +53,21 @@ async def test_concurrent_identical_calls_run_once() -> None:
 async def test_different_keys_do_not_coalesce() -> None:
     c: Coalescer[str] = Coalescer()
     work = Work()
+    work.release.set()
     await asyncio.gather(c.run("a", work), c.run("b", work))
     assert work.runs == 2
 
 
 async def test_a_waiter_that_leaves_does_not_cancel_the_work_for_the_rest() -> None:
     c: Coalescer[str] = Coalescer()
-    work = Work(delay=0.1)
+    work = Work()
     leader = asyncio.create_task(c.run("k", work))
-    await asyncio.sleep(0.01)
+    await settle()
     follower = asyncio.create_task(c.run("k", work))
-    await asyncio.sleep(0.01)
+    await settle()
     leader.cancel()  # the first client disconnects
+    await settle()
+    work.release.set()
     result, shared = await follower
     assert (result, shared) == ("result 1", True)
     assert work.cancelled == 0 and work.runs == 1
@@ -64,13 +77,13 @@ async def test_a_waiter_that_leaves_does_not_cancel_the_work_for_the_rest() -> N
 
 async def test_work_is_cancelled_when_every_waiter_has_left() -> None:
     c: Coalescer[str] = Coalescer()
-    work = Work(delay=5)
+    work = Work()
     tasks = [asyncio.create_task(c.run("k", work)) for _ in range(3)]
-    await asyncio.sleep(0.01)
+    await settle()
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.sleep(0.01)
+    await settle()
     assert work.cancelled == 1
     assert not c.in_flight("k")
 
@@ -78,7 +91,9 @@ async def test_work_is_cancelled_when_every_waiter_has_left() -> None:
 async def test_an_error_reaches_only_that_attempts_waiters() -> None:
     c: Coalescer[str] = Coalescer()
     work = Work(fail=True)
-    results = await asyncio.gather(*(c.run("k", work) for _ in range(5)), return_exceptions=True)
+    work.release.set()
+    tasks = [asyncio.create_task(c.run("k", work)) for _ in range(5)]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
     assert work.runs == 1
     assert all(isinstance(r, RuntimeError) and "attempt 1" in str(r) for r in results)
     work.fail = False

@@ -16,6 +16,14 @@ pytestmark = pytest.mark.unit
 PNG = image_bytes()
 
 
+async def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
 async def collect(pipeline, question):  # type: ignore[no-untyped-def]
     status, stream = await pipeline.open_stream(question)
     deltas = [d async for d in stream]
@@ -91,7 +99,7 @@ async def test_errors_are_not_cached() -> None:
 
 
 async def test_twenty_concurrent_identical_requests_generate_once() -> None:
-    engine = ScriptedEngine(delay_s=0.1)
+    engine = ScriptedEngine(delay_s=0.5)
     p = make_pipeline(engine)
     answers = await asyncio.gather(*(p.answer(ask("What color is it?", PNG)) for _ in range(20)))
     assert engine.generations == 1
@@ -103,17 +111,17 @@ async def test_twenty_concurrent_identical_requests_generate_once() -> None:
 async def test_a_disconnecting_leader_does_not_cancel_the_others() -> None:
     engine = ScriptedEngine()
     p = make_pipeline(engine)
-    leader = asyncio.create_task(p.answer(ask("[[sleep:0.3]] q", PNG)))
-    await asyncio.sleep(0.1)
-    follower = asyncio.create_task(p.answer(ask("[[sleep:0.3]] q", PNG)))
-    await asyncio.sleep(0.05)
+    leader = asyncio.create_task(p.answer(ask("[[sleep:1.5]] q", PNG)))
+    await wait_until(lambda: engine.generations == 1)
+    follower = asyncio.create_task(p.answer(ask("[[sleep:1.5]] q", PNG)))
+    await wait_until(lambda: p.c.cache.coalesced == 1)  # type: ignore[union-attr]
     leader.cancel()
     answer = await follower
     assert "answer to" in answer.text and engine.generations == 1 and not engine.stopped
 
 
 async def test_a_coalesced_error_is_shared_only_with_its_attempt() -> None:
-    engine = ScriptedEngine(delay_s=0.05)
+    engine = ScriptedEngine(delay_s=0.5)
     p = make_pipeline(engine)
     results = await asyncio.gather(*(p.answer(ask("[[raise]]", PNG)) for _ in range(5)),
                                    return_exceptions=True)
@@ -155,10 +163,10 @@ async def test_a_blocked_stream_is_not_stored() -> None:
 
 
 async def test_a_stream_joining_an_identical_generation_replays_its_answer() -> None:
-    engine = ScriptedEngine(delay_s=0.1)
+    engine = ScriptedEngine(delay_s=1.0)
     p = make_pipeline(engine)
     plain = asyncio.create_task(p.answer(ask("q", PNG)))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: engine.generations == 1)
     status, deltas = await collect(p, ask("q", PNG, stream=True))
     assert status == "miss" and engine.generations == 1
     assert "".join(d.text for d in deltas) == (await plain).text
