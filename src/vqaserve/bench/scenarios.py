@@ -46,7 +46,8 @@ class BenchConfig:
     out_dir: Path = Path("bench-results")
 
     def server_env(self, **extra: str) -> dict[str, str]:
-        env = dict(self.env)
+        # A slow batch on a loaded machine must show up as latency, not as 504s that skew the figures.
+        env = {"VQA_REQUEST_TIMEOUT_S": "900", **self.env}
         if self.model:
             env["VQA_MODEL"] = self.model
         if self.torch_threads:
