@@ -18,11 +18,12 @@ pytestmark = pytest.mark.unit
 
 def question(text: str, color: tuple[int, int, int] = (200, 30, 30)) -> Question:
     ref = ImageRef(kind="bytes", payload=image_bytes(color=color), name="image")
-    return Question(turns=[Turn(role="user", parts=[Part(image_ref=ref), Part(text=text)])])
+    # cache=False: an answer cached by one pass must not hide the engine from the next
+    return Question(turns=[Turn(role="user", parts=[Part(image_ref=ref), Part(text=text)])], cache=False)
 
 
 async def test_concurrent_answers_equal_sequential_ones_and_are_batched() -> None:
-    settings = load_settings(batch_max_size=8, batch_max_wait_ms=50)
+    settings = load_settings(batch_max_size=8, batch_max_wait_ms=50, safety_image="off")
     engine = ScriptedEngine()
     pipeline = build_pipeline(settings, engine)
     assert isinstance(pipeline.c.batcher, MicroBatcher)
@@ -35,14 +36,14 @@ async def test_concurrent_answers_equal_sequential_ones_and_are_batched() -> Non
 
 async def test_batch_size_one_means_batching_off() -> None:
     engine = ScriptedEngine()
-    pipeline = build_pipeline(load_settings(batch_max_size=1), engine)
+    pipeline = build_pipeline(load_settings(batch_max_size=1, safety_image="off"), engine)
     await asyncio.gather(*(pipeline.answer(question(f"q{i}")) for i in range(4)))
     assert [len(b) for b in engine.batches] == [1, 1, 1, 1]
 
 
 async def test_pipeline_stream_goes_through_the_batcher() -> None:
     engine = ScriptedEngine()
-    pipeline = build_pipeline(load_settings(), engine)
+    pipeline = build_pipeline(load_settings(safety_image="off"), engine)
     status, deltas = await pipeline.open_stream(question("stream it"))
     text = "".join([d.text async for d in deltas])
     assert status in ("miss", "bypass")

@@ -59,7 +59,12 @@ def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def compare(data: bytes, model_dir: str | None, repeats: int = 5) -> dict[str, Any]:
+def compare(data: bytes, model_dir: str | None, repeats: int = 5,
+            torch_threads: int | None = None) -> dict[str, Any]:
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)  # the processor's tensor work runs on torch threads
     processor = load_image_processor(model_dir)
     a, b = ours(data, processor), theirs(data, processor)
     grid_ours = [int(x) for x in a["image_grid_thw"][0]]

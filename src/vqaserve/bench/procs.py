@@ -39,7 +39,7 @@ def _stop(proc: subprocess.Popen[Any], grace_s: float = 15.0) -> None:
 class ServerProcess:
     """`python -m vqaserve serve` on a free loopback port; settings go in as VQA_* variables."""
 
-    def __init__(self, env: dict[str, str], ready_timeout_s: float = 300.0) -> None:
+    def __init__(self, env: dict[str, str], ready_timeout_s: float = 900.0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
