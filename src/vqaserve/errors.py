@@ -59,6 +59,13 @@ class UnsupportedFormat(InvalidImage):
     code = "unsupported_image_format"
 
 
+class UnsupportedMediaType(InvalidRequest):
+    """A request body in the wrong Content-Type (e.g. form data sent to a JSON endpoint)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "payload_too_large"

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODELS = Path(__file__).parent / "models"
@@ -80,13 +80,17 @@ class CacheSettings(BaseModel):
     redis_prefix: str = "vqa"
     redis_ttl_s: int = 7 * 24 * 3600
     redis_timeout_ms: int = 100
+    redis_probe_interval_s: float = 0.5  # first background probe after the breaker opens (doubles to 5 s)
     near_duplicates: bool = False
+    near_duplicates_max: int = 2_000  # images the near-duplicate index remembers (~28 kB each)
     enabled: bool = True
 
 
 class SafetySettings(BaseModel):
-    image: str = "nudenet"  # nudenet | off | hf:PATH
+    image: str = "nudenet"  # nudenet | off | hf:PATH | marker (flags magenta images: tests, demos)
     image_threshold: float = 0.6
+    image_threads: int = 1  # onnxruntime threads for the NudeNet check (the engine owns the other cores)
+    unsafe_labels: list[str] = Field(default_factory=list)  # empty: the checker's own default set
     blocklist: str | None = None  # path; default: the bundled list
     refusal_en: str = "Sorry, I can't help with that."
     refusal_zh: str = "抱歉，我无法回答这个问题。"
@@ -94,8 +98,8 @@ class SafetySettings(BaseModel):
     @field_validator("image")
     @classmethod
     def _image(cls, v: str) -> str:
-        if v not in ("nudenet", "off") and not v.startswith("hf:"):
-            raise ValueError("VQA_SAFETY_IMAGE must be 'nudenet', 'off' or 'hf:<model dir>'")
+        if v not in ("nudenet", "off", "marker") and not v.startswith("hf:"):
+            raise ValueError("VQA_SAFETY_IMAGE must be 'nudenet', 'off', 'marker' or 'hf:<model dir>'")
         return v
 
 
@@ -111,12 +115,16 @@ class BatchSettings(BaseModel):
     max_size: int = 16
     max_wait_ms: float = 10.0
     queue_max: int = 256
+    # Fairness: a batch holds at most this many visual tokens (one request alone may exceed it).
+    max_visual_tokens: int = 16384
+    # Skip the max_wait gather while traffic is serial (it only adds latency at concurrency 1).
+    adaptive_wait: bool = True
 
-    @field_validator("max_size", "queue_max")
+    @field_validator("max_size", "queue_max", "max_visual_tokens")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
-            raise ValueError("VQA_BATCH_MAX_SIZE and VQA_QUEUE_MAX must be >= 1")
+            raise ValueError("VQA_BATCH_MAX_SIZE, VQA_QUEUE_MAX and VQA_BATCH_MAX_VISUAL_TOKENS must be >= 1")
         return v
 
 
@@ -131,8 +139,24 @@ class ServerSettings(BaseModel):
     rate_limit_ipm: int = 0  # per key images/min, 0 = off
     shutdown_grace_s: float = 30.0
     max_connections: int = 256
-    header_timeout_s: float = 10.0
+    header_timeout_s: float = 10.0  # a request head must arrive whole within this (slowloris)
+    body_timeout_s: float = 120.0  # the whole body must arrive within this after the head
     log_json: bool = True
+
+    @field_validator("shutdown_grace_s", "header_timeout_s", "body_timeout_s")
+    @classmethod
+    def _seconds(cls, v: float, info: ValidationInfo) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"VQA_{str(info.field_name).upper()} must be a number of seconds > 0")
+        return v
+
+    @field_validator("rate_limit_rpm", "rate_limit_ipm", "max_connections")
+    @classmethod
+    def _counts(cls, v: int, info: ValidationInfo) -> int:
+        if v < (1 if info.field_name == "max_connections" else 0):
+            raise ValueError(f"VQA_{str(info.field_name).upper()} must be "
+                             f"{'>= 1' if info.field_name == 'max_connections' else '>= 0 (0 = off)'}")
+        return v
 
 
 # Flat public env names (DESIGN.md contract) -> (group, field)
@@ -142,6 +166,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "rate_limit_rpm": ("server", "rate_limit_rpm"), "rate_limit_ipm": ("server", "rate_limit_ipm"),
     "shutdown_grace_s": ("server", "shutdown_grace_s"),
     "max_connections": ("server", "max_connections"),
+    "header_timeout_s": ("server", "header_timeout_s"), "body_timeout_s": ("server", "body_timeout_s"),
+    "public_web_page": ("server", "public_web_page"),
     "model": ("llm", "model"), "adapters": ("llm", "adapters"), "engine": ("llm", "engine"),
     "device": ("llm", "device"), "dtype": ("llm", "dtype"),
     "trust_remote_code": ("llm", "trust_remote_code"),
@@ -157,6 +183,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "cache_near_duplicates": ("cache", "near_duplicates"),
     "batch_max_size": ("batching", "max_size"), "batch_max_wait_ms": ("batching", "max_wait_ms"),
     "queue_max": ("batching", "queue_max"),
+    "batch_max_visual_tokens": ("batching", "max_visual_tokens"),
     "safety_image": ("safety", "image"), "safety_blocklist": ("safety", "blocklist"),
     "fetch_allow_private": ("fetch", "allow_private"), "fetch_allow_hosts": ("fetch", "allow_hosts"),
 }

@@ -100,15 +100,24 @@ class ScriptedEngine(Engine):
         if isinstance(result, VQAError):
             raise result
         words = result.text.split(" ")
-        for i, word in enumerate(words):
-            if request.should_stop():
+        last_sent = False
+        try:
+            for i, word in enumerate(words):
+                if request.should_stop():
+                    with self._lock:
+                        self.stopped.append(request.request_id)
+                    return
+                if self.token_delay_s:
+                    await asyncio.sleep(self.token_delay_s)
+                piece = word if i == 0 else " " + word
+                if i == len(words) - 1:
+                    last_sent = True
+                    yield StreamDelta(text=piece, finish_reason=result.finish_reason, usage=result.usage)
+                else:
+                    yield StreamDelta(text=piece)
+        except (GeneratorExit, asyncio.CancelledError):
+            # Closed or cancelled mid-answer (the client left): that is a stop too.
+            if not last_sent:
                 with self._lock:
                     self.stopped.append(request.request_id)
-                return
-            if self.token_delay_s:
-                await asyncio.sleep(self.token_delay_s)
-            piece = word if i == 0 else " " + word
-            if i == len(words) - 1:
-                yield StreamDelta(text=piece, finish_reason=result.finish_reason, usage=result.usage)
-            else:
-                yield StreamDelta(text=piece)
+            raise

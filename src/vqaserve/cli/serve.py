@@ -1,0 +1,133 @@
+"""`vqa serve`: the HTTP service on uvicorn. Every public VQA_* setting is also a flag.
+
+The flags are generated from `settings.FLAT`, so a new public setting becomes a flag by itself:
+VQA_MAX_PIXELS <-> --max-pixels, VQA_FETCH_ALLOW_PRIVATE <-> --fetch-allow-private.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from vqaserve.settings import FLAT, Settings
+
+
+def _field_type(name: str) -> Any:
+    group, fld = FLAT[name]
+    model: Any = Settings.model_fields[group].annotation
+    return model.model_fields[fld].annotation
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg, unused-ignore]
+    p = sub.add_parser("serve", help="run the HTTP service (OpenAI-compatible API + web page)",
+                       description="Serve the API and the web page. Every flag is also an environment "
+                                   "variable: --max-pixels N == VQA_MAX_PIXELS=N. Flags win.")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="serve a LoRA adapter under NAME (repeatable); clients pick it with model=NAME; "
+                        "a bare NAME is an adapter bundled with vqaserve")
+    for name in FLAT:
+        flag = "--" + name.replace("_", "-")
+        env = f"VQA_{name.upper()}"
+        kind = _field_type(name)
+        if kind is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(env {env})")
+        elif name == "adapters":
+            p.add_argument(flag, dest=name, default=None, metavar="NAME=PATH,...",
+                           help=f"adapters as one comma-separated list (env {env})")
+        else:
+            p.add_argument(flag, dest=name, default=None, metavar=name.split("_")[-1].upper(),
+                           help=f"(env {env})")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    from vqaserve.settings import load_settings, parse_adapters
+
+    overrides: dict[str, Any] = {name: getattr(args, name, None) for name in FLAT}
+    if args.adapter:
+        try:
+            merged = parse_adapters(overrides.get("adapters") or os.environ.get("VQA_ADAPTERS") or [])
+            merged.update(parse_adapters([_bundled(a) for a in args.adapter]))
+        except ValueError as exc:
+            from vqaserve.errors import ConfigError
+
+            raise ConfigError(f"--adapter: {exc}") from None
+        overrides["adapters"] = merged
+    return load_settings(**overrides)
+
+
+def _bundled(value: str) -> str:
+    """`--adapter NAME` alone names an adapter bundled next to the models (like `vqa ask`)."""
+    from vqaserve.settings import BUNDLED_MODELS
+
+    if "=" not in value and (BUNDLED_MODELS / value).is_dir():
+        return f"{value}={BUNDLED_MODELS / value}"
+    return value
+
+
+def _configure_logging(level: str, json_lines: bool) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        # Access lines are already JSON documents; other lines get a plain prefix.
+        handler.setFormatter(logging.Formatter("%(message)s" if json_lines else
+                                               "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from vqaserve.server.app import create_app
+    from vqaserve.server.limits import uvicorn_limits
+    from vqaserve.server.shutdown import GracefulServer
+
+    settings = settings_from_args(args)
+    _configure_logging(args.log_level, settings.server.log_json)
+    s = settings.server
+    common: dict[str, Any] = {"host": s.host, "port": s.port, "log_level": args.log_level,
+                              "access_log": False,  # our own JSON access log replaces uvicorn's
+                              "log_config": None, "timeout_keep_alive": 5,
+                              **uvicorn_limits(settings)}  # read deadlines, caps, grace
+    if s.workers > 1:
+        # Each worker process builds its own app from the environment: hand the flags over as VQA_*.
+        for name in FLAT:
+            value = getattr(args, name, None)
+            if value is not None:
+                text = str(value).lower() if isinstance(value, bool) else str(value)
+                os.environ[f"VQA_{name.upper()}"] = text
+        if settings.llm.adapters:
+            os.environ["VQA_ADAPTERS"] = ",".join(f"{k}={v}" for k, v in settings.llm.adapters.items())
+        uvicorn.run("vqaserve.server.app:create_app_from_env", factory=True, workers=s.workers, **common)
+        return 0
+    app = create_app(settings)
+    if not args.debug:  # a bad model or adapter is one line on stderr, not a uvicorn traceback
+        logging.getLogger("uvicorn.error").addFilter(_StartupTracebackFilter(app))
+    try:
+        # Drains on SIGTERM/SIGINT (503 to new requests, in-flight ones finish), then exits 0.
+        GracefulServer(uvicorn.Config(app, **common), drain=app.state.drain).run()
+    except SystemExit:  # uvicorn exits this way when the lifespan (model loading) failed
+        if app.state.startup_error is None:
+            raise
+    if app.state.startup_error is not None:
+        raise app.state.startup_error
+    return 0
+
+
+class _StartupTracebackFilter(logging.Filter):
+    """Drops uvicorn's traceback of a startup failure that is a known VQAError (bad model, adapter)."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__()
+        self.app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.app.state.startup_error is None:
+            return True
+        return not (record.exc_info or "Traceback (most recent call last)" in record.getMessage())

@@ -1,0 +1,154 @@
+"""`POST /v1/chat/completions` (plain and SSE streaming) and `GET /v1/models`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from vqaserve.errors import EngineFailure, InvalidRequest, UnsupportedMediaType, VQAError
+from vqaserve.metrics import Metrics
+from vqaserve.pipeline import Pipeline
+from vqaserve.server.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChunkChoice,
+    Delta,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    UsageModel,
+    completion_id,
+    parse_chat_request,
+    to_question,
+)
+from vqaserve.types import StreamDelta, Usage
+
+router = APIRouter()
+log = logging.getLogger("vqaserve.server")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 429, 500, 503, 504)}
+
+
+def pipeline_of(request: Request) -> Pipeline:
+    pipeline = getattr(request.app.state, "pipeline", None)
+    if pipeline is None:
+        raise EngineFailure("the model is still loading; retry in a few seconds", retry_after=5)
+    return pipeline
+
+
+def record_answer(metrics: Metrics, cache: str, usage: Usage, finish_reason: str | None) -> None:
+    metrics.count_cache(cache)
+    metrics.count_tokens(usage.prompt_tokens, usage.completion_tokens)
+    if finish_reason == "content_filter":
+        metrics.safety_blocks.labels(stage="output").inc()
+
+
+async def read_json(request: Request) -> Any:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise UnsupportedMediaType(f"Content-Type {ctype or 'missing'!r} is not accepted here; send the "
+                                   "body as JSON with Content-Type: application/json",
+                                   param="Content-Type")
+    body = await request.body()
+    if not body.strip():
+        raise InvalidRequest("the request body is empty; send a JSON object with messages", param="body")
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                             param="body") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise InvalidRequest("malformed JSON: the body must be UTF-8 JSON of sensible depth",
+                             param="body") from None
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+async def chat_completions(request: Request) -> Any:
+    settings = request.app.state.settings
+    chat = parse_chat_request(await read_json(request))
+    question = to_question(chat, settings, request.state.request_id)
+    pipeline = pipeline_of(request)
+    metrics: Metrics = request.app.state.metrics
+    if not chat.stream:
+        answer = await pipeline.answer(question)
+        record_answer(metrics, answer.cache, answer.usage, answer.finish_reason)
+        body = ChatCompletion.of(answer, completion_id())
+        return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache})
+    status, deltas = await pipeline.open_stream(question)
+    include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+    events = sse_events(deltas, model=question.model or pipeline.model_id, cache=status,
+                        include_usage=include_usage, metrics=metrics, count=pipeline.engine.count_tokens)
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"x-vqa-cache": status, "cache-control": "no-cache",
+                                      "x-accel-buffering": "no"})
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _chunk(cid: str, created: int, model: str, delta: Delta | None, finish: str | None = None,
+           usage: Usage | None = None) -> str:
+    choices = [] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish)]
+    chunk = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices,
+                                usage=UsageModel.of(usage) if usage is not None else None)
+    payload = chunk.model_dump()
+    for choice in payload["choices"]:  # OpenAI sends only the delta fields that are set
+        choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+    return _event(payload)
+
+
+async def sse_events(deltas: AsyncIterator[StreamDelta], *, model: str, cache: str, include_usage: bool,
+                     metrics: Metrics, count: Any) -> AsyncIterator[str]:
+    """Role chunk, content deltas, final chunk (finish_reason), usage chunk (if asked), [DONE].
+
+    An error after the stream has started can no longer change the HTTP status: it becomes an SSE
+    error event followed by [DONE].
+    """
+    cid, created = completion_id(), int(time.time())
+    yield _chunk(cid, created, model, Delta(role="assistant", content=""))
+    pieces: list[str] = []
+    finish: str | None = None
+    usage: Usage | None = None
+    try:
+        async for delta in deltas:
+            if delta.text:
+                pieces.append(delta.text)
+                yield _chunk(cid, created, model, Delta(content=delta.text))
+            if delta.finish_reason is not None:
+                # no break: the pipeline writes the cache after its final delta, when resumed once more
+                finish, usage = delta.finish_reason, delta.usage
+    except VQAError as exc:
+        yield _event(exc.to_openai())
+        yield "data: [DONE]\n\n"
+        return
+    except Exception:  # noqa: BLE001 - the status line is gone; report in-band, details to the log
+        log.exception("stream failed")
+        metrics.engine_errors.labels(code="internal").inc()
+        yield _event({"error": {"message": "internal error while streaming; retry", "type": "server_error",
+                                "param": None, "code": "internal_error"}})
+        yield "data: [DONE]\n\n"
+        return
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
+    usage = usage or Usage(prompt_tokens=0, completion_tokens=count("".join(pieces)) if pieces else 0)
+    record_answer(metrics, cache, usage, finish)
+    yield _chunk(cid, created, model, Delta(), finish=finish or "stop")
+    if include_usage:
+        yield _chunk(cid, created, model, None, usage=usage)
+    yield "data: [DONE]\n\n"
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    pipeline = pipeline_of(request)
+    base = pipeline.model_id
+    cards = [ModelCard(id=name, parent=None if name == base else base) for name in pipeline.public_models()]
+    return ModelList(data=cards)
+

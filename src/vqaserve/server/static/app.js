@@ -1,0 +1,173 @@
+// The vqaserve page: pick a photo (drop, paste or file), ask, and watch the answer stream in.
+// Model output is only ever written with textContent: an answer containing HTML stays text.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { imageUrl: null, busy: false };
+
+function headers(json) {
+  const h = {};
+  if (json) h["Content-Type"] = "application/json";
+  const key = $("api-key").value.trim();
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+function showError(message) {
+  $("error").textContent = message || "";
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error && body.error.message) return body.error.message;
+  } catch (e) { /* not JSON: fall through */ }
+  return "HTTP " + response.status;
+}
+
+async function loadModels() {
+  const select = $("model");
+  try {
+    const response = await fetch("/v1/models", { headers: headers(false) });
+    if (!response.ok) { showError(await errorMessage(response)); return; }
+    const body = await response.json();
+    const chosen = select.value;
+    select.replaceChildren();
+    for (const model of body.data) {
+      const option = document.createElement("option");
+      option.value = model.id;
+      option.textContent = model.parent ? model.id + " (adapter)" : model.id;
+      select.appendChild(option);
+    }
+    if (chosen) select.value = chosen;
+    showError("");
+  } catch (e) {
+    showError("cannot reach the server: " + e.message);
+  }
+}
+
+function useFile(file) {
+  if (!file) return;
+  if (!file.type.startsWith("image/")) { showError("that is not an image file"); return; }
+  const reader = new FileReader();
+  reader.onload = () => {
+    state.imageUrl = reader.result;  // a data: URI, sent as an OpenAI image_url part
+    const preview = $("preview");
+    preview.src = state.imageUrl;
+    preview.hidden = false;
+    $("drop").classList.add("has-image");
+    showError("");
+  };
+  reader.onerror = () => showError("could not read the file");
+  reader.readAsDataURL(file);
+}
+
+// Server-sent events arrive in arbitrary network pieces: keep the unfinished tail between reads.
+async function* sseEvents(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).trimStart()).join("\n");
+      if (data === "[DONE]") return;
+      if (data) yield JSON.parse(data);
+    }
+  }
+}
+
+async function ask(event) {
+  event.preventDefault();
+  if (state.busy) return;
+  const question = $("question").value.trim();
+  if (!state.imageUrl) { showError("add a photo first: drop, paste or choose a file"); return; }
+  if (!question) { showError("type a question"); return; }
+  const answer = $("answer");
+  answer.textContent = "";
+  showError("");
+  $("stats").textContent = "…";
+  state.busy = true;
+  $("ask").disabled = true;
+  const started = performance.now();
+  let firstToken = null;
+  let usage = null;
+  let finish = null;
+  try {
+    const response = await fetch("/v1/chat/completions", {
+      method: "POST",
+      headers: headers(true),
+      body: JSON.stringify({
+        model: $("model").value || undefined,
+        stream: true,
+        stream_options: { include_usage: true },
+        messages: [{ role: "user", content: [
+          { type: "image_url", image_url: { url: state.imageUrl } },
+          { type: "text", text: question },
+        ] }],
+      }),
+    });
+    if (!response.ok) { showError(await errorMessage(response)); $("stats").textContent = ""; return; }
+    const cache = response.headers.get("x-vqa-cache") || "?";
+    for await (const chunk of sseEvents(response)) {
+      if (chunk.error) { showError(chunk.error.message); break; }
+      if (chunk.usage) usage = chunk.usage;
+      const choice = chunk.choices && chunk.choices[0];
+      if (!choice) continue;
+      if (choice.delta && choice.delta.content) {
+        if (firstToken === null) firstToken = performance.now() - started;
+        answer.textContent += choice.delta.content;  // text, never HTML
+      }
+      if (choice.finish_reason) finish = choice.finish_reason;
+    }
+    const total = performance.now() - started;
+    const parts = [
+      "latency " + Math.round(total) + " ms",
+      firstToken === null ? null : "first token " + Math.round(firstToken) + " ms",
+      cache === "hit" ? "cached" : "not cached (" + cache + ")",
+      usage ? usage.completion_tokens + " tokens" : null,
+      finish === "content_filter" ? "filtered" : null,
+    ];
+    $("stats").textContent = parts.filter(Boolean).join(" · ");
+    $("stats").dataset.cache = cache;
+  } catch (e) {
+    showError("request failed: " + e.message);
+  } finally {
+    state.busy = false;
+    $("ask").disabled = false;
+  }
+}
+
+function init() {
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    useFile(e.dataTransfer.files[0]);
+  });
+  $("file").addEventListener("change", (e) => useFile(e.target.files[0]));
+  document.addEventListener("paste", (e) => {
+    for (const item of e.clipboardData.items) {
+      if (item.kind === "file" && item.type.startsWith("image/")) { useFile(item.getAsFile()); return; }
+    }
+  });
+  for (const button of document.querySelectorAll(".example")) {
+    button.addEventListener("click", () => { $("question").value = button.textContent; });
+  }
+  $("ask-form").addEventListener("submit", ask);
+  $("question").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("ask-form").requestSubmit(); }
+  });
+  $("api-key").addEventListener("change", loadModels);
+  loadModels();
+}
+
+document.addEventListener("DOMContentLoaded", init);

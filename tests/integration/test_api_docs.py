@@ -1,0 +1,82 @@
+"""docs/api.md's curl and openai-client examples, run as written against a live server.
+
+Only the address changes (the docs say 127.0.0.1:8000; the test server has a free port).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, image_bytes, subprocess_env
+from tests.http_support import LiveServer, RecordingEngine, make_app, sse_payloads
+
+pytestmark = pytest.mark.integration
+DOC = REPO / "docs" / "api.md"
+DOC_URL = "http://127.0.0.1:8000"
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[LiveServer]:
+    engine = RecordingEngine(model_id="scripted", adapter_names=["sunglasses"],
+                             rules={"What color": "red", "这是什么颜色": "红色"})
+    with LiveServer(make_app(engine)) as server:
+        yield server
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "jacket.png").write_bytes(image_bytes(size=(240, 160)))
+    return tmp_path
+
+
+def run(cmd: list[str], live: LiveServer, cwd: Path) -> str:
+    done = subprocess.run([c.replace(DOC_URL, live.url) for c in cmd], cwd=cwd, capture_output=True,
+                          timeout=60, env=subprocess_env(), text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_docs_have_the_examples() -> None:
+    assert len(blocks("bash")) == 3 and len(blocks("python")) == 1
+
+
+def test_curl_upload_example(live: LiveServer, workdir: Path) -> None:
+    body = json.loads(run(["bash", "-euo", "pipefail", "-c", blocks("bash")[0]], live, workdir))
+    assert body["answer"] == "red" and {"model", "cached", "usage", "timings"} <= set(body)
+
+
+def test_curl_chat_example(live: LiveServer, workdir: Path) -> None:
+    body = json.loads(run(["bash", "-euo", "pipefail", "-c", blocks("bash")[1]], live, workdir))
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"]
+
+
+def test_curl_stream_example(live: LiveServer, workdir: Path) -> None:
+    events = sse_payloads(run(["bash", "-euo", "pipefail", "-c", blocks("bash")[2]], live, workdir))
+    assert events[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"]) == "红色"
+
+
+def test_openai_client_example(live: LiveServer, workdir: Path) -> None:
+    out = run([sys.executable, "-c", blocks("python")[0]], live, workdir).splitlines()
+    assert out[0] == "['scripted', 'sunglasses']"
+    assert out[1].startswith("answer to: What occasion is it suitable for?")
+    assert out[2] == out[1].rsplit(" ", 1)[0]  # the streamed text equals the plain answer
+
+
+def test_latency_script(live: LiveServer) -> None:
+    out = run([sys.executable, str(REPO / "scripts" / "http_latency.py"), "--url", DOC_URL, "--n", "3",
+               "--json"], live, REPO)
+    report = json.loads(out)
+    assert report["n"] == 3 and report["p50_ms"] > 0
+    assert {"decode", "generate"} <= set(report["stage_ms_mean"])
