@@ -16,7 +16,7 @@ import pytest
 from fake_hosts import FakeHost, endless, gzip_bomb, hosts, redirect, response, silent, trickle
 from hostile_helpers import assert_clean, encoded, gif_frames, png_bomb
 
-from conftest import image_bytes
+from tests.conftest import image_bytes
 from vqaserve import images as imgs
 from vqaserve.errors import (
     FetchFailed,

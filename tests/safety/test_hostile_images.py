@@ -23,7 +23,7 @@ from hostile_helpers import (
     png_bomb,
 )
 
-from conftest import SRC, image_bytes, subprocess_env
+from tests.conftest import SRC, image_bytes, subprocess_env
 from vqaserve import images as imgs
 from vqaserve.errors import ImageTooLarge, InvalidImage, PayloadTooLarge, UnsupportedFormat, VQAError
 from vqaserve.settings import Settings

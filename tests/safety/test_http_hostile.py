@@ -23,8 +23,8 @@ from fake_hosts import ThreadedHost, redirect, response  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from hostile_helpers import encoded, gif_frames, multipage_tiff, png_bomb  # noqa: E402
 
-from conftest import image_bytes  # noqa: E402
 from http_support import RecordingEngine, assert_openai_error, make_app, sse_payloads  # noqa: E402
+from tests.conftest import image_bytes  # noqa: E402
 from vqaserve.safety import MARKER_COLOR  # noqa: E402
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import pytest
 from hostile_helpers import assert_clean
 from PIL import Image
 
-from conftest import image_bytes
+from tests.conftest import image_bytes
 from vqaserve.errors import BlockedInput, ConfigError
 from vqaserve.images import normalize
 from vqaserve.safety import MARKER_COLOR, HFImageChecker, MarkerChecker, NudeNetChecker, build_image_checker

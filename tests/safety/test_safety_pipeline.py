@@ -8,7 +8,7 @@ import logging
 import pytest
 from hostile_helpers import assert_clean
 
-from conftest import image_bytes
+from tests.conftest import image_bytes
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import BlockedInput, FetchRefused, InvalidImage, InvalidRequest
 from vqaserve.moderation import fold
