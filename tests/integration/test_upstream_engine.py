@@ -183,7 +183,7 @@ async def test_stop_signal_closes_the_upstream_request(upstream: UpstreamDouble)
     asyncio.get_running_loop().call_later(0.3, req.cancel.set)
     t0 = time.monotonic()
     (result,) = await engine.generate([req])
-    assert isinstance(result, EngineFailure) and time.monotonic() - t0 < 2.0
+    assert isinstance(result, EngineFailure) and time.monotonic() - t0 < 4.0  # not the 5 s
     await _eventually(lambda: upstream.disconnects == 1)
     assert upstream.completed == 0
     await engine.close()
@@ -240,7 +240,7 @@ async def test_upstream_timeout_is_a_504(upstream: UpstreamDouble) -> None:
 async def test_dead_upstream_opens_the_breaker_and_health_says_so_then_recovers() -> None:
     late = UpstreamDouble()  # its port is chosen but nothing listens yet: a dead upstream
     s = settings(late.url, upstream_model="double-model", upstream_retries=1, upstream_breaker_failures=2,
-                 upstream_breaker_reset_s=0.3)
+                 upstream_breaker_reset_s=2.0)
     engine = UpstreamEngine(s)
     await engine.start()  # a known model name lets a replica start before its model server
     for _ in range(2):
@@ -248,13 +248,17 @@ async def test_dead_upstream_opens_the_breaker_and_health_says_so_then_recovers(
         assert isinstance(result, EngineFailure) and result.status == 503
     health = await engine.health()
     assert health["ok"] is False and health["breaker"]["state"] == "open"  # type: ignore[index]
-    t0 = time.monotonic()
     (result,) = await engine.generate([request("x")])  # fails fast: no connect attempt while open
-    assert isinstance(result, EngineFailure) and result.retry_after and time.monotonic() - t0 < 0.05
+    assert isinstance(result, EngineFailure) and result.retry_after and "paused" in result.message
+    assert result.code != "upstream_unreachable"
     late.start()
     try:
-        await asyncio.sleep(0.35)  # past reset_s: the next call is the half-open probe
-        health = await engine.health()
+        deadline = time.monotonic() + 10
+        while True:  # past reset_s the next probe is let through (half-open) and closes the breaker
+            health = await engine.health()
+            if health["ok"] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
         assert health["ok"] is True and health["breaker"]["state"] == "closed"  # type: ignore[index]
         (result,) = await engine.generate([request("x")])
         assert not isinstance(result, VQAError)
@@ -278,7 +282,7 @@ async def test_connect_errors_are_retried_with_bounded_backoff() -> None:
     engine = UpstreamEngine(s, transport=httpx.MockTransport(handler))
     (result,) = await engine.generate([request("x")])
     assert not isinstance(result, VQAError) and result.text == "ok" and len(calls) == 3
-    assert calls[2] - calls[1] > calls[1] - calls[0] > 0.05  # backoff grows
+    assert calls[1] - calls[0] >= 0.09 and calls[2] - calls[1] >= 0.19  # backoff doubles
     calls.clear()
     s2 = settings("http://upstream.invalid:8000", upstream_model="m", upstream_retries=1)
     always = UpstreamEngine(s2, transport=httpx.MockTransport(

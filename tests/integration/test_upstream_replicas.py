@@ -74,7 +74,7 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
 
 
 @contextlib.contextmanager
-def serving(*flag_sets: tuple[str, ...], timeout: float = 60, ports: list[int] | None = None,
+def serving(*flag_sets: tuple[str, ...], timeout: float = 180, ports: list[int] | None = None,
             **env: str) -> Iterator[list[str]]:
     """`vqa serve` subprocesses (on free ports unless given), started together; yields their base URLs."""
     procs: list[tuple[subprocess.Popen[str], str]] = []
@@ -139,7 +139,8 @@ def test_photo_answered_through_replica_1_is_a_cache_hit_through_replica_2(redis
     flags = ("--engine", "upstream", "--upstream-url", upstream.url, "--upstream-model", "double-model",
              "--redis-url", redis_url, "--safety-image", "off")
     try:
-        with serving(flags, flags) as (one, two):
+        # A loaded CI box must not turn a slow Redis write (100 ms budget by default) into a miss.
+        with serving(flags, flags, VQA_CACHE__REDIS_TIMEOUT_MS="3000") as (one, two):
             image = photo_png()
             first = chat(one, image, "What colour is the jacket?")
             assert first.headers["x-vqa-cache"] == "miss"
@@ -162,6 +163,7 @@ def test_photo_answered_through_replica_1_is_a_cache_hit_through_replica_2(redis
 
 # --- two tiers: the bundled model behind a gateway -------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two server processes, one loading torch and a model
 def test_two_tier_gateway_answers_like_the_model_server_with_safety_and_cache_in_front(
         tmp_path: Path) -> None:
     _need("vqaserve.server.app")
@@ -200,6 +202,7 @@ def test_two_tier_gateway_answers_like_the_model_server_with_safety_and_cache_in
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_two_tier_mechanics_on_a_tiny_random_model(tmp_path: Path) -> None:
     """Runs wherever the server and the transformers engine are (no trained model needed): B's answers
     equal A's, usage comes from A, B's cache answers repeats even after A is gone."""

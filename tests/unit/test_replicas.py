@@ -26,3 +26,12 @@ def test_upstream_engine_may_run_several_workers_and_is_told_to_share_redis() ->
     shared = load_settings(workers=4, engine="upstream", upstream_url="http://h:1/v1",
                            redis_url="redis://127.0.0.1:6379/0")
     assert check_workers(shared) == []
+
+
+def test_vqa_serve_refuses_workers_for_the_in_process_engine_before_starting(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from vqaserve.cli import main
+
+    assert main(["serve", "--workers", "3", "--port", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "one model per process" in err and "Traceback" not in err

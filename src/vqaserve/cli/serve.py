@@ -90,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     _configure_logging(args.log_level, settings.server.log_json)
+    from vqaserve.replicas import check_workers
+
+    for advice in check_workers(settings):  # refuses --workers N>1 for engines that hold a model
+        logging.getLogger("vqaserve.serve").warning(advice)
     s = settings.server
     common: dict[str, Any] = {"host": s.host, "port": s.port, "log_level": args.log_level,
                               "access_log": False,  # our own JSON access log replaces uvicorn's
