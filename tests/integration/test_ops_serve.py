@@ -78,8 +78,9 @@ def test_sigint_on_an_idle_server_exits_0_at_once(tmp_path: Path) -> None:
     with ServeProcess(tmp=tmp_path) as server:
         started = time.monotonic()
         server.proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]
-        assert server.proc.wait(timeout=10) == 0, server.log()  # type: ignore[union-attr]
-        assert time.monotonic() - started < 5
+        assert server.proc.wait(timeout=30) == 0, server.log()  # type: ignore[union-attr]
+        assert time.monotonic() - started < 15  # ~1 s on an idle machine; shared CI is slower
+        assert "grace period over" not in server.log()  # nothing was waited for
         assert not server.session_alive()
 
 
@@ -169,9 +170,13 @@ def test_connection_cap_refuses_with_503_and_frees_up(tmp_path: Path) -> None:
         time.sleep(0.3)
         r = httpx.get(server.url + "/v1/models")
         assert r.status_code == 503
-        time.sleep(2.5)  # the head deadline frees the slots
+        # The head deadline (2 s) frees the slots without the clients doing anything.
+        end = time.monotonic() + 15
+        while httpx.get(server.url + "/v1/models").status_code != 200:
+            assert time.monotonic() < end, "slots were not freed"
+            time.sleep(0.2)
         for s in idle:
+            assert s.recv(100).startswith(b"HTTP/1.1 408")
             s.close()
-        assert httpx.get(server.url + "/v1/models").status_code == 200
 
 
