@@ -140,7 +140,7 @@ def test_rate_limits_are_shared_through_redis_and_survive_redis_dying(tmp_path) 
             codes = [b.post("/v1/chat/completions", json=chat_body("still there?"), headers=auth).status_code
                      for _ in range(4)]
             assert codes == [200, 200, 200, 429]
-            assert time.monotonic() - started < 5.0
+            assert time.monotonic() - started < 10.0  # no request waits long on the dead Redis
             assert b.get("/ready", headers=auth).status_code == 200
             assert b.get("/health").status_code == 200
 
