@@ -24,9 +24,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def live() -> Any:
+def live(request: pytest.FixtureRequest) -> Any:
+    """A live server with request_timeout_s=1.5, or another value given by indirect parametrize."""
+    deadline = str(getattr(request, "param", "1.5"))
     engine = ScriptedEngine(model_id="scripted", token_delay_s=0.1)
-    app = create_app(load_settings(engine="scripted", request_timeout_s="1.5"), engine=engine)
+    app = create_app(load_settings(engine="scripted", request_timeout_s=deadline), engine=engine)
     with ThreadServer(app) as server:
         server.engine = engine  # type: ignore[attr-defined]
         yield server
@@ -83,6 +85,7 @@ def test_a_request_past_its_deadline_gets_504_and_generation_stops(live: Any) ->
     assert_still_serving(live.url)
 
 
+@pytest.mark.parametrize("live", ["60"], indirect=True)  # no deadline may stop it instead
 def test_client_disconnect_stops_a_plain_request(live: Any) -> None:
     import socket
 
@@ -97,6 +100,7 @@ def test_client_disconnect_stops_a_plain_request(live: Any) -> None:
     assert_still_serving(live.url)
 
 
+@pytest.mark.parametrize("live", ["60"], indirect=True)
 def test_client_disconnect_stops_a_stream(live: Any) -> None:
     words = " ".join(f"w{i}" for i in range(60))  # 60 words at 0.1 s each: 6 s if nobody stops it
     body = chat_body(f"[[say:{words}]]", stream=True)
