@@ -11,6 +11,8 @@ Each stage is a component passed in; a missing component means that stage is ski
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vqaserve import images as imgs
+from vqaserve.cache.coalesce import Coalescer
 from vqaserve.engines.base import Engine
 from vqaserve.errors import DeadlineExceeded, InvalidRequest, NotFound, VQAError
 from vqaserve.settings import Settings
@@ -115,6 +118,8 @@ class Pipeline:
         self.c = components or Components()
         # Decoding and resizing are CPU work with the GIL mostly released (Pillow): keep it off the loop.
         self.image_pool = image_pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="vqa-img")
+        # Concurrent identical cacheable misses share one generation (see cache/coalesce.py).
+        self.inflight: Coalescer[Answer] = Coalescer(getattr(self.c.cache, "note_coalesced", None))
 
     # --- public API --------------------------------------------------------------------------------
     @property
@@ -133,10 +138,22 @@ class Pipeline:
             cached.timings = timer.timings
             cached.request_id = question.request_id
             return cached
-        result = await self._generate(question, timer)
-        answer = self._moderate(question, result, timer)
-        answer.cache = "miss" if key else "bypass"
-        if key and self._storable(question, answer):
+        if key is None:
+            answer = self._moderate(question, await self._generate(question, timer), timer)
+            answer.cache = "bypass"
+            return answer
+        answer, shared = await self.inflight.run(key, lambda: self._answer_fresh(question, key, timer))
+        if shared:  # the leader's Answer object: give this request its own copy
+            answer = dataclasses.replace(answer, usage=dataclasses.replace(answer.usage),
+                                         timings=timer.timings, request_id=question.request_id,
+                                         model=question.model or self.model_id)
+        return answer
+
+    async def _answer_fresh(self, question: Question, key: str, timer: Timer) -> Answer:
+        """Generate, moderate and store one answer; runs once per key however many requests wait."""
+        answer = self._moderate(question, await self._generate(question, timer), timer)
+        answer.cache = "miss"
+        if self._storable(question, answer):
             await self._cache_put(key, answer, timer)
         return answer
 
@@ -148,7 +165,11 @@ class Pipeline:
         cached = await self._cache_get(key, timer)
         if cached is not None:
             return "hit", self._replay(cached)
-        return ("miss" if key else "bypass"), self._stream_fresh(question, key, timer)
+        if key is not None and self.inflight.in_flight(key):
+            return "miss", self._replay_shared(question, key, timer)
+        request = self._engine_request(question)
+        source = self._open_engine_stream(request, question)  # admitted now: a full queue is a 429
+        return ("miss" if key else "bypass"), self._stream_fresh(question, key, timer, request, source)
 
     # --- stages ------------------------------------------------------------------------------------
     def budget(self) -> tuple[int, int]:
@@ -208,10 +229,20 @@ class Pipeline:
     def _policy(self) -> str:
         return getattr(self.c.output_filter, "version", "none")
 
+    def _model_identity(self) -> str:
+        """The model id plus the engine's weights fingerprint, when it reports one (a retrained
+        model under the same name must not be answered from the old model's entries)."""
+        fingerprint = self.engine.info().extra.get("fingerprint")
+        return f"{self.model_id}@{fingerprint}" if fingerprint else self.model_id
+
     async def _cache_key(self, q: Question) -> str | None:
         if not (self.c.cache and self.c.cache_key and q.cache and q.params.deterministic):
             return None
-        return self.c.cache_key(q, self.model_id, self._policy())
+        builder, identity, policy = self.c.cache_key, self._model_identity(), self._policy()
+        if getattr(builder, "blocking", False):  # e.g. near-duplicate hashing: milliseconds of numpy
+            return await asyncio.get_running_loop().run_in_executor(
+                self.image_pool, builder, q, identity, policy)
+        return builder(q, identity, policy)
 
     async def _cache_get(self, key: str | None, timer: Timer) -> Answer | None:
         if key is None or self.c.cache is None:
@@ -274,15 +305,31 @@ class Pipeline:
                       usage=result.usage, timings=timer.timings, request_id=q.request_id)
 
     async def _replay(self, answer: Answer) -> AsyncIterator[StreamDelta]:
-        yield StreamDelta(text=answer.text, finish_reason=answer.finish_reason, usage=answer.usage)
+        """A finished answer as a stream, word by word (the pieces join to exactly the text)."""
+        pieces = [p for p in re.split(r"(?<=\s)(?=\S)", answer.text) if p] or [""]
+        for piece in pieces[:-1]:
+            yield StreamDelta(text=piece)
+        yield StreamDelta(text=pieces[-1], finish_reason=answer.finish_reason, usage=answer.usage)
 
-    async def _stream_fresh(self, q: Question, key: str | None, timer: Timer) -> AsyncIterator[StreamDelta]:
-        request = self._engine_request(q)
+    async def _replay_shared(self, q: Question, key: str, timer: Timer) -> AsyncIterator[StreamDelta]:
+        """An identical request is generating right now: wait for its answer and replay it."""
+        answer, _ = await self.inflight.run(key, lambda: self._answer_fresh(q, key, timer))
+        async for delta in self._replay(answer):
+            yield delta
+
+    def _open_engine_stream(self, request: EngineRequest, q: Question) -> Any:
+        """The engine's stream, through the batcher's queue when there is one (same turn-taking)."""
+        opener = getattr(self.c.batcher, "open_stream", None)
+        if opener is not None:
+            return opener(request, q.adapter or "")
+        return self.engine.stream(request)
+
+    async def _stream_fresh(self, q: Question, key: str | None, timer: Timer, request: EngineRequest,
+                            gen: Any) -> AsyncIterator[StreamDelta]:
         guard = self.c.output_filter.stream_guard() if self.c.output_filter else None
         pieces: list[str] = []
         final: StreamDelta | None = None
         t0 = time.perf_counter()
-        gen = self.engine.stream(request)  # an async generator (has aclose)
         try:
             async for delta in gen:
                 if request.should_stop() and request.deadline and time.monotonic() > request.deadline:
@@ -305,18 +352,30 @@ class Pipeline:
                             return
                         text += tail
                         pieces.append(tail)
+                    # Store before the last yield: a client that leaves right after it still counts.
+                    if (key and self.c.cache is not None and q.params.deterministic
+                            and delta.finish_reason != "content_filter"):
+                        await self._cache_put(key, Answer(
+                            text="".join(pieces), model=q.model or self.model_id,
+                            finish_reason=delta.finish_reason, usage=delta.usage or Usage()), timer)
                     yield StreamDelta(text=text, finish_reason=delta.finish_reason, usage=delta.usage)
                     break
                 if text:
                     yield StreamDelta(text=text)
+            else:
+                # The engine ended without a finish_reason: the held-back tail must still be released
+                # (or blocked), and the client still needs a final chunk.
+                if not request.should_stop():
+                    tail, blocked = guard.flush() if guard is not None else ("", False)
+                    final = StreamDelta(text="" if blocked else tail,
+                                        finish_reason="content_filter" if blocked else "stop")
+                    yield final
+                    if blocked:
+                        return
+                    pieces.append(tail)
         finally:
             # A client that disconnects closes this generator: tell the engine to stop.
             if final is None:
                 request.cancel.set()
-            await gen.aclose()  # type: ignore[attr-defined]
+            await gen.aclose()
         timer.add("generate", t0)
-        if final is not None and key and self.c.cache is not None and q.params.deterministic:
-            answer = Answer(text="".join(pieces), model=q.model or self.model_id,
-                            finish_reason=final.finish_reason or "stop",
-                            usage=final.usage or Usage())
-            await self._cache_put(key, answer, timer)

@@ -30,6 +30,11 @@ class ModelSettings(BaseModel):
     upstream_model: str | None = None
     upstream_api_key: str | None = None
     upstream_timeout_s: float = 60.0
+    upstream_retries: int = 3  # extra attempts on connect errors only (the request never arrived)
+    upstream_breaker_failures: int = 5  # consecutive failures that open the circuit breaker
+    upstream_breaker_reset_s: float = 10.0  # how long it stays open before one probe is let through
+    upstream_image_format: Literal["auto", "png", "jpeg"] = "auto"  # how images travel upstream
+    upstream_send_uuid: bool = True  # vLLM's per-image `uuid`; turn off for servers that reject it
 
 
 class ImageSettings(BaseModel):
@@ -75,13 +80,17 @@ class CacheSettings(BaseModel):
     redis_prefix: str = "vqa"
     redis_ttl_s: int = 7 * 24 * 3600
     redis_timeout_ms: int = 100
+    redis_probe_interval_s: float = 0.5  # first background probe after the breaker opens (doubles to 5 s)
     near_duplicates: bool = False
+    near_duplicates_max: int = 2_000  # images the near-duplicate index remembers (~28 kB each)
     enabled: bool = True
 
 
 class SafetySettings(BaseModel):
-    image: str = "nudenet"  # nudenet | off | hf:PATH
+    image: str = "nudenet"  # nudenet | off | hf:PATH | marker (flags magenta images: tests, demos)
     image_threshold: float = 0.6
+    image_threads: int = 1  # onnxruntime threads for the NudeNet check (the engine owns the other cores)
+    unsafe_labels: list[str] = Field(default_factory=list)  # empty: the checker's own default set
     blocklist: str | None = None  # path; default: the bundled list
     refusal_en: str = "Sorry, I can't help with that."
     refusal_zh: str = "抱歉，我无法回答这个问题。"
@@ -89,8 +98,8 @@ class SafetySettings(BaseModel):
     @field_validator("image")
     @classmethod
     def _image(cls, v: str) -> str:
-        if v not in ("nudenet", "off") and not v.startswith("hf:"):
-            raise ValueError("VQA_SAFETY_IMAGE must be 'nudenet', 'off' or 'hf:<model dir>'")
+        if v not in ("nudenet", "off", "marker") and not v.startswith("hf:"):
+            raise ValueError("VQA_SAFETY_IMAGE must be 'nudenet', 'off', 'marker' or 'hf:<model dir>'")
         return v
 
 
@@ -106,12 +115,16 @@ class BatchSettings(BaseModel):
     max_size: int = 16
     max_wait_ms: float = 10.0
     queue_max: int = 256
+    # Fairness: a batch holds at most this many visual tokens (one request alone may exceed it).
+    max_visual_tokens: int = 16384
+    # Skip the max_wait gather while traffic is serial (it only adds latency at concurrency 1).
+    adaptive_wait: bool = True
 
-    @field_validator("max_size", "queue_max")
+    @field_validator("max_size", "queue_max", "max_visual_tokens")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
-            raise ValueError("VQA_BATCH_MAX_SIZE and VQA_QUEUE_MAX must be >= 1")
+            raise ValueError("VQA_BATCH_MAX_SIZE, VQA_QUEUE_MAX and VQA_BATCH_MAX_VISUAL_TOKENS must be >= 1")
         return v
 
 
@@ -160,6 +173,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "trust_remote_code": ("llm", "trust_remote_code"),
     "upstream_url": ("llm", "upstream_url"), "upstream_model": ("llm", "upstream_model"),
     "upstream_api_key": ("llm", "upstream_api_key"),
+    "upstream_timeout_s": ("llm", "upstream_timeout_s"),
     "min_pixels": ("images", "min_pixels"), "max_pixels": ("images", "max_pixels"),
     "max_image_pixels": ("images", "max_image_pixels"), "max_images": ("images", "max_images"),
     "max_body_bytes": ("images", "max_body_bytes"), "local_image_dir": ("images", "local_image_dir"),
@@ -169,6 +183,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "cache_near_duplicates": ("cache", "near_duplicates"),
     "batch_max_size": ("batching", "max_size"), "batch_max_wait_ms": ("batching", "max_wait_ms"),
     "queue_max": ("batching", "queue_max"),
+    "batch_max_visual_tokens": ("batching", "max_visual_tokens"),
     "safety_image": ("safety", "image"), "safety_blocklist": ("safety", "blocklist"),
     "fetch_allow_private": ("fetch", "allow_private"), "fetch_allow_hosts": ("fetch", "allow_hosts"),
 }

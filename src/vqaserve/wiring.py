@@ -37,7 +37,52 @@ def build_components(settings: Settings, engine: Engine, metrics: Any = None) ->
     if metrics is not None:
         components.observe = metrics.observe_stage
         components.extra["metrics"] = metrics
+    _add_safety(settings, components)
+    if settings.cache.enabled:
+        from vqaserve.cache import build_cache
+
+        components.cache, components.cache_key = build_cache(settings)
+        # /ready reports each probe under its name; "status": "degraded" makes /ready say degraded.
+        components.extra.setdefault("health", {})["cache"] = components.cache.health
+        components.extra["cache"] = components.cache
+        components.extra.setdefault("aclose", []).append(components.cache.aclose)  # lifespan shutdown
+        if metrics is not None:
+            from vqaserve.cache.metrics import CacheCollector
+
+            metrics.registry.register(CacheCollector(components.cache))
+    _add_batcher(settings, engine, components, metrics)
     return components
+
+
+def _add_batcher(settings: Settings, engine: Engine, components: Components, metrics: Any) -> None:
+    """Always through an admission queue (bound -> 429, deadlines, cancellation).
+
+    In-process engines get the micro-batcher (max_size=1 = batching off); a model server that
+    batches continuously itself (vLLM) gets admission only, each request sent at once.
+    """
+    if getattr(engine, "batches_itself", False):
+        from vqaserve.gate import ConcurrencyGate
+
+        components.batcher = ConcurrencyGate.from_settings(engine, settings.batching)
+    else:
+        from vqaserve.batching import MicroBatcher
+
+        observer = metrics.observe_batch if metrics is not None else None
+        components.batcher = MicroBatcher.from_settings(engine, settings.batching, observer=observer)
+    components.extra.setdefault("aclose", []).append(components.batcher.close)  # server shutdown hook
+
+
+def _add_safety(settings: Settings, components: Components) -> None:
+    """Image check, output blocklist, prompt guard and the SSRF-safe URL fetcher (issue 5)."""
+    from vqaserve.fetch import Fetcher
+    from vqaserve.moderation import BlocklistFilter
+    from vqaserve.prompt_guard import ControlTokenGuard
+    from vqaserve.safety import build_image_checker
+
+    components.image_checker = build_image_checker(settings)
+    components.output_filter = BlocklistFilter.from_settings(settings)
+    components.prompt_guard = ControlTokenGuard(settings.generation.max_question_chars)
+    components.fetcher = Fetcher(settings)
 
 
 def build_pipeline(settings: Settings, engine: Engine | None = None, metrics: Any = None) -> Pipeline:

@@ -146,3 +146,29 @@ def test_the_bundled_model_answers_a_catalogue_picture_on_the_page(browser: Any,
         assert ask(page, picture, question).strip().lower() == answer
         page.screenshot(path=str(tmp_path / "shop_toy_page.png"), full_page=True)
         context.close()
+
+
+# Builds a File from base64 in the page and delivers it the way a drop or a paste does.
+_DELIVER = """([b64, how]) => {
+  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+  const dt = new DataTransfer();
+  dt.items.add(new File([bytes], "photo.png", { type: "image/png" }));
+  if (how === "drop") {
+    document.querySelector("#drop").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true }));
+  } else {
+    document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt, bubbles: true }));
+  }
+}"""
+
+
+@pytest.mark.parametrize("how", ["drop", "paste"])
+def test_a_photo_can_be_dropped_or_pasted(page: Any, how: str) -> None:
+    import base64
+
+    data, question, answer = catalogue_sample("test", "color", "en", index=3)
+    page.evaluate(_DELIVER, [base64.b64encode(data).decode(), how])
+    page.wait_for_selector("#preview:not([hidden])", state="attached")
+    page.fill("#question", question)
+    page.click("#ask")
+    page.wait_for_function("document.querySelector('#stats').textContent.includes('latency')")
+    assert page.text_content("#answer") == answer

@@ -43,7 +43,7 @@ EXPECTED = {
     "empty": "could not decode",
     "garbage": "could not decode",
     "truncated": "could not decode",
-    "pdf": "could not decode",
+    "pdf": "PDF files are not supported",
     "bomb": "pixel limit",
 }
 

@@ -65,7 +65,7 @@ def mount_static(app: FastAPI, static_dir: Path) -> None:
     """The page at `/`; its assets under `/static` (never anything outside that folder)."""
     index = static_dir / "index.html"
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(index, media_type="text/html; charset=utf-8",
                             headers={"content-security-policy": CSP, "x-content-type-options": "nosniff"})

@@ -1,0 +1,110 @@
+"""Closed-loop HTTP load: `concurrency` clients, each sending its next request when the last one ends.
+
+Request bodies are encoded before the clock starts, so the figures measure the server, not JSON and
+base64 work in the client (which shares the same CPUs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Sample:
+    seconds: float
+    status: int
+    cache: str  # the x-vqa-cache header: hit | miss | bypass | "" (absent)
+    answer: str = ""
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    wall_s: float
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[Sample]:
+        return [s for s in self.samples if s.status == 200]
+
+    @property
+    def rps(self) -> float:
+        return len(self.ok) / self.wall_s if self.wall_s > 0 else 0.0
+
+    def p(self, q: float, where: Callable[[Sample], bool] = lambda s: True) -> float | None:
+        """Latency percentile in ms over successful samples matching `where`."""
+        xs = sorted(s.seconds for s in self.ok if where(s))
+        if not xs:
+            return None
+        return 1000.0 * xs[min(len(xs) - 1, round(q / 100.0 * (len(xs) - 1)))]
+
+    def summary(self) -> dict[str, Any]:
+        errors: dict[str, int] = {}
+        for s in self.samples:
+            if s.status != 200:
+                errors[str(s.status)] = errors.get(str(s.status), 0) + 1
+        ok = self.ok
+        return {"concurrency": self.concurrency, "requests": len(self.samples), "ok": len(ok),
+                "errors": errors, "wall_s": round(self.wall_s, 3), "rps": round(self.rps, 3),
+                "p50_ms": _r(self.p(50)), "p90_ms": _r(self.p(90)), "p99_ms": _r(self.p(99)),
+                "mean_ms": _r(1000.0 * statistics.fmean(s.seconds for s in ok) if ok else None),
+                "cache": {k: sum(1 for s in ok if s.cache == k) for k in ("hit", "miss", "bypass")}}
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def answer_text(payload: Any) -> str:
+    try:
+        return str(payload["choices"][0]["message"]["content"])
+    except (KeyError, IndexError, TypeError):
+        return ""
+
+
+async def run_load(url: str, bodies: Sequence[bytes], concurrency: int, *, label: str = "",
+                   progress: bool = True, api_key: str | None = None,
+                   timeout_s: float = 600.0, transport: Any = None) -> LoadResult:
+    """POST every body to /v1/chat/completions with `concurrency` clients; latencies per request."""
+    import httpx
+    from tqdm import tqdm
+
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+    for i, body in enumerate(bodies):
+        queue.put_nowait((i, body))
+    samples: list[Sample | None] = [None] * len(bodies)
+    bar = tqdm(total=len(bodies), desc=label or f"c={concurrency}", unit="req", disable=not progress,
+               leave=False)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits, headers=headers,
+                                 transport=transport) as client:
+
+        async def worker() -> None:
+            while True:
+                try:
+                    i, body = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    resp = await client.post("/v1/chat/completions", content=body)
+                    status, cache = resp.status_code, resp.headers.get("x-vqa-cache", "")
+                    text = answer_text(resp.json()) if status == 200 else ""
+                except httpx.HTTPError:
+                    status, cache, text = 599, "", ""  # no answer at all (connection error, timeout)
+                samples[i] = Sample(time.perf_counter() - t0, status, cache, text)
+                bar.update(1)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    bar.close()
+    return LoadResult(concurrency=concurrency, wall_s=wall, samples=[s for s in samples if s is not None])

@@ -1,0 +1,99 @@
+"""Benchmark output: the figures against the issue's targets as a table, and a JSON file that says how
+they were made (command, versions, machine, settings)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# figure name -> (comparison, target, what it is)
+TARGETS: dict[str, tuple[str, float, str]] = {
+    "throughput_c16_batching_on_over_off": (">=", 2.0, "req/s at c=16, batching on / off"),
+    "throughput_c16_http_over_engine_b16": (">=", 0.85, "req/s at c=16 via HTTP / engine batch-16"),
+    "latency_c1_p50_batching_on_over_off": ("<=", 1.1, "p50 at c=1, batching on / off"),
+    "photo_12mp_over_1280": ("<=", 1.5, "p50 12 MP JPEG / same picture at 1280x960"),
+    "http_p50_over_engine_p50": ("<=", 1.15, "HTTP p50 / in-process engine p50"),
+    "preprocess_ours_over_transformers": ("<=", 0.25, "12 MP preprocessing, ours / transformers"),
+}
+
+
+def check(name: str, value: float | None) -> str:
+    if value is None or name not in TARGETS:
+        return ""
+    op, target, _ = TARGETS[name]
+    met = value >= target if op == ">=" else value <= target
+    return "met" if met else "MISSED"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 3)
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("vqaserve", "torch", "transformers", "pillow", "httpx", "fastapi", "uvicorn", "redis"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)  # from package metadata: no heavy import
+    return out
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor(),
+                            "cpus": os.cpu_count()}
+    with contextlib.suppress(OSError):
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    try:
+        import psutil
+
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    torch = sys.modules.get("torch")  # only when a scenario loaded it (importing it takes seconds)
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.cuda.is_available()
+    return info
+
+
+def table(figures: dict[str, Any]) -> str:
+    """Target figures first (with their verdict), then the rest, one per line."""
+    lines = [f"{'figure':<44} {'value':>12}  {'target':<8} verdict"]
+    for name, (op, target, _what) in TARGETS.items():
+        if name in figures:
+            value = figures[name]
+            shown = "n/a" if value is None else f"{value:.3f}"
+            lines.append(f"{name:<44} {shown:>12}  {op}{target:<6} {check(name, value)}")
+    for name, value in figures.items():
+        if name not in TARGETS:
+            shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+            lines.append(f"{name:<44} {shown:>12}")
+    return "\n".join(lines)
+
+
+def write(out_dir: Path, scenario: str, figures: dict[str, Any], details: dict[str, Any],
+          server_env: dict[str, str], started: float) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    path = out_dir / f"bench-{scenario}-{stamp}.json"
+    record = {
+        "scenario": scenario, "command": " ".join(["vqa", *sys.argv[1:]]) if sys.argv else "",
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "duration_s": round(time.time() - started, 1), "versions": versions(), "machine": machine(),
+        "server_env": server_env,
+        "figures": figures,
+        "targets": {k: {"op": op, "target": t, "what": what, "verdict": check(k, figures.get(k))}
+                    for k, (op, t, what) in TARGETS.items() if k in figures},
+        "details": details,
+    }
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return path

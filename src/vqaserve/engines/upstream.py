@@ -1,0 +1,351 @@
+"""Any OpenAI-compatible model server (vLLM, SGLang, LMDeploy) as the engine behind the gateway.
+
+The gateway keeps what the model server lacks (image checks and normalization, safety, the answer
+cache, adapters by name, metrics); the model server does the batching and the GPUs. So `generate`
+sends each request of a batch on its own, concurrently: the upstream's continuous batching beats any
+batching we could do in front of it.
+
+Failure handling, in order: connect errors are retried with exponential backoff (bounded: the request
+never arrived, so a retry is safe); any other upstream error is mapped once to our error tree
+(upstream_wire.map_status); consecutive failures open a circuit breaker that fails fast and shows in
+/ready. Cancelling a request (client gone, deadline passed) closes its upstream connection, which is
+how vLLM learns to abort the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from vqaserve.engines.base import Engine, EngineInfo
+from vqaserve.engines.breaker import CircuitBreaker
+from vqaserve.engines.upstream_wire import (
+    ImageEncoder,
+    build_body,
+    build_messages,
+    finish_reason,
+    map_status,
+    parse_sse_line,
+    parse_usage,
+    upstream_message,
+)
+from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, NotFound, VQAError
+from vqaserve.settings import Settings
+from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
+
+log = logging.getLogger("vqaserve.upstream")
+
+STOP_POLL_S = 0.05  # how often an in-flight request checks its stop signal
+PROBE_INTERVAL_S = 1.0  # /ready probes of the upstream are cached this long (load balancers poll often)
+MAX_BACKOFF_S = 2.0
+
+
+def api_base(url: str) -> str:
+    """`http://host:8000` or `http://host:8000/v1` -> `http://host:8000/v1/` (the OpenAI API root)."""
+    try:
+        parsed = httpx.URL(url.strip())
+    except Exception:  # noqa: BLE001 - httpx raises several kinds for junk
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError("VQA_UPSTREAM_URL must be an http(s) URL of an OpenAI-compatible server, "
+                          "e.g. http://127.0.0.1:8001/v1")
+    path = parsed.path.rstrip("/")
+    return str(parsed.copy_with(path=(path or "/v1") + "/", query=None, fragment=None))
+
+
+class UpstreamUnreachable(EngineFailure):
+    code = "upstream_unreachable"
+
+
+class UpstreamEngine(Engine):
+    name = "upstream"
+    batches_itself = True  # wiring gives it a ConcurrencyGate (gate.py), not the micro-batcher
+
+    def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        llm = settings.llm
+        if not llm.upstream_url:
+            raise ConfigError("--engine upstream needs --upstream-url (VQA_UPSTREAM_URL), "
+                              "e.g. http://127.0.0.1:8001/v1")
+        self.settings = settings
+        self.base_url = api_base(llm.upstream_url)
+        self.model_name: str | None = llm.upstream_model
+        self.max_context = 0
+        # NAME=UPSTREAM_NAME: the public adapter name -> the name vLLM serves it under (--lora-modules).
+        self.adapter_map = dict(llm.adapters)
+        self.encoder = ImageEncoder(llm.upstream_image_format)
+        self.breaker = CircuitBreaker(max(1, llm.upstream_breaker_failures), llm.upstream_breaker_reset_s)
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._discover_lock = asyncio.Lock()
+        self._probe: tuple[float, bool] = (-1e9, False)
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            llm = self.settings.llm
+            headers = {"Authorization": f"Bearer {llm.upstream_api_key}"} if llm.upstream_api_key else {}
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url, headers=headers, transport=self._transport,
+                timeout=httpx.Timeout(llm.upstream_timeout_s, connect=min(5.0, llm.upstream_timeout_s)),
+                limits=httpx.Limits(max_connections=max(64, self.settings.server.max_connections),
+                                    max_keepalive_connections=64))
+        return self._client
+
+    async def start(self) -> None:
+        """Learn the model name (and context length) from /v1/models; unreachable is fatal only if the
+        name is unknown, so replicas may start before the model server does."""
+        try:
+            await self._discover()
+        except VQAError:
+            if self.model_name is None:
+                raise
+            log.warning("model server not reachable at start-up; serving %s when it is", self.model_name)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def info(self) -> EngineInfo:
+        images = self.settings.images
+        return EngineInfo(model_id=self.model_name or "upstream", dtype="n/a", device="upstream",
+                          max_context=self.max_context, adapters=list(self.adapter_map),
+                          extra={"min_pixels": images.min_pixels, "max_pixels": images.max_pixels})
+
+    async def health(self) -> dict[str, object]:
+        """For /ready: a cached probe of the upstream plus the breaker. Never names the upstream URL."""
+        now = time.monotonic()
+        if now - self._probe[0] >= PROBE_INTERVAL_S and self.breaker.state != "open":
+            self._probe = (now, await self._probe_once())
+        reachable = self._probe[1] and self.breaker.state != "open"  # open: the last calls failed
+        ok = reachable
+        return {"ok": ok, "engine": "upstream", "upstream_reachable": reachable,
+                "model": self.model_name, "breaker": self.breaker.snapshot()}
+
+    async def _probe_once(self) -> bool:
+        if not self.breaker.allow():
+            return False
+        try:
+            resp = await self._http().get("models", timeout=2.0)
+        except httpx.HTTPError as exc:
+            self.breaker.record_failure(f"probe: {type(exc).__name__}")
+            return False
+        except BaseException:  # cancelled (the /ready caller left): no verdict
+            self.breaker.release()
+            raise
+        if resp.status_code >= 500:
+            self.breaker.record_failure(f"probe: HTTP {resp.status_code}")
+            return False
+        self.breaker.record_success()
+        return resp.status_code == 200
+
+    async def _discover(self) -> None:
+        async with self._discover_lock:
+            resp = await self._send("GET", "models", None, self._timeout(None), None)
+            raw = await _read_close(resp)
+            if resp.status_code != 200:
+                raise map_status(resp.status_code, raw, resp.headers, self.model_name or "")
+            try:
+                entries = json.loads(raw).get("data") or []
+            except (ValueError, AttributeError):
+                entries = []
+            ids = [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+            if not ids:
+                raise EngineFailure("the model server lists no models; set VQA_UPSTREAM_MODEL")
+            bases = [e for e in ids if not e.get("parent")] or ids
+            chosen = next((e for e in ids if e["id"] == self.model_name), bases[0])
+            self.model_name = self.model_name or chosen["id"]
+            self.max_context = int(chosen.get("max_model_len") or 0)
+            if not self.settings.llm.adapters:
+                # vLLM lists each --lora-modules adapter with its base model as `parent`: with no
+                # mapping configured, serve them under their upstream names.
+                self.adapter_map = {e["id"]: e["id"] for e in ids if e.get("parent") == self.model_name}
+
+    # --- requests ----------------------------------------------------------------------------------
+    def _upstream_model(self, adapter: str | None) -> str:
+        if adapter is None:
+            assert self.model_name is not None
+            return self.model_name
+        if adapter not in self.adapter_map:
+            raise NotFound(f"adapter {adapter!r} is not served; GET /v1/models lists the served models",
+                           param="model")
+        return self.adapter_map[adapter]
+
+    def _timeout(self, request: EngineRequest | None) -> float:
+        timeout = self.settings.llm.upstream_timeout_s
+        if request is not None and request.deadline is not None:
+            timeout = min(timeout, max(0.001, request.deadline - time.monotonic()))
+        return timeout
+
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None, timeout: float,
+                    deadline: float | None) -> httpx.Response:
+        """One request with bounded connect retries; returns the response with its body unread."""
+        client = self._http()
+        attempts = 1 + max(0, self.settings.llm.upstream_retries)
+        delay = 0.1
+        for attempt in range(attempts):
+            request = client.build_request(method, path, json=body, timeout=timeout)
+            try:
+                return await client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                late = deadline is not None and time.monotonic() + delay >= deadline
+                if attempt == attempts - 1 or late:
+                    self.breaker.record_failure(f"connect: {type(exc).__name__}")
+                    raise UpstreamUnreachable("the model server is unreachable; retry shortly",
+                                              retry_after=self.breaker.retry_after() or 1.0) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _prepared(self, request: EngineRequest, stream: bool) -> tuple[dict[str, Any], str]:
+        if self.model_name is None:
+            await self._discover()
+        model = self._upstream_model(request.adapter)
+        # Encoding a photo is ~10 ms of CPU: off the event loop.
+        messages = await asyncio.to_thread(build_messages, request, self.encoder,
+                                           self.settings.llm.upstream_send_uuid)
+        return build_body(request, model, messages, stream), model
+
+    def _admit(self) -> None:
+        if not self.breaker.allow():
+            raise EngineFailure("the model server is failing; this gateway paused sending to it, retry in "
+                                f"{self.breaker.retry_after():.0f} s", retry_after=self.breaker.retry_after())
+
+    def _verdict(self, status: int) -> None:
+        """Feed the breaker: 5xx and 401/403 mean a sick upstream; other answers mean it is alive."""
+        if status >= 500 or status in (401, 403):
+            self.breaker.record_failure(f"HTTP {status}")
+        else:
+            self.breaker.record_success()
+
+    def _timed_out(self, request: EngineRequest, timeout: float) -> DeadlineExceeded:
+        if timeout >= self.settings.llm.upstream_timeout_s:  # the server hung, not a short deadline
+            self.breaker.record_failure("timeout")
+        else:
+            self.breaker.release()
+        return DeadlineExceeded(f"the model server did not answer within {timeout:.1f} s; retry, or raise "
+                                "VQA_REQUEST_TIMEOUT_S / VQA_UPSTREAM_TIMEOUT_S")
+
+    async def _complete(self, request: EngineRequest) -> EngineResult:
+        body, model = await self._prepared(request, stream=False)
+        self._admit()
+        timeout = self._timeout(request)
+        try:
+            resp = await self._send("POST", "chat/completions", body, timeout, request.deadline)
+            raw = await _read_close(resp)
+        except httpx.TimeoutException:
+            raise self._timed_out(request, timeout) from None
+        except httpx.TransportError as exc:
+            self.breaker.record_failure(type(exc).__name__)
+            raise EngineFailure("the model server dropped the connection; retry", retry_after=1.0) from None
+        self._verdict(resp.status_code)
+        if resp.status_code != 200:
+            raise map_status(resp.status_code, raw, resp.headers, model)
+        try:
+            data = json.loads(raw)
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise EngineFailure("the model server sent an answer we could not read; retry") from None
+        usage = parse_usage(data.get("usage")) or Usage(completion_tokens=self.count_tokens(text))
+        return EngineResult(text=text, finish_reason=finish_reason(choice.get("finish_reason")), usage=usage)
+
+    async def _one(self, request: EngineRequest) -> EngineResult | VQAError:
+        """One request, watched: its stop signal cancels the upstream call (closing the connection)."""
+        task = asyncio.ensure_future(self._complete(request))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=STOP_POLL_S)
+                if done:
+                    return task.result()
+                if request.should_stop():
+                    task.cancel()
+                    self.breaker.release()
+                    if request.deadline is not None and time.monotonic() > request.deadline:
+                        return DeadlineExceeded("the answer took longer than the request deadline")
+                    return EngineFailure("generation stopped")
+        except VQAError as exc:
+            return exc
+        except Exception:  # noqa: BLE001 - one request's surprise must not fail its batch
+            log.exception("upstream request failed unexpectedly")
+            return EngineFailure("the model server request failed; retry")
+        finally:
+            if not task.done():  # we were cancelled ourselves (client gone): close the upstream call
+                task.cancel()
+                self.breaker.release()
+
+    async def generate(self, batch: Sequence[EngineRequest]) -> list[EngineResult | VQAError]:
+        return list(await asyncio.gather(*(self._one(r) for r in batch)))
+
+    async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
+        """Relay the upstream's SSE chunks one by one; the last delta carries finish reason and usage."""
+        body, model = await self._prepared(request, stream=True)
+        self._admit()
+        timeout = self._timeout(request)
+        try:
+            resp = await self._send("POST", "chat/completions", body, timeout, request.deadline)
+        except httpx.TimeoutException:
+            raise self._timed_out(request, timeout) from None
+        except BaseException:  # unreachable (already counted) or cancelled: free a half-open probe
+            self.breaker.release()
+            raise
+        try:
+            if resp.status_code != 200:
+                raw = await resp.aread()
+                self._verdict(resp.status_code)
+                raise map_status(resp.status_code, raw, resp.headers, model)
+            self.breaker.record_success()
+            async for delta in self._relay(resp, request):
+                yield delta
+        except httpx.TimeoutException:
+            raise self._timed_out(request, timeout) from None
+        except httpx.TransportError:
+            self.breaker.record_failure("stream broken")
+            raise EngineFailure("the model server broke off the answer; retry", retry_after=1.0) from None
+        finally:
+            await resp.aclose()  # unread: the connection closes and vLLM aborts the generation
+
+    async def _relay(self, resp: httpx.Response, request: EngineRequest) -> AsyncIterator[StreamDelta]:
+        finish: str | None = None
+        tail = ""
+        usage: Usage | None = None
+        done = False
+        async for line in resp.aiter_lines():
+            if request.should_stop():
+                return
+            chunk = parse_sse_line(line)
+            if chunk is None:
+                continue
+            if chunk == "[DONE]":
+                done = True
+                break
+            assert isinstance(chunk, dict)
+            if "error" in chunk:  # vLLM reports a failure after the 200 as an error chunk
+                self.breaker.record_failure("error chunk")
+                detail = upstream_message(json.dumps(chunk).encode())
+                raise EngineFailure(f"the model server failed mid-answer: {detail}; retry", retry_after=1.0)
+            usage = parse_usage(chunk.get("usage")) or usage
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content") or ""
+                if choice.get("finish_reason") is not None:
+                    finish = choice["finish_reason"]
+                    tail += text
+                elif text:
+                    yield StreamDelta(text=text)
+        if finish is None and not done:
+            raise EngineFailure("the model server ended the answer early; retry", retry_after=1.0)
+        yield StreamDelta(text=tail, finish_reason=finish_reason(finish),
+                          usage=usage or Usage(completion_tokens=0))
+
+
+async def _read_close(resp: httpx.Response) -> bytes:
+    try:
+        return await resp.aread()
+    finally:
+        await resp.aclose()

@@ -1,0 +1,93 @@
+"""Helpers for the cache tests: a pipeline over the scripted engine, questions, a fake output filter."""
+
+from __future__ import annotations
+
+import io
+import socket
+
+from PIL import Image
+
+from vqaserve.cache import CacheKeyBuilder, LRUCache, TieredCache
+from vqaserve.cache.redis_cache import RedisCache
+from vqaserve.engines.scripted import ScriptedEngine
+from vqaserve.pipeline import Components, Pipeline
+from vqaserve.settings import Settings
+from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
+
+
+# Not `from conftest import ...`: with tests/integration/conftest.py present that name is ambiguous.
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def image_bytes(size: tuple[int, int] = (96, 64), color: tuple[int, int, int] = (200, 30, 30),
+                fmt: str = "PNG") -> bytes:
+    """A small picture with a checker pattern (so resizes and hashes are not trivial)."""
+    img = Image.new("RGB", size, color)
+    for x in range(0, size[0], 8):
+        for y in range(0, size[1], 8):
+            if (x // 8 + y // 8) % 2:
+                img.putpixel((x, y), (255 - color[0], 255 - color[1], 255 - color[2]))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+SMALL_IMAGES = {"min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 64}
+
+
+class BlockWord:
+    """An output filter that blocks one word; its version names the word (a blocklist change)."""
+
+    def __init__(self, word: str = "forbidden") -> None:
+        self.word = word
+        self.version = f"blocklist:{word}"
+
+    def is_blocked(self, text: str) -> bool:
+        return self.word in text
+
+    def refusal(self, question_text: str) -> str:
+        return "Sorry, I can't help with that."
+
+    def stream_guard(self) -> _Guard:
+        return _Guard(self.word)
+
+
+class _Guard:
+    def __init__(self, word: str) -> None:
+        self.word, self.seen = word, ""
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        self.seen += delta
+        return delta, self.word in self.seen
+
+    def flush(self) -> tuple[str, bool]:
+        return "", self.word in self.seen
+
+
+def make_pipeline(engine: ScriptedEngine | None = None, cache: TieredCache | None = None,
+                  output_filter: BlockWord | None = None,
+                  key_builder: CacheKeyBuilder | None = None) -> Pipeline:
+    settings = Settings(images=SMALL_IMAGES)
+    return Pipeline(settings, engine or ScriptedEngine(),
+                    Components(cache=cache or TieredCache(LRUCache(100)),
+                               cache_key=key_builder or CacheKeyBuilder(), output_filter=output_filter))
+
+
+def redis_tiered(url: str, probe_interval_s: float = 0.1) -> TieredCache:
+    return TieredCache(LRUCache(100), RedisCache(url, prefix="test", probe_interval_s=probe_interval_s,
+                                                 max_probe_interval_s=0.2))
+
+
+def ask(text: str, image: bytes, *, kind: str = "bytes", model: str | None = None,
+        params: GenerationParams | None = None, stream: bool = False) -> Question:
+    payload: bytes | str = image
+    if kind == "data":
+        import base64
+
+        payload = "data:image/png;base64," + base64.b64encode(image).decode()
+    return Question(turns=[Turn("user", [Part(image_ref=ImageRef(kind, payload)),  # type: ignore[arg-type]
+                                         Part(text=text)])],
+                    params=params or GenerationParams(), model=model, stream=stream)
