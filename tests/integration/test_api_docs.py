@@ -42,7 +42,7 @@ def workdir(tmp_path: Path) -> Path:
 
 def run(cmd: list[str], live: LiveServer, cwd: Path) -> str:
     done = subprocess.run([c.replace(DOC_URL, live.url) for c in cmd], cwd=cwd, capture_output=True,
-                          timeout=60, env=subprocess_env(), text=True)
+                          timeout=240, env=subprocess_env(), text=True)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
