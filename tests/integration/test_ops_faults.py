@@ -1,8 +1,9 @@
 """Fault injection on a live server (uvicorn in a thread, scripted engine with fault markers).
 
 Each case checks the failure is reported properly AND that the service is still ready and answers
-the next request. Redis dying is covered for the rate limiter in test_ops_access.py (the Redis cache
-lives on the cache branch); upstream dying runs once the upstream engine is on this branch.
+the next request: engine exception, out of memory, deadline, client disconnect (plain and stream),
+Redis dying under the cache, the upstream model server dying. Redis dying under the rate limiter is
+in test_ops_access.py.
 """
 
 from __future__ import annotations
@@ -180,3 +181,23 @@ def test_a_stream_read_to_the_end_is_not_counted_as_stopped(live: Any) -> None:
         assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
     time.sleep(0.2)
     assert "complete-stream" not in live.engine.stopped
+
+
+def test_redis_dying_under_the_cache_degrades_but_keeps_answering(tmp_path: Any) -> None:
+    from tests.ops_support import redis_server
+
+    with redis_server(tmp_path) as (url, proc):
+        settings = load_settings(engine="scripted", safety_image="off", redis_url=url)
+        app = create_app(settings, engine=ScriptedEngine(model_id="scripted"))
+        with ThreadServer(app, settings) as server:
+            assert post(server.url, "before").status_code == 200
+            assert post(server.url, "before").headers["x-vqa-cache"] == "hit"
+            proc.kill()
+            proc.wait()
+            started = time.monotonic()
+            r = post(server.url, "after redis died")
+            assert r.status_code == 200, r.text
+            assert time.monotonic() - started < 10  # short Redis timeouts, no hang
+            ready = httpx.get(server.url + "/ready", timeout=10)
+            assert ready.status_code == 200 and ready.json()["status"] in ("ready", "degraded")
+            assert post(server.url, "next one").status_code == 200
