@@ -62,7 +62,11 @@ def wait_for(predicate: Any, seconds: float = 5.0) -> bool:
 def test_an_exception_on_one_request_fails_only_that_request(live: Any) -> None:
     texts = ["first [[sleep:0.3]]", "second [[raise]] [[sleep:0.3]]", "third [[sleep:0.3]]", "fourth"]
     with ThreadPoolExecutor(len(texts)) as pool:
-        responses = list(pool.map(lambda t: post(live.url, t), texts))
+        responses = list(pool.map(lambda it: post(live.url, it[1], rid=f"mid-{it[0]}"), enumerate(texts)))
+    # When the batcher put the failing request in a batch with others, those still got answers.
+    shared = [b for b in live.engine.batches if "mid-1" in b and len(b) > 1]
+    for batch in shared:
+        assert {rid for rid in batch if rid != "mid-1"} <= {"mid-0", "mid-2", "mid-3"}
     assert [r.status_code for r in responses] == [200, 503, 200, 200]
     error = responses[1].json()["error"]
     assert error["code"] == "engine_failure" and "retry" in error["message"]
