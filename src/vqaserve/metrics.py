@@ -11,7 +11,8 @@ Helpers other modules call (all cheap, thread-safe):
     metrics.queue_depth.set(n)              requests waiting in the batcher queue (batcher)
     metrics.observe_batch(metric, value)    the batcher's observer callback, one entry point for
                                             queue_depth, batch_size, batch_visual_tokens,
-                                            batch_seconds, rejected (create_app wires it in)
+                                            batch_seconds, rejected, queue_seconds (-> the
+                                            "queue" stage) (create_app wires it in)
     metrics.count_cache(status)             "hit" | "miss" | "bypass" per answer
     metrics.count_tokens(prompt, completion)
     metrics.safety_blocks.labels(stage="input"|"output").inc()
@@ -84,6 +85,8 @@ class Metrics:
             self.batch_seconds.observe(value)
         elif metric == "rejected":
             self.queue_rejections.inc(value)
+        elif metric in ("queue_seconds", "queue"):  # time a request waited before its batch ran
+            self.observe_stage("queue", value)
 
     def count_cache(self, status: str) -> None:
         self.cache.labels(result=status).inc()
