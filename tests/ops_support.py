@@ -27,13 +27,17 @@ def data_uri(**kw: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(image_bytes(**kw)).decode()
 
 
-def chat_body(text: str, images: int = 1, stream: bool = False, png: bytes | None = None) -> dict[str, Any]:
+def chat_body(text: str, images: int = 1, stream: bool = False, png: bytes | None = None,
+              model: str | None = "scripted") -> dict[str, Any]:
     import base64
 
     url = ("data:image/png;base64," + base64.b64encode(png).decode()) if png else data_uri()
     parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": url}} for _ in range(images)]
     parts.append({"type": "text", "text": text})
-    return {"model": "scripted", "messages": [{"role": "user", "content": parts}], "stream": stream}
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": parts}], "stream": stream}
+    if model is not None:
+        body["model"] = model
+    return body
 
 
 def wait_http(url: str, deadline_s: float = 90.0, proc: subprocess.Popen[bytes] | None = None) -> None:

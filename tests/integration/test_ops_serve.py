@@ -41,10 +41,10 @@ def ask(url: str, text: str, stream: bool = False) -> tuple[int, str]:
 
 
 def test_sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_0(tmp_path: Path) -> None:
-    with ServeProcess("--shutdown-grace-s", "20", tmp=tmp_path) as server, ThreadPoolExecutor(5) as pool:
-        futures = [pool.submit(ask, server.url, f"question {i} [[sleep:2.5]]", stream=(i == 4))
+    with ServeProcess("--shutdown-grace-s", "40", tmp=tmp_path) as server, ThreadPoolExecutor(5) as pool:
+        futures = [pool.submit(ask, server.url, f"question {i} [[sleep:6]]", stream=(i == 4))
                    for i in range(5)]
-        end = time.monotonic() + 10
+        end = time.monotonic() + 30
         while in_flight(server.url) < 5:
             assert time.monotonic() < end, "the 5 requests never got in flight"
             time.sleep(0.05)
@@ -60,7 +60,7 @@ def test_sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_0(tmp
             assert ready.status_code == 503 and ready.json()["status"] == "shutting_down"
         except httpx.ConnectError:
             pass
-        results = [f.result(timeout=30) for f in futures]
+        results = [f.result(timeout=60) for f in futures]
         for i, (status, body) in enumerate(results):
             assert status == 200, body
             if i == 4:
@@ -68,8 +68,9 @@ def test_sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_0(tmp
                 assert streamed_text(body).startswith("answer to: question 4")
             else:
                 assert json.loads(body)["choices"][0]["message"]["content"].startswith(f"answer to: question {i}")
-        assert server.proc.wait(timeout=20) == 0, server.log()  # type: ignore[union-attr]
-        assert time.monotonic() - signalled < 20
+        assert server.proc.wait(timeout=40) == 0, server.log()  # type: ignore[union-attr]
+        assert time.monotonic() - signalled < 40  # within the grace period
+        assert "grace period over" not in server.log()  # all finished, none was cancelled
         assert not server.session_alive()  # no child process left behind
         assert "Traceback" not in server.log()
 
@@ -78,8 +79,9 @@ def test_sigint_on_an_idle_server_exits_0_at_once(tmp_path: Path) -> None:
     with ServeProcess(tmp=tmp_path) as server:
         started = time.monotonic()
         server.proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]
-        assert server.proc.wait(timeout=10) == 0, server.log()  # type: ignore[union-attr]
-        assert time.monotonic() - started < 5
+        assert server.proc.wait(timeout=30) == 0, server.log()  # type: ignore[union-attr]
+        assert time.monotonic() - started < 15  # ~1 s on an idle machine; shared CI is slower
+        assert "grace period over" not in server.log()  # nothing was waited for
         assert not server.session_alive()
 
 
@@ -169,9 +171,13 @@ def test_connection_cap_refuses_with_503_and_frees_up(tmp_path: Path) -> None:
         time.sleep(0.3)
         r = httpx.get(server.url + "/v1/models")
         assert r.status_code == 503
-        time.sleep(2.5)  # the head deadline frees the slots
+        # The head deadline (2 s) frees the slots without the clients doing anything.
+        end = time.monotonic() + 15
+        while httpx.get(server.url + "/v1/models").status_code != 200:
+            assert time.monotonic() < end, "slots were not freed"
+            time.sleep(0.2)
         for s in idle:
+            assert s.recv(100).startswith(b"HTTP/1.1 408")
             s.close()
-        assert httpx.get(server.url + "/v1/models").status_code == 200
 
 
