@@ -91,9 +91,9 @@ class TransformersEngine(Engine):
                           "Qwen/Qwen3-VL-2B-Instruct, or a bundled name (shop-toy)")
 
     def _load(self) -> None:
+        source = self._resolve()  # before the heavy import: a wrong name fails in milliseconds
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        source = self._resolve()
         llm = self.settings.llm
         placement = choose_placement(llm.device, llm.dtype)
         common = {"trust_remote_code": llm.trust_remote_code}
