@@ -51,6 +51,20 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
+def resolve_model_source(name: str) -> str:
+    """A bundled name, model directory or hub id -> what from_pretrained gets; ConfigError if none."""
+    path = Path(resolve_model_path(name)).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model {name!r} is a directory without config.json; point VQA_MODEL / "
+                              "--model at a Hugging Face model directory")
+        return str(path)
+    if _looks_like_hub_id(name) and not path.exists():
+        return name
+    raise ConfigError(f"model {name!r} not found: give a model directory, a hub id such as "
+                      "Qwen/Qwen3-VL-2B-Instruct, or a bundled name (shop-toy)")
+
+
 class TransformersEngine(Engine):
     name = "transformers"
 
@@ -76,22 +90,9 @@ class TransformersEngine(Engine):
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._model = None
 
-    def _resolve(self) -> str:
-        name = self.model_name
-        path_str = resolve_model_path(name)
-        path = Path(path_str).expanduser()
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ConfigError(f"model {name!r} is a directory without config.json; point VQA_MODEL / "
-                                  "--model at a Hugging Face model directory")
-            return str(path)
-        if _looks_like_hub_id(name) and not path.exists():
-            return name
-        raise ConfigError(f"model {name!r} not found: give a model directory, a hub id such as "
-                          "Qwen/Qwen3-VL-2B-Instruct, or a bundled name (shop-toy)")
-
     def _load(self) -> None:
-        source = self._resolve()  # before the heavy import: a wrong name fails in milliseconds
+        # resolved before the heavy import: a wrong name fails in milliseconds
+        source = resolve_model_source(self.model_name)
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         llm = self.settings.llm
