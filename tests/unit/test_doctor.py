@@ -93,7 +93,8 @@ def test_a_model_too_big_is_a_problem_with_a_fix(fake_model: Path, monkeypatch: 
     assert not report.ok
     (problem,) = [f for f in report.findings if f.level == "problem"]
     assert "GiB" in problem.message and problem.fix
-    assert "DOES NOT FIT" in doctor.render(report)
+    text = doctor.render(report)
+    assert "DOES NOT FIT" in text and f"fix: {problem.fix}" in text and text.endswith("problems found")
 
 
 def test_missing_model_and_bad_device_are_problems(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\
 
 # Every recipe key with the value a dict recipe gets when it leaves the key out.
 DEFAULTS: dict[str, Any] = {
-    "vocab_size": 1024,
+    "vocab_size": 2048,  # a cap: the in-code corpus yields ~1.1k tokens, every catalogue word whole
     "text_hidden_size": 64, "text_intermediate_size": 128, "text_layers": 2,
     "text_heads": 2, "text_kv_heads": 1, "text_head_dim": 64, "mrope_section": [12, 10, 10],
     "rope_theta": 5_000_000.0, "max_position_embeddings": 4096, "tie_word_embeddings": True,
@@ -71,7 +71,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "tiny": {**DEFAULTS, "initializer_range": 0.3},
     # A small but capable stand-in (~8M parameters); vLLM-friendly head dims of 64.
     "small": {
-        "vocab_size": 2048,
+        "vocab_size": 4096,
         "text_hidden_size": 256, "text_intermediate_size": 768, "text_layers": 4,
         "text_heads": 4, "text_kv_heads": 2, "text_head_dim": 64, "mrope_section": [12, 10, 10],
         "rope_theta": 5_000_000.0, "max_position_embeddings": 8192, "tie_word_embeddings": True,
@@ -109,7 +109,7 @@ def resolve_recipe(recipe: str | dict[str, Any]) -> dict[str, Any]:
     return full
 
 
-def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     """The project's byte-level BPE tokenizer with Qwen3-VL's special tokens and chat template."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers import trainers as tk_trainers
