@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     p = sub.add_parser("doctor", help="check this machine can serve the model (and how to fix it)",
                        description="Print versions, devices, the placement the engine would choose and "
                                    "whether the configured model fits in memory, with a fix per problem.")

@@ -100,7 +100,7 @@ class TransformersEngine(Engine):
         common = {"trust_remote_code": llm.trust_remote_code}
         try:
             processor = AutoProcessor.from_pretrained(source, **common)
-            model = AutoModelForImageTextToText.from_pretrained(
+            model: Any = AutoModelForImageTextToText.from_pretrained(
                 source, dtype=placement.torch_dtype(), device_map=placement.device_map,
                 attn_implementation=placement.attn_implementation, **common)
         except (OSError, ValueError, KeyError) as exc:
@@ -369,7 +369,7 @@ class TransformersEngine(Engine):
 def _push_streamer_class() -> type:
     from transformers import TextStreamer
 
-    class PushStreamer(TextStreamer):  # type: ignore[misc]
+    class PushStreamer(TextStreamer):
         """TextStreamer that hands finished text pieces to the event loop instead of printing."""
 
         def __init__(self, tokenizer: Any, push: Callable[[Any], None]) -> None:

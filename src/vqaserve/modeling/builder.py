@@ -141,7 +141,7 @@ def build_config(recipe: dict[str, Any], tokenizer: PreTrainedTokenizerFast) -> 
     """A transformers Qwen3VLConfig for a resolved recipe and tokenizer."""
     from transformers import Qwen3VLConfig
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    ids: dict[str, Any] = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = {
         "vocab_size": len(tokenizer), "hidden_size": recipe["text_hidden_size"],
         "intermediate_size": recipe["text_intermediate_size"],
@@ -177,8 +177,9 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, min_pixels: int, max_pix
 
     if not 32 * 32 <= min_pixels <= max_pixels:
         raise ValueError("need 32*32 <= min_pixels <= max_pixels (one visual token is 32x32 pixels)")
-    common = {"patch_size": PATCH_SIZE, "merge_size": MERGE_SIZE, "temporal_patch_size": TEMPORAL_PATCH_SIZE,
-              "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+    common: dict[str, Any] = {
+        "patch_size": PATCH_SIZE, "merge_size": MERGE_SIZE, "temporal_patch_size": TEMPORAL_PATCH_SIZE,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
     image_processor = Qwen2VLImageProcessor(
         size={"shortest_edge": min_pixels, "longest_edge": max_pixels}, **common)
     video_processor = Qwen3VLVideoProcessor(
@@ -222,7 +223,8 @@ def build_model_dir(out_dir: str | Path, recipe: str | dict[str, Any] = "tiny", 
     tokenizer = build_tokenizer(full["vocab_size"])
     config = build_config(full, tokenizer)
     torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config).to(torch.float32).eval()
+    model: Any = Qwen3VLForConditionalGeneration(config)
+    model = model.to(torch.float32).eval()
     ids = config.text_config
     model.generation_config = GenerationConfig(
         bos_token_id=ids.bos_token_id, pad_token_id=ids.pad_token_id,
