@@ -163,11 +163,14 @@ def build_config(recipe: dict[str, Any], tokenizer: PreTrainedTokenizerFast) -> 
         "deepstack_visual_indexes": list(recipe["deepstack_visual_indexes"]),
         "initializer_range": recipe["initializer_range"],
     }
-    return Qwen3VLConfig(
+    config = Qwen3VLConfig(
         text_config=text, vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=recipe["tie_word_embeddings"], initializer_range=recipe["initializer_range"])
+        tie_word_embeddings=recipe["tie_word_embeddings"])
+    # not a declared field of the top-level config, but the weight init reads it from there too
+    config.initializer_range = recipe["initializer_range"]
+    return config
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, min_pixels: int, max_pixels: int) -> Any:
