@@ -46,6 +46,12 @@ def public_model_id(name: str) -> str:
     return name
 
 
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError)
+
+
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
@@ -103,8 +109,12 @@ class TransformersEngine(Engine):
             model: Any = AutoModelForImageTextToText.from_pretrained(
                 source, dtype=placement.torch_dtype(), device_map=placement.device_map,
                 attn_implementation=placement.attn_implementation, **common)
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("loading %s failed: %s", source, exc)
+        except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear start-up line
+            log.warning("loading %s failed: %r", source, exc)
+            if _is_oom(exc):
+                raise ConfigError(f"model {self.model_name!r} does not fit in memory on {placement.device}; "
+                                  "`vqa doctor` shows what fits (smaller model, VQA_DTYPE, another GPU)"
+                                  ) from None
             raise ConfigError(f"model {self.model_name!r} could not be loaded ({type(exc).__name__}); "
                               "check it is a complete AutoModelForImageTextToText directory or a "
                               "reachable hub id (`vqa doctor --model ...` checks it)") from None
@@ -209,9 +219,8 @@ class TransformersEngine(Engine):
         return out
 
     def _failure(self, exc: BaseException, request: EngineRequest) -> EngineFailure:
-        import torch
 
-        if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        if _is_oom(exc):
             self._free_memory()
             return EngineFailure("out of memory while answering; retry with fewer or smaller images or "
                                  "a shorter max_tokens", retry_after=2)
