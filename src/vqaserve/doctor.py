@@ -221,7 +221,8 @@ def check_model(report: Report, settings: Settings) -> None:
         parameters, text = count_parameters(source, settings.llm.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any failure here is a finding, not a crash
         report.problem(f"cannot read the config of model {name!r} ({type(exc).__name__})",
-                       "check the directory has config.json, or that the hub is reachable")
+                       "check the directory has config.json, or that the hub is reachable "
+                       "(a local directory needs no network)")
         return
     gpu = placement.device.startswith("cuda")
     if gpu:
@@ -247,11 +248,21 @@ def check_model(report: Report, settings: Settings) -> None:
                     "run on a GPU, or use the upstream engine (VQA_ENGINE=upstream) against vLLM")
 
 
+def check_adapters(report: Report, settings: Settings) -> None:
+    from vqaserve.settings import resolve_model_path
+
+    for name, path in settings.llm.adapters.items():
+        if not (Path(resolve_model_path(path)) / "adapter_config.json").is_file():
+            report.problem(f"adapter {name!r} has no adapter_config.json at {path!r}",
+                           "VQA_ADAPTERS takes NAME=PATH to a PEFT LoRA directory (with adapter_config.json)")
+
+
 def diagnose(settings: Settings) -> Report:
     report = Report(python=platform.python_version(), packages=package_versions())
     check_versions(report)
     check_devices(report)
     check_model(report, settings)
+    check_adapters(report, settings)
     return report
 
 

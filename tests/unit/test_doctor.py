@@ -103,3 +103,9 @@ def test_missing_model_and_bad_device_are_problems(tmp_path: Path) -> None:
     assert report.placement is not None  # the rest of the report is still there
     report = doctor.diagnose(load_settings(model=str(tmp_path / "nope"), dtype="int3"))
     assert any("VQA_DTYPE" in f.message for f in report.findings)
+
+
+def test_a_missing_adapter_is_a_problem(fake_model: Path, tmp_path: Path) -> None:
+    report = doctor.diagnose(load_settings(model=str(fake_model), device="cpu",
+                                           adapters={"shop": str(tmp_path / "no-adapter")}))
+    assert any("adapter 'shop'" in f.message and f.level == "problem" for f in report.findings)
