@@ -54,6 +54,9 @@ def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int,
         beta = math.sqrt(min_pixels / (height * width))
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
+        if h_bar * w_bar > max_pixels:  # rounding up overshot a tight budget: max_pixels wins
+            h_bar = max(factor, math.floor(height * beta / factor) * factor)
+            w_bar = max(factor, math.floor(width * beta / factor) * factor)
     return h_bar, w_bar
 
 

@@ -282,7 +282,7 @@ class Pipeline:
         pieces: list[str] = []
         final: StreamDelta | None = None
         t0 = time.perf_counter()
-        gen = self.engine.stream(request)
+        gen = self.engine.stream(request)  # an async generator (has aclose)
         try:
             async for delta in gen:
                 if request.should_stop() and request.deadline and time.monotonic() > request.deadline:
@@ -313,7 +313,7 @@ class Pipeline:
             # A client that disconnects closes this generator: tell the engine to stop.
             if final is None:
                 request.cancel.set()
-            await gen.aclose()
+            await gen.aclose()  # type: ignore[attr-defined]
         timer.add("generate", t0)
         if final is not None and key and self.c.cache is not None and q.params.deterministic:
             answer = Answer(text="".join(pieces), model=q.model or self.model_id,

@@ -1,8 +1,8 @@
 """One Settings object, read from VQA_* environment variables (and `vqa serve` flags).
 
 The documented flat names (VQA_MODEL, VQA_REDIS_URL, ...) are public contracts; they fill nested
-groups so code reads `settings.cache.redis_url`
-or `settings.llm.model` (the group is "llm" because VQA_MODEL is the flat name of the model). Pass settings in; there is no module-level global.
+groups so code reads `settings.cache.redis_url` or `settings.llm.model` (the group is "llm" because
+VQA_MODEL is the flat name of the model). Pass settings in; there is no module-level global.
 """
 
 from __future__ import annotations

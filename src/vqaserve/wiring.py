@@ -27,8 +27,7 @@ def build_engine(settings: Settings) -> Engine:
 
 def build_components(settings: Settings, engine: Engine) -> Components:
     """Safety, cache, batching and fetching, each from its own module, configured by settings."""
-    components = Components()
-    return components
+    return Components()
 
 
 def build_pipeline(settings: Settings, engine: Engine | None = None) -> Pipeline:

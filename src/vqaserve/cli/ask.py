@@ -13,7 +13,7 @@ from vqaserve.settings import load_settings
 from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ask", help="answer a question about one image",
                        description="Answer QUESTION about IMAGE (a file path or an http(s) URL).")
     p.add_argument("image", help="image file path or http(s) URL")
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ask(settings, question, build_pipeline):  # type: ignore[no-untyped-def]
+async def _ask(settings, question, build_pipeline):
     pipeline = build_pipeline(settings)
     await pipeline.engine.start()
     try:

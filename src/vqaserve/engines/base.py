@@ -30,10 +30,10 @@ class Engine(abc.ABC):
 
     name: str = "engine"
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook
         """Load weights; called once in the server lifespan (or by the CLI) before any request."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Free resources."""
 
     @abc.abstractmethod

@@ -86,6 +86,11 @@ class ScriptedEngine(Engine):
         with self._lock:
             self.batches.append([r.request_id for r in batch])
             self.generations += len(batch)
+        # Like a real engine's worker thread, the work goes on when the caller is cancelled; it
+        # stops only by noticing request.should_stop().
+        return await asyncio.shield(asyncio.ensure_future(self._run(batch)))
+
+    async def _run(self, batch: Sequence[EngineRequest]) -> list[EngineResult | VQAError]:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return list(await asyncio.gather(*(self._one(r) for r in batch)))
