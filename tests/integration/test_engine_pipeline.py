@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.conftest import subprocess_env, vqa_cmd
 from tiny_vlm import TINY_MAX_PIXELS, TINY_MIN_PIXELS, ok, picture_bytes, request
 
+from tests.conftest import subprocess_env, vqa_cmd
 from vqaserve.pipeline import Pipeline
 from vqaserve.settings import load_settings
 from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
