@@ -27,8 +27,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "min_pixels": 128 * 128,
         "max_pixels": 160 * 160,
         "train": {
-            "synthetic": "train:1.0", "steps": 3000, "batch_size": 32, "lr": 2e-3, "warmup": 100,
-            "weight_decay": 0.01, "max_turns": 3, "time_budget_min": 38.0, "seed": 0,
+            "synthetic": "train:1.0", "steps": 3000, "batch_size": 32, "lr": 6e-4, "warmup": 150,
+            "weight_decay": 0.01, "max_turns": 4, "time_budget_min": 30.0, "seed": 0,
         },
     },
     # A seconds-long model for tests: the same architecture family, tiny sizes.
