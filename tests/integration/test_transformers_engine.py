@@ -201,8 +201,11 @@ async def test_unknown_adapter_is_not_found(engine: Engine, pictures: Pics) -> N
     assert isinstance(result, NotFound)
 
 
-def test_missing_model_is_a_config_error(tmp_path: Path) -> None:
-    for name in [str(tmp_path / "absent"), str(tmp_path), "not a model"]:
+def test_missing_or_broken_model_is_a_config_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "qwen3_vl"}')  # no weights, no processor
+    for name in [str(tmp_path / "absent"), str(tmp_path), "not a model", str(broken)]:
         eng = TransformersEngine(load_settings(model=name))
         with pytest.raises(ConfigError) as info:
             run(eng.start())

@@ -46,9 +46,29 @@ def public_model_id(name: str) -> str:
     return name
 
 
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError)
+
+
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def resolve_model_source(name: str) -> str:
+    """A bundled name, model directory or hub id -> what from_pretrained gets; ConfigError if none."""
+    path = Path(resolve_model_path(name)).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model {name!r} is a directory without config.json; point VQA_MODEL / "
+                              "--model at a Hugging Face model directory")
+        return str(path)
+    if _looks_like_hub_id(name) and not path.exists():
+        return name
+    raise ConfigError(f"model {name!r} not found: give a model directory, a hub id such as "
+                      "Qwen/Qwen3-VL-2B-Instruct, or a bundled name (shop-toy)")
 
 
 class TransformersEngine(Engine):
@@ -76,34 +96,25 @@ class TransformersEngine(Engine):
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._model = None
 
-    def _resolve(self) -> str:
-        name = self.model_name
-        path_str = resolve_model_path(name)
-        path = Path(path_str).expanduser()
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ConfigError(f"model {name!r} is a directory without config.json; point VQA_MODEL / "
-                                  "--model at a Hugging Face model directory")
-            return str(path)
-        if _looks_like_hub_id(name) and not path.exists():
-            return name
-        raise ConfigError(f"model {name!r} not found: give a model directory, a hub id such as "
-                          "Qwen/Qwen3-VL-2B-Instruct, or a bundled name (shop-toy)")
-
     def _load(self) -> None:
+        # resolved before the heavy import: a wrong name fails in milliseconds
+        source = resolve_model_source(self.model_name)
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        source = self._resolve()
         llm = self.settings.llm
         placement = choose_placement(llm.device, llm.dtype)
         common = {"trust_remote_code": llm.trust_remote_code}
         try:
             processor = AutoProcessor.from_pretrained(source, **common)
-            model = AutoModelForImageTextToText.from_pretrained(
+            model: Any = AutoModelForImageTextToText.from_pretrained(
                 source, dtype=placement.torch_dtype(), device_map=placement.device_map,
                 attn_implementation=placement.attn_implementation, **common)
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("loading %s failed: %s", source, exc)
+        except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear start-up line
+            log.warning("loading %s failed: %r", source, exc)
+            if _is_oom(exc):
+                raise ConfigError(f"model {self.model_name!r} does not fit in memory on {placement.device}; "
+                                  "`vqa doctor` shows what fits (smaller model, VQA_DTYPE, another GPU)"
+                                  ) from None
             raise ConfigError(f"model {self.model_name!r} could not be loaded ({type(exc).__name__}); "
                               "check it is a complete AutoModelForImageTextToText directory or a "
                               "reachable hub id (`vqa doctor --model ...` checks it)") from None
@@ -208,9 +219,8 @@ class TransformersEngine(Engine):
         return out
 
     def _failure(self, exc: BaseException, request: EngineRequest) -> EngineFailure:
-        import torch
 
-        if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        if _is_oom(exc):
             self._free_memory()
             return EngineFailure("out of memory while answering; retry with fewer or smaller images or "
                                  "a shorter max_tokens", retry_after=2)
@@ -368,7 +378,7 @@ class TransformersEngine(Engine):
 def _push_streamer_class() -> type:
     from transformers import TextStreamer
 
-    class PushStreamer(TextStreamer):  # type: ignore[misc]
+    class PushStreamer(TextStreamer):
         """TextStreamer that hands finished text pieces to the event loop instead of printing."""
 
         def __init__(self, tokenizer: Any, push: Callable[[Any], None]) -> None:

@@ -57,7 +57,7 @@ PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\
 
 # Every recipe key with the value a dict recipe gets when it leaves the key out.
 DEFAULTS: dict[str, Any] = {
-    "vocab_size": 1024,
+    "vocab_size": 2048,  # a cap: the in-code corpus yields ~1.1k tokens, every catalogue word whole
     "text_hidden_size": 64, "text_intermediate_size": 128, "text_layers": 2,
     "text_heads": 2, "text_kv_heads": 1, "text_head_dim": 64, "mrope_section": [12, 10, 10],
     "rope_theta": 5_000_000.0, "max_position_embeddings": 4096, "tie_word_embeddings": True,
@@ -71,7 +71,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "tiny": {**DEFAULTS, "initializer_range": 0.3},
     # A small but capable stand-in (~8M parameters); vLLM-friendly head dims of 64.
     "small": {
-        "vocab_size": 2048,
+        "vocab_size": 4096,
         "text_hidden_size": 256, "text_intermediate_size": 768, "text_layers": 4,
         "text_heads": 4, "text_kv_heads": 2, "text_head_dim": 64, "mrope_section": [12, 10, 10],
         "rope_theta": 5_000_000.0, "max_position_embeddings": 8192, "tie_word_embeddings": True,
@@ -109,7 +109,7 @@ def resolve_recipe(recipe: str | dict[str, Any]) -> dict[str, Any]:
     return full
 
 
-def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     """The project's byte-level BPE tokenizer with Qwen3-VL's special tokens and chat template."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers import trainers as tk_trainers
@@ -141,7 +141,7 @@ def build_config(recipe: dict[str, Any], tokenizer: PreTrainedTokenizerFast) -> 
     """A transformers Qwen3VLConfig for a resolved recipe and tokenizer."""
     from transformers import Qwen3VLConfig
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    ids: dict[str, Any] = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = {
         "vocab_size": len(tokenizer), "hidden_size": recipe["text_hidden_size"],
         "intermediate_size": recipe["text_intermediate_size"],
@@ -163,11 +163,14 @@ def build_config(recipe: dict[str, Any], tokenizer: PreTrainedTokenizerFast) -> 
         "deepstack_visual_indexes": list(recipe["deepstack_visual_indexes"]),
         "initializer_range": recipe["initializer_range"],
     }
-    return Qwen3VLConfig(
+    config = Qwen3VLConfig(
         text_config=text, vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=recipe["tie_word_embeddings"], initializer_range=recipe["initializer_range"])
+        tie_word_embeddings=recipe["tie_word_embeddings"])
+    # not a declared field of the top-level config, but the weight init reads it from there too
+    config.initializer_range = recipe["initializer_range"]
+    return config
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, min_pixels: int, max_pixels: int) -> Any:
@@ -177,8 +180,9 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, min_pixels: int, max_pix
 
     if not 32 * 32 <= min_pixels <= max_pixels:
         raise ValueError("need 32*32 <= min_pixels <= max_pixels (one visual token is 32x32 pixels)")
-    common = {"patch_size": PATCH_SIZE, "merge_size": MERGE_SIZE, "temporal_patch_size": TEMPORAL_PATCH_SIZE,
-              "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+    common: dict[str, Any] = {
+        "patch_size": PATCH_SIZE, "merge_size": MERGE_SIZE, "temporal_patch_size": TEMPORAL_PATCH_SIZE,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
     image_processor = Qwen2VLImageProcessor(
         size={"shortest_edge": min_pixels, "longest_edge": max_pixels}, **common)
     video_processor = Qwen3VLVideoProcessor(
@@ -222,7 +226,8 @@ def build_model_dir(out_dir: str | Path, recipe: str | dict[str, Any] = "tiny", 
     tokenizer = build_tokenizer(full["vocab_size"])
     config = build_config(full, tokenizer)
     torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config).to(torch.float32).eval()
+    model: Any = Qwen3VLForConditionalGeneration(config)
+    model = model.to(torch.float32).eval()
     ids = config.text_config
     model.generation_config = GenerationConfig(
         bos_token_id=ids.bos_token_id, pad_token_id=ids.pad_token_id,

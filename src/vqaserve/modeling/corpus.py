@@ -75,9 +75,15 @@ def _chinese() -> Iterator[str]:
         yield f"图中有几件商品？{n}件"
 
 
+def _answers() -> Iterator[str]:
+    """Each answer alone on a line, as it starts an assistant turn (no leading space)."""
+    yield from [*CATEGORIES_EN, *COLOURS_EN, *PATTERNS_EN, *OCCASIONS_EN, "yes", "no", "1", "2", "3"]
+    yield from [*CATEGORIES_ZH, *COLOURS_ZH, *PATTERNS_ZH, *OCCASIONS_ZH, "是", "不是", "1件", "2件", "3件"]
+
+
 def corpus() -> list[str]:
     """Deterministic training text (order matters for reproducible merges)."""
-    lines = [*_english(), *_chinese(), *QUESTIONS_EN, *QUESTIONS_ZH]
+    lines = [*_english(), *_chinese(), *QUESTIONS_EN, *QUESTIONS_ZH, *(list(_answers()) * 3)]
     # Chat text repeated so its common words earn merges next to the catalogue's.
     lines += (CHAT_EN + CHAT_ZH) * 4
     return lines

@@ -318,9 +318,9 @@ def make_sample(split: str, seed: int, index: int, qtype: str | None = None, lan
     return Sample(render(spec, rng), question, answer, qtype, lang, spec)
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image, compress_level: int = 1) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)  # fast; files are regenerated, not archived
+    image.save(buf, format="PNG", compress_level=compress_level)  # files are regenerated, not archived
     return buf.getvalue()
 
 

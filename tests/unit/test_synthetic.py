@@ -1,0 +1,141 @@
+"""The synthetic shop catalogue: determinism, held-out rule, exact answers, jsonl shape."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from vqaserve.train import synthetic as syn
+
+pytestmark = pytest.mark.unit
+
+
+def test_same_seed_same_sample_and_other_seed_differs() -> None:
+    a = syn.make_sample("test", 5, 17)
+    b = syn.make_sample("test", 5, 17)
+    assert (a.question, a.answer, a.spec) == (b.question, b.answer, b.spec)
+    assert a.image.tobytes() == b.image.tobytes()
+    others = [syn.make_sample("test", 6, 17).image.tobytes(), syn.make_sample("train", 5, 17).image.tobytes()]
+    assert a.image.tobytes() not in others
+
+
+def test_held_out_triples_never_in_train() -> None:
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(3000):
+        spec = syn.sample_spec("train", rng, balance_occasions=0.5)
+        assert not syn.is_held_out(spec.category, spec.colour, spec.pattern)
+        assert spec.category != syn.SUNGLASSES
+        seen.add((spec.category, spec.colour, spec.pattern))
+    # every category, colour and pattern is still taught, only some combinations are withheld
+    assert {c for c, _, _ in seen} == set(range(8))
+    assert {k for _, k, _ in seen} == set(range(10))
+    assert {p for _, _, p in seen} == set(range(4))
+
+
+def test_heldout_and_adapter_splits() -> None:
+    rng = random.Random(1)
+    for _ in range(300):
+        spec = syn.sample_spec("heldout", rng)
+        assert (spec.category + 2 * spec.colour + 3 * spec.pattern) % 9 == 0
+        assert syn.sample_spec("adapter", rng).category == syn.SUNGLASSES
+    with pytest.raises(ValueError, match="unknown split"):
+        syn.sample_spec("validation", rng)
+
+
+@pytest.mark.parametrize(("cat", "col", "pat", "expected"), [
+    ("mug", "red", 0, "home"),  # rule 1 wins over everything
+    ("dress", "pink", 2, "party"),
+    ("handbag", "red", 0, "party"),  # rule 2 before rule 3
+    ("handbag", "black", 0, "business"),
+    ("handbag", "black", 1, "casual"),  # business needs plain
+    ("shoe", "blue", 0, "business"),
+    ("shoe", "green", 3, "sport"),
+    ("hat", "orange", 0, "sport"),
+    ("t-shirt", "black", 0, "casual"),
+    ("sunglasses", "red", 0, "casual"),
+])
+def test_occasion_rules(cat: str, col: str, pat: int, expected: str) -> None:
+    c = [n for n, _ in syn.ALL_CATEGORIES].index(cat)
+    k = [n for n, _ in syn.COLOURS].index(col)
+    assert syn.OCCASIONS[syn.occasion(c, k, pat)][0] == expected
+
+
+def test_exact_answers_follow_the_catalogue() -> None:
+    rng = random.Random(2)
+    striped = syn.Spec(category=0, colour=0, pattern=1, count=2)
+    plain = syn.Spec(category=3, colour=8, pattern=0, count=1)
+    assert syn.make_question(striped, "describe", "en", rng) == ("Describe this product.", "a red striped t-shirt")
+    assert syn.make_question(striped, "describe", "zh", rng) == ("描述一下这件商品。", "一件红色条纹T恤")
+    assert syn.make_question(plain, "describe", "en", rng)[1] == "a black jacket"  # plain is omitted
+    assert syn.make_question(plain, "describe", "zh", rng)[1] == "一件黑色外套"
+    assert syn.make_question(striped, "count", "en", rng) == ("How many items are there?", "2")
+    assert syn.make_question(striped, "count", "zh", rng) == ("图中有几件商品？", "2件")
+    assert syn.make_question(plain, "occasion", "en", rng)[1] == "business"
+    assert syn.make_question(plain, "occasion", "zh", rng)[1] == "商务"
+    assert syn.make_question(striped, "pattern", "zh", rng)[1] == "条纹"
+    with pytest.raises(ValueError, match="unknown question type"):
+        syn.make_question(plain, "price", "en", rng)
+
+
+def test_yesno_is_balanced_and_correct() -> None:
+    rng = random.Random(3)
+    spec = syn.Spec(category=1, colour=4, pattern=0, count=1)
+    answers = []
+    for _ in range(400):
+        q, a = syn.make_question(spec, "yesno", "en", rng)
+        assert a == ("yes" if q == "Is it blue?" else "no")
+        answers.append(a)
+        qz, az = syn.make_question(spec, "yesno", "zh", rng)
+        assert az == ("是" if qz == "它是蓝色的吗？" else "不是")
+    assert 0.4 < answers.count("yes") / len(answers) < 0.6
+
+
+def test_pictures_vary_in_size_and_shape() -> None:
+    sizes = [syn.make_sample("train", 0, i).image.size for i in range(12)]
+    for w, h in sizes:
+        assert 160 <= w <= 640 and 160 <= h <= 640
+        assert max(w, h) / min(w, h) <= 2.01
+    assert len(set(sizes)) == len(sizes)
+    assert sum(w != h for w, h in sizes) >= 10  # not only squares
+
+
+def test_items_do_not_overlap() -> None:
+    rng = random.Random(4)
+    for count in (1, 2, 3):
+        for _ in range(50):
+            size, boxes = syn._place(count, rng.randint(160, 640), rng.randint(160, 640), rng)
+            assert len(boxes) == count
+            for i, (x1, y1) in enumerate(boxes):
+                for x2, y2 in boxes[i + 1:]:
+                    assert abs(x1 - x2) >= size or abs(y1 - y2) >= size
+
+
+def test_pattern_colours_contrast_with_the_main_colour() -> None:
+    for colour in range(10):
+        others = syn.second_colours(colour)
+        assert colour not in others and others
+    assert 0 not in syn.second_colours(1)  # red is a near-duplicate of orange
+
+
+def test_types_and_languages_cycle_evenly() -> None:
+    samples = [syn.make_sample("test", 0, i) for i in range(0, 28, 3)]
+    assert [s.type for s in samples] == [syn.QUESTION_TYPES[i % 7] for i in range(0, 28, 3)]
+    assert [s.lang for s in samples] == [("en", "zh")[(i // 7) % 2] for i in range(0, 28, 3)]
+
+
+def test_write_split_jsonl_shape(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = syn.write_split("heldout", 8, 3, tmp_path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 8
+    for i, line in enumerate(lines):
+        row = json.loads(line)
+        assert set(row) == {"image", "question", "answer", "type", "lang"}
+        assert row["image"] == f"images/{i:06d}.png"
+        assert (tmp_path / row["image"]).is_file()
+        assert row["lang"] in ("en", "zh") and row["type"] in syn.QUESTION_TYPES
+    assert "这是什么" in path.read_text(encoding="utf-8")  # Chinese written as text, not \u escapes
+    again = syn.write_split("heldout", 8, 3, tmp_path / "again")
+    assert again.read_text(encoding="utf-8") == path.read_text(encoding="utf-8")
