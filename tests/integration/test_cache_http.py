@@ -114,7 +114,14 @@ def test_two_servers_share_one_redis_and_survive_its_outage(
 
     redis_server.start()  # same port, empty; the services are not restarted
     wait_for(lambda: a.ready()["status"] == "ready" and b.ready()["status"] == "ready")
-    assert a.chat("after the restart").headers["x-vqa-cache"] == "miss"
-    assert b.chat("after the restart").headers["x-vqa-cache"] == "hit"
+
+    def shared_after_restart(i: int) -> bool:
+        question = f"after the restart {i}"
+        assert a.chat(question).headers["x-vqa-cache"] == "miss"
+        return b.chat(question).headers["x-vqa-cache"] == "hit"  # only Redis can give B this answer
+
+    # On a loaded machine one Redis call can pass its 100 ms timeout and trip a breaker again, so
+    # hits must resume within a few tries (the services are never restarted).
+    assert any(shared_after_restart(i) for i in range(5))
     metrics = httpx.get(b.url + "/metrics", timeout=5).text
     assert 'vqa_cache_level_hits_total{level="l2"}' in metrics
