@@ -34,6 +34,9 @@ def make_app(engine: ScriptedEngine | None = None, **settings: Any):  # type: ig
     from vqaserve.server.app import create_app
 
     settings.setdefault("engine", "scripted")
+    # NudeNet costs ~0.1-0.3 s per image; tests about safety pass their own checker (and
+    # tests/safety/test_image_checkers.py runs the real one).
+    settings.setdefault("safety_image", "off")
     engine = engine or RecordingEngine(model_id="scripted", adapter_names=["sunglasses"])
     return create_app(load_settings(**settings), engine=engine)
 
