@@ -280,6 +280,9 @@ class MicroBatcher:
             return
         self._observe("batch_size", len(live))
         self._observe("batch_visual_tokens", sum(t.tokens for t in live))
+        now = time.monotonic()
+        for ticket in live:
+            self._observe("queue_seconds", now - ticket.arrived)
         started = time.perf_counter()
         results = await self._generate_isolating([t.request for t in live])
         seconds = time.perf_counter() - started
@@ -313,6 +316,7 @@ class MicroBatcher:
             ticket.buffer.put_nowait(_END)
             return
         self._observe("batch_size", 1)
+        self._observe("queue_seconds", time.monotonic() - ticket.arrived)
         started = time.perf_counter()
         gen = self.engine.stream(ticket.request)
         try:

@@ -281,6 +281,8 @@ async def test_observer_sees_queue_depth_and_batch_sizes(engine: ScriptedEngine)
     assert ("batch_size", 4) in seen
     assert max(v for m, v in seen if m == "queue_depth") == 4
     assert any(m == "batch_seconds" and v >= 0 for m, v in seen)
+    waits = [v for m, v in seen if m == "queue_seconds"]
+    assert len(waits) == 4 and all(v >= 0 for v in waits)  # the "queue" stage of /metrics
     await batcher.close()
 
 

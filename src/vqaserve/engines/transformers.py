@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vqaserve.engines.base import Engine, EngineInfo
+from vqaserve.engines.fingerprint import weights_fingerprint
 from vqaserve.engines.hf_generation import (
     RowState,
     RowStopper,
@@ -84,6 +85,7 @@ class TransformersEngine(Engine):
         self._control_tokens: list[str] = []
         self._counter: Any = None  # a private tokenizer copy for count_tokens (off the worker thread)
         self._adapters: list[str] = []
+        self._fingerprint = ""
         # request_id -> generated tokens, for diagnostics and tests (bounded)
         self.generated_tokens: OrderedDict[str, int] = OrderedDict()
 
@@ -133,6 +135,10 @@ class TransformersEngine(Engine):
         self._counter = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
         self._model, self._processor, self._placement = model, processor, placement
         self._load_adapters()
+        revision = getattr(model.config, "_commit_hash", None) or ""  # hub ids: the snapshot loaded
+        adapter_dirs = [resolve_model_path(p) for p in self.settings.llm.adapters.values()]
+        self._fingerprint = weights_fingerprint([source + revision, *adapter_dirs]
+                                                if not Path(source).is_dir() else [source, *adapter_dirs])
 
     def _load_adapters(self) -> None:
         adapters = self.settings.llm.adapters
@@ -168,6 +174,8 @@ class TransformersEngine(Engine):
             lo, hi = get("shortest_edge"), get("longest_edge")
             if lo and hi:
                 extra = {"min_pixels": int(lo), "max_pixels": int(hi)}
+        if self._fingerprint:
+            extra["fingerprint"] = self._fingerprint  # part of the cache key (pipeline._model_identity)
         if self._model is not None:
             config = getattr(self._model, "config", None)
             text = getattr(config, "text_config", config)
