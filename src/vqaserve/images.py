@@ -48,6 +48,8 @@ _REFUSED_MAGIC: tuple[tuple[int, bytes, str], ...] = (
 )
 SUPPORTED = "send JPEG, PNG, WEBP, BMP or GIF"
 
+_WHITESPACE = re.compile(r"\s+")
+
 # Pillow must never try to "repair" a truncated file into a half-grey picture: refuse it instead.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -98,7 +100,8 @@ def decode_data_uri(value: str, name: str, max_bytes: int) -> bytes:
             raise UnsupportedFormat(f"{name}: data URI type {mime or 'missing'!r} is not supported; use "
                                     "image/jpeg, image/png, image/webp, image/bmp or image/gif", param=name)
         payload = value[m.end():]
-    payload = re.sub(r"\s+", "", payload)
+    if _WHITESPACE.search(payload):  # wrapped base64 (MIME style); the scan is cheap, the rewrite is not
+        payload = _WHITESPACE.sub("", payload)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
