@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import socket
-
-from PIL import Image
-
+from tests.conftest import free_port, image_bytes  # noqa: F401 - re-exported for the cache tests
 from vqaserve.cache import CacheKeyBuilder, LRUCache, TieredCache
 from vqaserve.cache.redis_cache import RedisCache
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.pipeline import Components, Pipeline
 from vqaserve.settings import Settings
 from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
-
-
-# Not `from conftest import ...`: with tests/integration/conftest.py present that name is ambiguous.
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def image_bytes(size: tuple[int, int] = (96, 64), color: tuple[int, int, int] = (200, 30, 30),
-                fmt: str = "PNG") -> bytes:
-    """A small picture with a checker pattern (so resizes and hashes are not trivial)."""
-    img = Image.new("RGB", size, color)
-    for x in range(0, size[0], 8):
-        for y in range(0, size[1], 8):
-            if (x // 8 + y // 8) % 2:
-                img.putpixel((x, y), (255 - color[0], 255 - color[1], 255 - color[2]))
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
-
 
 SMALL_IMAGES = {"min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 64}
 

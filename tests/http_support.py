@@ -78,7 +78,7 @@ def assert_openai_error(response: Any, status: int, param: str | None = None) ->
 class LiveServer:
     """A real uvicorn serving `app` on a free loopback port, in a thread; stopped on exit."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **uvicorn_options: Any) -> None:
         import uvicorn
 
         from tests.conftest import free_port
@@ -86,7 +86,7 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, lifespan="on")
+                                access_log=False, lifespan="on", **uvicorn_options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="live-uvicorn", daemon=True)
 

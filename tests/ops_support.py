@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import free_port, image_bytes, subprocess_env, vqa_cmd
+from tests.http_support import LiveServer
 
 __all__ = ["ServeProcess", "ThreadServer", "chat_body", "free_port", "image_bytes", "redis_server"]
 
@@ -101,34 +101,13 @@ class ServeProcess:
         self._log.close()
 
 
-class ThreadServer:
-    """An app on a real uvicorn (with this project's read deadlines) in a thread of the test process."""
+class ThreadServer(LiveServer):
+    """An app on a real uvicorn in a thread of the test process, with this project's read deadlines."""
 
     def __init__(self, app: Any, settings: Any = None) -> None:
-        import uvicorn
-
         from vqaserve.server.limits import uvicorn_limits
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        extra = uvicorn_limits(settings or app.state.settings)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, lifespan="on", **extra)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="ops-uvicorn", daemon=True)
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        end = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > end:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        super().__init__(app, **uvicorn_limits(settings or app.state.settings))
 
 
 @contextlib.contextmanager
