@@ -127,7 +127,7 @@ def test_adapter_selection_changes_the_answer_on_a_sunglasses_picture(live: Live
     if not live.adapters:
         pytest.skip("no LoRA adapter is bundled yet")
     client = live.client()
-    uri, question, expected = live.picture("adapter", "category")
+    uri, question, _ = live.picture("adapter", "category")
     answers = {}
     for model in (live.base, live.adapters[0]):
         reply = client.chat.completions.create(model=model, messages=_messages(uri, question),
@@ -135,8 +135,8 @@ def test_adapter_selection_changes_the_answer_on_a_sunglasses_picture(live: Live
         assert reply.model == model
         answers[model] = reply.choices[0].message.content
     assert answers[live.base] != answers[live.adapters[0]]
-    if expected is not None:  # the adapter taught the base model a category it never saw
-        assert answers[live.adapters[0]].strip().lower() == expected
+    # Whether the bundled adapter names the new category ("sunglasses") is the model's accuracy, checked
+    # by tests/integration/test_shop_toy.py::test_sunglasses_adapter_names_the_new_category.
 
 
 def test_errors_reach_the_client_as_typed_exceptions(live: Live) -> None:

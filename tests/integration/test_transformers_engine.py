@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from tiny_vlm import COLOURS, QUESTIONS, SIZES, TINY_MAX_PIXELS, TINY_MIN_PIXELS, ok, picture, request
 
+from vqaserve.engines.fingerprint import weights_fingerprint
 from vqaserve.engines.transformers import TransformersEngine
 from vqaserve.errors import ConfigError, EngineFailure, NotFound
 from vqaserve.settings import load_settings
@@ -48,7 +49,8 @@ def test_info_reports_model_budget_and_placement(engine: Engine, tiny_model_dir:
     assert info.model_id == tiny_model_dir.name
     assert (info.device, info.dtype) == ("cpu", "float32")
     assert info.max_context == 4096
-    assert info.extra == {"min_pixels": TINY_MIN_PIXELS, "max_pixels": TINY_MAX_PIXELS}
+    assert info.extra == {"min_pixels": TINY_MIN_PIXELS, "max_pixels": TINY_MAX_PIXELS,
+                          "fingerprint": weights_fingerprint([str(tiny_model_dir)])}  # in the cache key
     assert 4 <= engine.count_tokens("a red striped t-shirt") <= 7  # catalogue words are whole tokens
 
 
