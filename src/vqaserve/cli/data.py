@@ -9,7 +9,7 @@ import time
 from vqaserve.errors import InvalidRequest
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="make datasets (the synthetic shop catalogue)")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     s = data_sub.add_parser("synth", help="render a split of the synthetic shop catalogue",

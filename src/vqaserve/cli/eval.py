@@ -15,7 +15,7 @@ from typing import Any
 from vqaserve.errors import ConfigError, InvalidRequest
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="measure exact-match accuracy on a jsonl dataset or a synthetic split",
         description="Every question goes through the same pipeline as `vqa serve`. Examples:\n"

@@ -13,7 +13,7 @@ _RECIPE_KEYS = ("synthetic", "steps", "batch_size", "lr", "warmup", "weight_deca
                 "time_budget_min", "seed")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="fine-tune a model (full or LoRA) on jsonl or synthetic data",
         description="Supervised fine-tuning, loss on answer tokens only. Examples:\n"

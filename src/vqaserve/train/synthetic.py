@@ -16,7 +16,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image, ImageChops, ImageDraw
 
@@ -128,7 +128,7 @@ def make_question(spec: Spec, qtype: str, lang: str, rng: random.Random) -> tupl
 
 
 # --- silhouettes: polygons and ellipses in a unit box ----------------------------------------------
-Shape = list[tuple[str, object]]
+Shape = list[tuple[str, Any]]  # ("poly", points) | ("ellipse"/"rect", box) | ("ring", box + width)
 _SHAPES: dict[int, Shape] = {
     0: [("poly", [(.35, .1), (.5, .18), (.65, .1), (.95, .3), (.85, .46), (.75, .38), (.75, .95),
                   (.25, .95), (.25, .38), (.15, .46), (.05, .3)])],
@@ -155,15 +155,15 @@ def _silhouette(category: int, size: int) -> Image.Image:
     s = size - 1
     for kind, geo in _SHAPES[category]:
         if kind == "poly":
-            draw.polygon([(x * s, y * s) for x, y in geo], fill=255)  # type: ignore[union-attr]
+            draw.polygon([(x * s, y * s) for x, y in geo], fill=255)
         elif kind == "ellipse":
-            x0, y0, x1, y1 = geo  # type: ignore[misc]
+            x0, y0, x1, y1 = geo
             draw.ellipse((x0 * s, y0 * s, x1 * s, y1 * s), fill=255)
         elif kind == "rect":
-            x0, y0, x1, y1 = geo  # type: ignore[misc]
+            x0, y0, x1, y1 = geo
             draw.rectangle((x0 * s, y0 * s, x1 * s, y1 * s), fill=255)
         elif kind == "ring":
-            x0, y0, x1, y1, w = geo  # type: ignore[misc]
+            x0, y0, x1, y1, w = geo
             draw.ellipse((x0 * s, y0 * s, x1 * s, y1 * s), outline=255, width=max(2, round(w * s)))
     return mask
 
@@ -226,7 +226,7 @@ def _background(width: int, height: int, avoid: list[tuple[int, int, int]],
         base = tuple(round(grey * (1 - sat) + rng.randint(0, 255) * sat) for _ in range(3))
         if all(_distance(base, a) >= 110 for a in avoid):
             break
-    bg = Image.new("RGB", (width, height), base)  # type: ignore[arg-type]
+    bg = Image.new("RGB", (width, height), base)
     kind = rng.random()
     if kind < 0.4:  # gradient towards a slightly lighter/darker shade
         shade = tuple(min(255, max(0, c + rng.choice((-1, 1)) * rng.randint(15, 35))) for c in base)
@@ -234,7 +234,7 @@ def _background(width: int, height: int, avoid: list[tuple[int, int, int]],
         if rng.random() < 0.5:
             grad = grad.transpose(Image.Transpose.ROTATE_90)
         grad = grad.resize((width, height))
-        bg = Image.composite(Image.new("RGB", (width, height), shade), bg, grad)  # type: ignore[arg-type]
+        bg = Image.composite(Image.new("RGB", (width, height), shade), bg, grad)
     elif kind < 0.7:  # fine noise (paper / fabric)
         noise = Image.effect_noise((width, height), rng.uniform(6, 16)).convert("RGB")
         bg = ImageChops.add(bg, ImageChops.subtract(noise, Image.new("RGB", (width, height), (128,) * 3)),

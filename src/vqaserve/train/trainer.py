@@ -258,7 +258,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     fast_patch_embed(model)
     if cfg.lora:
         model = _wrap_lora(model, cfg)
-    core = model.get_base_model() if cfg.lora else model  # LoRA layers are injected in place
+    core = model.get_base_model() if cfg.lora else model  # type: ignore[operator]  # LoRA layers are injected in place
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in trainable)
@@ -268,7 +268,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     ckpt_dir = out / "checkpoint"
-    start_step, elapsed_before, curve = 0, 0.0, []
+    start_step, elapsed_before = 0, 0.0
+    curve: list[Any] = []
     if cfg.resume:
         start_step, elapsed_before, curve = _load_checkpoint(ckpt_dir, model, opt, log)
     budget = serving_budget(processor)
@@ -331,7 +332,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     if ckpt_dir.is_dir():
         shutil.rmtree(ckpt_dir)
     log(f"trained {step} steps in {duration / 60:.1f} min, final loss {info['final_loss']}; wrote {out}")
-    return TrainResult(str(out), step, info["final_loss"], duration, info, losses, model)
+    return TrainResult(str(out), step, float(info["final_loss"]), duration, info, losses, model)  # type: ignore[arg-type]
 
 
 def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
