@@ -101,3 +101,24 @@ def test_report_table_by_type_and_language() -> None:
     assert summary["examples_wrong"][0]["got"] == "蓝色"
     table = format_table(summary, "title")
     assert "color" in table and "50.0%" in table and "66.7%" in table
+
+
+def test_vision_tower_gets_its_own_lr_scale_and_no_decay_on_vectors() -> None:
+    import torch
+
+    from vqaserve.train.trainer import TrainConfig, _param_groups
+
+    class Toy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.visual = torch.nn.Linear(4, 4)  # named like Qwen3-VL's model.visual
+            self.lm = torch.nn.Linear(4, 4)
+
+    model = Toy()
+    groups = _param_groups(model, TrainConfig(out="x", vision_lr_scale=0.25, weight_decay=0.1))
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == 4  # every trainable tensor exactly once
+    assert by_param[id(model.visual.weight)]["lr_scale"] == 0.25
+    assert by_param[id(model.visual.bias)]["weight_decay"] == 0.0
+    assert by_param[id(model.lm.weight)]["lr_scale"] == 1.0
+    assert by_param[id(model.lm.weight)]["weight_decay"] == 0.1

@@ -10,7 +10,7 @@ from vqaserve.errors import ConfigError
 
 # Flags that a recipe's "train" block may fill when the user leaves them out.
 _RECIPE_KEYS = ("synthetic", "steps", "batch_size", "lr", "warmup", "weight_decay", "max_turns",
-                "time_budget_min", "seed")
+                "time_budget_min", "seed", "vision_lr_scale")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=int, help="warm-up steps")
     p.add_argument("--weight-decay", type=float)
+    p.add_argument("--vision-lr-scale", type=float,
+                   help="vision tower LR = --lr x this (a from-scratch ViT needs a smaller step)")
     p.add_argument("--max-turns", type=int, help="questions per synthetic picture (shared vision work)")
     p.add_argument("--time-budget-min", type=float, help="anneal and stop within this many minutes")
     p.add_argument("--seed", type=int)

@@ -27,7 +27,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "min_pixels": 128 * 128,
         "max_pixels": 160 * 160,
         "train": {
-            "synthetic": "train:1.0", "steps": 3000, "batch_size": 32, "lr": 6e-4, "warmup": 150,
+            "synthetic": "train:1.0", "steps": 3000, "batch_size": 32, "lr": 1e-3, "warmup": 60,
+            "vision_lr_scale": 0.5,
             "weight_decay": 0.01, "max_turns": 4, "time_budget_min": 30.0, "seed": 0,
         },
     },

@@ -37,6 +37,7 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.01
+    vision_lr_scale: float = 1.0  # the vision tower's LR relative to --lr
     max_turns: int = 1  # questions per synthetic picture
     time_budget_min: float = 0.0  # 0 = no time limit
     seed: int = 0
@@ -263,10 +264,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in trainable)
     log(f"parameters: {n_total:,} total, {n_train:,} trainable ({100 * n_train / n_total:.2f}%)")
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    if cfg.vision_lr_scale <= 0:
+        raise ConfigError("--vision-lr-scale must be > 0")
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.98))
     ckpt_dir = out / "checkpoint"
     start_step, elapsed_before = 0, 0.0
     curve: list[Any] = []
@@ -293,7 +293,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                     break
             lr = _lr(cfg, step, progress)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             batch = prefetch.get()
             loss = answer_loss(core, batch)
             loss.backward()
@@ -347,6 +347,19 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
     keep = targets != -100
     logits = model.lm_head(hidden[keep])
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
+def _param_groups(model: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Weight decay on matrices only; the vision tower at its own LR scale. With Adam, a from-scratch
+    ViT (0.02 init) at the LM's LR grows its output features tenfold in a few dozen steps, which
+    shrinks the gradient reaching it through the LM's norms and leaves the LM answering blind."""
+    groups: dict[tuple[bool, bool], list[Any]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((".visual." in f".{name}", p.ndim >= 2), []).append(p)
+    return [{"params": ps, "weight_decay": cfg.weight_decay if matrix else 0.0,
+             "lr_scale": cfg.vision_lr_scale if vision else 1.0}
+            for (vision, matrix), ps in groups.items()]
 
 
 def _lr(cfg: TrainConfig, step: int, progress: float) -> float:
