@@ -100,13 +100,18 @@ def decode_data_uri(value: str, name: str, max_bytes: int) -> bytes:
             raise UnsupportedFormat(f"{name}: data URI type {mime or 'missing'!r} is not supported; use "
                                     "image/jpeg, image/png, image/webp, image/bmp or image/gif", param=name)
         payload = value[m.end():]
-    if _WHITESPACE.search(payload):  # wrapped base64 (MIME style); the scan is cheap, the rewrite is not
-        payload = _WHITESPACE.sub("", payload)
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidImage(f"{name}: invalid base64 data; encode the image bytes with standard base64",
-                           param=name) from None
+    # Strict decoding first: a regex scan of a megabyte of base64 costs more than the decode itself
+    # and holds the GIL. Only when that fails, try again without the line breaks of MIME-wrapped base64.
+    for attempt in (payload, None):
+        if attempt is None:
+            attempt = _WHITESPACE.sub("", payload)
+            if len(attempt) == len(payload):
+                break
+        try:
+            return base64.b64decode(attempt, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    raise InvalidImage(f"{name}: invalid base64 data; encode the image bytes with standard base64", param=name)
 
 
 def read_path(path_str: str, name: str, root: str | None) -> bytes:
@@ -127,20 +132,30 @@ def read_path(path_str: str, name: str, root: str | None) -> bytes:
 
 async def read_ref(ref: ImageRef, settings: Settings, fetcher: Any = None) -> bytes:
     """The raw bytes behind an image reference (no decoding yet)."""
-    max_bytes = settings.images.max_body_bytes
+    if ref.kind != "url":
+        return read_inline_ref(ref, settings)
+    if fetcher is None:
+        raise FetchRefused(f"{ref.name}: image URLs are not enabled here; send the image inline",
+                           param=ref.name)
+    return _within_body_limit(await fetcher.load(ref), ref, settings)
+
+
+def read_inline_ref(ref: ImageRef, settings: Settings) -> bytes:
+    """Bytes of an upload, data URI or local path: blocking work (base64 of up to megabytes, file
+    reads) that the pipeline runs in its image thread pool, not on the event loop."""
     if ref.kind == "bytes":
         data = ref.payload if isinstance(ref.payload, bytes) else ref.payload.encode()
     elif ref.kind == "data":
-        data = decode_data_uri(str(ref.payload), ref.name, max_bytes)
+        data = decode_data_uri(str(ref.payload), ref.name, settings.images.max_body_bytes)
     elif ref.kind == "path":
         data = read_path(str(ref.payload), ref.name, settings.images.local_image_dir)
-    elif ref.kind == "url":
-        if fetcher is None:
-            raise FetchRefused(f"{ref.name}: image URLs are not enabled here; send the image inline",
-                               param=ref.name)
-        data = await fetcher.load(ref)
-    else:  # pragma: no cover - ImageRef.kind is a closed set
+    else:
         raise InvalidImage(f"{ref.name}: unknown image reference")
+    return _within_body_limit(data, ref, settings)
+
+
+def _within_body_limit(data: bytes, ref: ImageRef, settings: Settings) -> bytes:
+    max_bytes = settings.images.max_body_bytes
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"{ref.name}: image is larger than {max_bytes} bytes", param=ref.name)
     return data
@@ -220,6 +235,15 @@ def normalize(data: bytes, min_pixels: int, max_pixels: int, max_image_pixels: i
                            param=name) from None
     if orientation != 1:
         image = ImageOps.exif_transpose(image) or image
+    image = fit_budget(image, min_pixels, max_pixels, name, drafted=drafted)
+    return NormalizedImage(image=image, content_hash=content_hash(image), width=image.width,
+                           height=image.height, original_size=original, source=name)
+
+
+def fit_budget(image: Image.Image, min_pixels: int, max_pixels: int, name: str = "image",
+               drafted: bool = False) -> Image.Image:
+    """A decoded picture as RGB at its smart-resize size: what `normalize` does after decoding (the
+    trainer calls it directly on pictures it has drawn, skipping an encode/decode round trip)."""
     image = _to_rgb(image)
     th, tw = smart_resize(image.height, image.width, min_pixels, max_pixels, name=name)
     if (tw, th) != image.size:
@@ -228,8 +252,7 @@ def normalize(data: bytes, min_pixels: int, max_pixels: int, max_image_pixels: i
         # well under half the cost of bicubic. Otherwise bicubic, as Qwen's processor does.
         resample = Image.Resampling.BILINEAR if drafted else Image.Resampling.BICUBIC
         image = image.resize((tw, th), resample, reducing_gap=3.0)
-    return NormalizedImage(image=image, content_hash=content_hash(image), width=tw, height=th,
-                           original_size=original, source=name)
+    return image
 
 
 def load_image_file(path: str, min_pixels: int, max_pixels: int,

@@ -200,12 +200,16 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         parts = [p for t in q.turns for p in t.parts if p.image_ref is not None]
 
+        def load_and_normalize(ref: Any, data: bytes | None) -> imgs.NormalizedImage:
+            if data is None:
+                data = imgs.read_inline_ref(ref, self.settings)
+            return imgs.normalize(data, lo, hi, self.settings.images.max_image_pixels, ref.name)
+
         async def one(part: Any) -> None:
             ref = part.image_ref
-            data = await imgs.read_ref(ref, self.settings, self.c.fetcher)
-            part.image = await loop.run_in_executor(
-                self.image_pool, imgs.normalize, data, lo, hi,
-                self.settings.images.max_image_pixels, ref.name)
+            # URLs are fetched on the loop (async I/O); everything else is one hop to the pool.
+            data = await imgs.read_ref(ref, self.settings, self.c.fetcher) if ref.kind == "url" else None
+            part.image = await loop.run_in_executor(self.image_pool, load_and_normalize, ref, data)
             part.image_ref = None
 
         await asyncio.gather(*(one(p) for p in parts))

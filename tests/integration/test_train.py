@@ -74,6 +74,29 @@ def test_lora_trains_only_adapter_weights(trained: tr.TrainResult, tmp_path: Pat
     assert info["mode"] == "lora" and info["params_trainable"] < info["params_total"]
 
 
+def test_lora_new_words_train_their_embedding_rows_only(trained: tr.TrainResult, tmp_path: Path) -> None:
+    """A new answer word (the adapter's new category) gets trainable embedding rows; nothing else does."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(trained.out)
+    ids = tr._token_ids(tokenizer, "sunglasses,太阳镜")
+    assert ids and set(tokenizer.encode("太阳镜", add_special_tokens=False)) <= set(ids)
+    base = AutoModelForImageTextToText.from_pretrained(trained.out, dtype=torch.float32)
+    embed_before = base.get_input_embeddings().weight.clone()
+    result = train(_cfg(tmp_path / "adapter", model=trained.out, lora=True, steps=4, lr=1e-2,
+                        synthetic="adapter:1", lora_new_words="sunglasses,太阳镜"), log=lambda _m: None)
+    trainable = {n for n, p in result.model.named_parameters() if p.requires_grad}
+    assert any("trainable_tokens" in n for n in trainable)
+    assert all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    delta = next(p for n, p in result.model.named_parameters() if "trainable_tokens_delta" in n)
+    assert delta.shape[0] == len(ids) and delta.abs().sum() > 0  # only those rows, and they moved
+    result.model.disable_adapter_layers()
+    assert torch.equal(result.model.get_input_embeddings().weight, embed_before)  # the base is untouched
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["trainable_token_indices"] == {"embed_tokens": ids}
+
+
 def test_resume_continues_from_the_checkpoint(trained: tr.TrainResult, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     real = tr.answer_loss

@@ -31,6 +31,7 @@ def test_a_dict_recipe_fills_missing_keys_from_defaults() -> None:
     ({"text_heads": 3, "text_kv_heads": 2}, "multiple of text_kv_heads"),
     ({"vision_num_position_embeddings": 300}, "square"),
     ({"deepstack_visual_indexes": [5]}, "below vision_depth"),
+    ({"vision_init": "kaiming"}, "vision_init"),
 ])
 def test_bad_recipes_say_what_to_fix(recipe: object, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
@@ -44,3 +45,22 @@ def test_corpus_covers_the_catalogue() -> None:
                  "How many items are there?"]:
         assert word in text
     assert corpus() == corpus()  # deterministic order
+
+
+def test_glorot_vision_init_scales_the_vision_tower_only() -> None:
+    """shop-toy's vision tower is ~100 wide: std 0.02 would leave its attention logits near zero."""
+    import math
+
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from vqaserve.modeling.builder import build_config, build_tokenizer, glorot_vision_init
+
+    full = resolve_recipe({"vision_hidden_size": 64, "vision_intermediate_size": 128, "vision_init": "xavier"})
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration(build_config(full, build_tokenizer(full["vocab_size"])))
+    text_before = model.model.language_model.layers[0].self_attn.q_proj.weight.clone()
+    glorot_vision_init(model.model.visual)
+    qkv = model.model.visual.blocks[0].attn.qkv.weight  # (3 * 64, 64): Glorot std = sqrt(2 / (64 + 192))
+    assert abs(qkv.std().item() - math.sqrt(2 / (64 + 192))) < 0.01
+    assert torch.equal(model.model.language_model.layers[0].self_attn.q_proj.weight, text_before)

@@ -108,3 +108,35 @@ async def run_load(url: str, bodies: Sequence[bytes], concurrency: int, *, label
         wall = time.perf_counter() - started
     bar.close()
     return LoadResult(concurrency=concurrency, wall_s=wall, samples=[s for s in samples if s is not None])
+
+
+async def stage_totals(url: str, api_key: str | None = None) -> dict[str, tuple[float, float]]:
+    """stage -> (seconds, count) from the server's `vqa_stage_seconds` histogram (GET /metrics)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=url, timeout=30.0, headers=headers) as client:
+        text = (await client.get("/metrics")).text
+    out: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "vqa_stage_seconds":
+            continue
+        for s in family.samples:
+            slot = out.setdefault(s.labels.get("stage", "?"), [0.0, 0.0])
+            if s.name.endswith("_sum"):
+                slot[0] = s.value
+            elif s.name.endswith("_count"):
+                slot[1] = s.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def stage_means_ms(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
+                   requests: int) -> dict[str, float]:
+    """Mean milliseconds per request spent in each server stage between two `stage_totals` reads."""
+    means = {}
+    for stage, (seconds, _count) in after.items():
+        spent = seconds - before.get(stage, (0.0, 0.0))[0]
+        if spent > 0 and requests:
+            means[stage] = round(1000 * spent / requests, 2)
+    return means

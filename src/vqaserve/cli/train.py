@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-alpha", type=int, default=32)
     p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated module names")
+    p.add_argument("--lora-new-words", default="",
+                   help="comma-separated words the adapter must learn to answer with (their embedding "
+                        "rows are trained too), e.g. sunglasses,太阳镜")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--skip-bad-lines", action="store_true",
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         out=args.out, model=args.model, recipe=args.recipe, data=list(args.data),
         data_weight=args.data_weight, lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout, lora_targets=args.lora_targets,
+        lora_dropout=args.lora_dropout, lora_targets=args.lora_targets, lora_new_words=args.lora_new_words,
         checkpoint_every=args.checkpoint_every, resume=args.resume, skip_bad_lines=args.skip_bad_lines,
         threads=args.threads, workers=args.workers,
         command="vqa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

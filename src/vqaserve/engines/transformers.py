@@ -9,6 +9,7 @@ generate(); when a group fails, its members are retried one by one so only the b
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections import OrderedDict
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 _DONE = object()
 
 
+@functools.lru_cache(maxsize=256)  # info() is called several times per request: no stat() calls each time
 def public_model_id(name: str) -> str:
     """The name clients see: a bundled name as is, a local directory by its basename, a hub id as is."""
     if "/" not in name and (BUNDLED_MODELS / name).is_dir():

@@ -18,6 +18,11 @@ Recipe keys (all optional in a dict recipe; missing keys come from "tiny"):
     initializer_range    std of the random init (0.02, as Qwen, for models to be trained; "tiny"
                          uses 0.3 so that an untrained model's answers visibly depend on the image
                          and the question, which tests of batching and caching need)
+    vision_init          "normal" (initializer_range everywhere, as transformers does) or "xavier":
+                         the vision tower's linear layers and patch embedding drawn with Glorot
+                         scaling instead. A std of 0.02 suits widths of 1k+; at a width of ~100 it
+                         leaves attention logits near zero, and a ViT trained from scratch then
+                         learns shapes far more slowly (docs/eval.md)
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "rope_theta": 5_000_000.0, "max_position_embeddings": 4096, "tie_word_embeddings": True,
     "vision_hidden_size": 64, "vision_intermediate_size": 128, "vision_depth": 2,
     "vision_heads": 1, "vision_num_position_embeddings": 256, "deepstack_visual_indexes": [0],
-    "initializer_range": 0.02,
+    "initializer_range": 0.02, "vision_init": "normal",
 }
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -95,6 +100,8 @@ def resolve_recipe(recipe: str | dict[str, Any]) -> dict[str, Any]:
     half = full["text_head_dim"] // 2
     if sum(full["mrope_section"]) != half or full["text_head_dim"] % 2:
         raise ValueError(f"mrope_section {full['mrope_section']} must sum to text_head_dim/2 = {half}")
+    if full["vision_init"] not in ("normal", "xavier"):
+        raise ValueError("vision_init must be 'normal' or 'xavier'")
     if full["text_heads"] % full["text_kv_heads"]:
         raise ValueError("text_heads must be a multiple of text_kv_heads")
     if full["vision_hidden_size"] % full["vision_heads"]:
@@ -212,6 +219,23 @@ def _write_compat_files(out: Path) -> None:
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
 
+def glorot_vision_init(visual: Any) -> None:
+    """Glorot-uniform weights (zero biases) for every linear layer and the patch embedding of a
+    Qwen3-VL vision tower; norms and the learned position grid keep their initial values."""
+    import torch
+
+    with torch.no_grad():
+        for module in visual.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    module.bias.zero_()
+        proj = visual.patch_embed.proj  # Conv3d whose kernel equals its stride: a linear map per patch
+        torch.nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+        if proj.bias is not None:
+            proj.bias.zero_()
+
+
 def build_model_dir(out_dir: str | Path, recipe: str | dict[str, Any] = "tiny", seed: int = 0, *,
                     min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
     """Write a loadable Qwen3-VL model directory (random seeded weights) and return its path."""
@@ -227,6 +251,8 @@ def build_model_dir(out_dir: str | Path, recipe: str | dict[str, Any] = "tiny", 
     config = build_config(full, tokenizer)
     torch.manual_seed(seed)
     model: Any = Qwen3VLForConditionalGeneration(config)
+    if full["vision_init"] == "xavier":
+        glorot_vision_init(model.model.visual)
     model = model.to(torch.float32).eval()
     ids = config.text_config
     model.generation_config = GenerationConfig(

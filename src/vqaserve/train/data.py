@@ -114,7 +114,7 @@ TYPE_WEIGHTS = {"category": 1.0, "color": 1.0, "pattern": 1.3, "yesno": 1.0, "oc
 
 @dataclass(frozen=True)
 class Conversation:
-    image_png: bytes
+    image: Any  # a PIL picture as drawn (lossless: no encode/decode round trip per training sample)
     turns: tuple[tuple[str, str], ...]  # (question, answer)
 
 
@@ -143,7 +143,7 @@ def synthetic_conversation(split: str, seed: int, index: int, max_turns: int = 3
         if rng.random() < 0.25:
             lang = rng.choice(syn.LANGS)  # mixed-language conversations happen too
         turns.append(syn.make_question(spec, qtype, lang, rng))
-    return Conversation(syn.png_bytes(image, compress_level=0), tuple(turns))  # lossless either way
+    return Conversation(image, tuple(turns))
 
 
 # --- encoding ---------------------------------------------------------------------------------------
@@ -181,15 +181,19 @@ class Encoder:
                 self._segments[turns] = found
         return found
 
-    def image_inputs(self, data: bytes, name: str = "image") -> dict[str, Any]:
-        from vqaserve.images import normalize
+    def image_inputs(self, data: bytes | Any, name: str = "image") -> dict[str, Any]:
+        """Processor inputs for encoded bytes (decoded as the service does) or a decoded PIL picture."""
+        from vqaserve.images import fit_budget, normalize
 
-        image = normalize(data, self.min_pixels, self.max_pixels, 64_000_000, name).image
+        if isinstance(data, bytes | bytearray):
+            image = normalize(bytes(data), self.min_pixels, self.max_pixels, 64_000_000, name).image
+        else:
+            image = fit_budget(data, self.min_pixels, self.max_pixels, name)
         return dict(self.processor.image_processor(images=[image], return_tensors="pt"))
 
-    def encode(self, image_bytes: bytes, turns: tuple[tuple[str, str], ...],
+    def encode(self, image: bytes | Any, turns: tuple[tuple[str, str], ...],
                name: str = "image") -> dict[str, Any]:
-        vision = self.image_inputs(image_bytes, name)
+        vision = self.image_inputs(image, name)
         n_image_tokens = int(vision["image_grid_thw"][0].prod()) // self.merge
         ids: list[int] = []
         labels: list[int] = []

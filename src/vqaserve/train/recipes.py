@@ -21,7 +21,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "rope_theta": 10_000.0, "max_position_embeddings": 2048, "tie_word_embeddings": True,
             "vision_hidden_size": 96, "vision_intermediate_size": 256, "vision_depth": 3,
             "vision_heads": 2, "vision_num_position_embeddings": 256, "deepstack_visual_indexes": [1],
-            "initializer_range": 0.02,
+            "initializer_range": 0.02, "vision_init": "xavier",
         },
         # 160x160 px = 25 visual tokens; smaller pictures are enlarged to at least 16 tokens.
         "min_pixels": 128 * 128,

@@ -46,6 +46,9 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.1
     lora_targets: str = "q_proj,v_proj"
+    # Words a LoRA run must learn to *say* (e.g. a new category): their token embedding rows are
+    # trained too (PEFT trainable tokens), since q/v adapters alone cannot move an output embedding.
+    lora_new_words: str = ""
     checkpoint_every: int = 200
     resume: bool = False
     skip_bad_lines: bool = False
@@ -115,7 +118,7 @@ class BatchMaker:
             rec = self.records[rng.randrange(len(self.records))]
             return self.encoder.encode(read_image_bytes(rec.image), ((rec.question, rec.answer),), rec.where)
         conv = synthetic_conversation(source, self.seed, index, self.max_turns)
-        return self.encoder.encode(conv.image_png, conv.turns)
+        return self.encoder.encode(conv.image, conv.turns)
 
     def batch(self, number: int) -> dict[str, Any]:
         start = number * self.batch_size
@@ -258,7 +261,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     fast_patch_embed(model)
     if cfg.lora:
-        model = _wrap_lora(model, cfg)
+        model = _wrap_lora(model, cfg, _token_ids(processor.tokenizer, cfg.lora_new_words))
     core = model.get_base_model() if cfg.lora else model  # type: ignore[operator]  # LoRA layers are injected in place
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_total = sum(p.numel() for p in model.parameters())
@@ -368,7 +371,7 @@ def _lr(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
+def _wrap_lora(model: Any, cfg: TrainConfig, new_token_ids: list[int]) -> Any:
     from peft import LoraConfig, get_peft_model
 
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
@@ -379,8 +382,19 @@ def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
     if missing:
         raise ConfigError(f"--lora-targets: no module named {', '.join(missing)} in this model")
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=targets, bias="none")
+                        target_modules=targets, bias="none",
+                        trainable_token_indices={"embed_tokens": new_token_ids} if new_token_ids else None)
     return get_peft_model(model, config)
+
+
+def _token_ids(tokenizer: Any, words: str) -> list[int]:
+    """Token ids of comma-separated words (with and without a leading space: answers start a turn)."""
+    ids: set[int] = set()
+    for word in (w.strip() for w in words.split(",")):
+        if word:
+            for variant in (word, " " + word):
+                ids.update(tokenizer.encode(variant, add_special_tokens=False))
+    return sorted(ids)
 
 
 def _save_checkpoint(path: Path, model: Any, opt: Any, step: int, elapsed: float, curve: list[Any]) -> None:
