@@ -164,8 +164,6 @@ def test_photo_answered_through_replica_1_is_a_cache_hit_through_replica_2(redis
 # --- two tiers: the bundled model behind a gateway -------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # two server processes, one loading torch and a model
-@pytest.mark.xfail(strict=True, reason="shop-toy is below issue 3's accuracy targets (docs/eval.md): the "
-                   "'answers correctly' assertion fails until a retrained model lands")
 def test_two_tier_gateway_answers_like_the_model_server_with_safety_and_cache_in_front(
         tmp_path: Path) -> None:
     _need("vqaserve.server.app")
