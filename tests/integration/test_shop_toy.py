@@ -52,7 +52,7 @@ def test_bundled_model_is_complete_and_small() -> None:
     assert info["recipe"] == "shop-toy" and info["duration_s"] <= 60 * 60
 
 
-# Issue 3's targets are not reached by the committed model (36% on test, docs/eval.md): these stay
+# Issue 3's targets are not reached by the committed model (53% on test, docs/eval.md): these stay
 # as the targets, strict, so they flip to a failure the day a retrained model passes them.
 NOT_YET = pytest.mark.xfail(strict=True, reason="shop-toy is below issue 3's accuracy targets; see docs/eval.md")
 
@@ -70,12 +70,6 @@ def test_heldout_split_accuracy(tmp_path: Path) -> None:
     assert summary["overall"] >= 0.85, summary["by_type"]
 
 
-ADAPTER_NOT_YET = pytest.mark.xfail(
-    strict=True, reason="the committed adapter does not yet teach the word 'sunglasses' (q/v/qkv LoRA cannot "
-                        "raise never-trained output tokens); see docs/eval.md")
-
-
-@ADAPTER_NOT_YET
 def test_sunglasses_adapter_names_the_new_category(tmp_path: Path) -> None:
     assert (ADAPTER / "adapter_config.json").is_file()
     summary = _accuracy("adapter", 70, 2024, tmp_path, adapter=True)
