@@ -20,7 +20,8 @@ import time
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+
+from vqaserve.bench.load import parse_stage_totals, stage_means_ms
 
 
 def picture() -> tuple[bytes, str]:
@@ -41,19 +42,8 @@ def picture() -> tuple[bytes, str]:
 
 
 def stage_totals(client: httpx.Client) -> dict[str, tuple[float, float]]:
-    """stage -> (sum seconds, count) from the server's vqa_stage_seconds histogram."""
-    out: dict[str, list[float]] = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        if family.name != "vqa_stage_seconds":
-            continue
-        for s in family.samples:
-            stage = s.labels.get("stage", "?")
-            slot = out.setdefault(stage, [0.0, 0.0])
-            if s.name.endswith("_sum"):
-                slot[0] = s.value
-            elif s.name.endswith("_count"):
-                slot[1] = s.value
-    return {k: (v[0], v[1]) for k, v in out.items()}
+    """stage -> (seconds, count) from the server's vqa_stage_seconds histogram."""
+    return parse_stage_totals(client.get("/metrics").text)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -91,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             r.raise_for_status()
             tokens.append(r.json()["usage"]["completion_tokens"])
         after = stage_totals(client)
-    stages = {stage: round((after[stage][0] - before.get(stage, (0.0, 0.0))[0]) * 1000.0 / args.n, 2)
-              for stage in after}
+    stages = stage_means_ms(before, after, args.n)
     report = {"url": args.url, "n": args.n, "p50_ms": round(statistics.median(latencies), 1),
               "p90_ms": round(percentile(latencies, 0.9), 1),
               "mean_ms": round(statistics.fmean(latencies), 1),

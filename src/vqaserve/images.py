@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import math
@@ -102,15 +103,12 @@ def decode_data_uri(value: str, name: str, max_bytes: int) -> bytes:
         payload = value[m.end():]
     # Strict decoding first: a regex scan of a megabyte of base64 costs more than the decode itself
     # and holds the GIL. Only when that fails, try again without the line breaks of MIME-wrapped base64.
-    for attempt in (payload, None):
-        if attempt is None:
-            attempt = _WHITESPACE.sub("", payload)
-            if len(attempt) == len(payload):
-                break
-        try:
-            return base64.b64decode(attempt, validate=True)
-        except (binascii.Error, ValueError):
-            continue
+    with contextlib.suppress(binascii.Error, ValueError):
+        return base64.b64decode(payload, validate=True)
+    unwrapped = _WHITESPACE.sub("", payload)
+    if len(unwrapped) != len(payload):
+        with contextlib.suppress(binascii.Error, ValueError):
+            return base64.b64decode(unwrapped, validate=True)
     raise InvalidImage(f"{name}: invalid base64 data; encode the image bytes with standard base64", param=name)
 
 

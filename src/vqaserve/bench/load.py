@@ -110,16 +110,12 @@ async def run_load(url: str, bodies: Sequence[bytes], concurrency: int, *, label
     return LoadResult(concurrency=concurrency, wall_s=wall, samples=[s for s in samples if s is not None])
 
 
-async def stage_totals(url: str, api_key: str | None = None) -> dict[str, tuple[float, float]]:
-    """stage -> (seconds, count) from the server's `vqa_stage_seconds` histogram (GET /metrics)."""
-    import httpx
+def parse_stage_totals(metrics_text: str) -> dict[str, tuple[float, float]]:
+    """stage -> (seconds, count) from the `vqa_stage_seconds` histogram in a /metrics page."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    async with httpx.AsyncClient(base_url=url, timeout=30.0, headers=headers) as client:
-        text = (await client.get("/metrics")).text
     out: dict[str, list[float]] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(metrics_text):
         if family.name != "vqa_stage_seconds":
             continue
         for s in family.samples:
@@ -131,12 +127,19 @@ async def stage_totals(url: str, api_key: str | None = None) -> dict[str, tuple[
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+async def stage_totals(url: str, api_key: str | None = None) -> dict[str, tuple[float, float]]:
+    """`parse_stage_totals` of a running server's GET /metrics."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=url, timeout=30.0, headers=headers) as client:
+        return parse_stage_totals((await client.get("/metrics")).text)
+
+
 def stage_means_ms(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
                    requests: int) -> dict[str, float]:
     """Mean milliseconds per request spent in each server stage between two `stage_totals` reads."""
-    means = {}
-    for stage, (seconds, _count) in after.items():
-        spent = seconds - before.get(stage, (0.0, 0.0))[0]
-        if spent > 0 and requests:
-            means[stage] = round(1000 * spent / requests, 2)
-    return means
+    if not requests:
+        return {}
+    return {stage: round(1000 * (seconds - before.get(stage, (0.0, 0.0))[0]) / requests, 2)
+            for stage, (seconds, _count) in after.items()}
