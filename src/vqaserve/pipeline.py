@@ -23,6 +23,7 @@ from vqaserve import images as imgs
 from vqaserve.cache.coalesce import Coalescer
 from vqaserve.engines.base import Engine
 from vqaserve.errors import DeadlineExceeded, InvalidRequest, NotFound, VQAError
+from vqaserve.image_memo import DecodedImageMemo
 from vqaserve.settings import Settings
 from vqaserve.types import (
     Answer,
@@ -120,6 +121,8 @@ class Pipeline:
         self.image_pool = image_pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="vqa-img")
         # Concurrent identical cacheable misses share one generation (see cache/coalesce.py).
         self.inflight: Coalescer[Answer] = Coalescer(getattr(self.c.cache, "note_coalesced", None))
+        # The same upload bytes again (the common case for a cache hit) skip decode and resize.
+        self.decoded = DecodedImageMemo(settings.images.decoded_memo)
 
     # --- public API --------------------------------------------------------------------------------
     @property
@@ -203,7 +206,7 @@ class Pipeline:
         def load_and_normalize(ref: Any, data: bytes | None) -> imgs.NormalizedImage:
             if data is None:
                 data = imgs.read_inline_ref(ref, self.settings)
-            return imgs.normalize(data, lo, hi, self.settings.images.max_image_pixels, ref.name)
+            return self.decoded.normalize(data, lo, hi, self.settings.images.max_image_pixels, ref.name)
 
         async def one(part: Any) -> None:
             ref = part.image_ref

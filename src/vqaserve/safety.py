@@ -14,6 +14,7 @@ Heavy imports (onnxruntime, nudenet, cv2, torch, transformers) happen on first u
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -165,16 +166,41 @@ class MarkerChecker:
                 raise _refuse(image)
 
 
-def build_image_checker(settings: Settings) -> NudeNetChecker | HFImageChecker | MarkerChecker | None:
+class RememberPassed:
+    """A costly checker (a model call of ~100-300 ms on CPU) asked once per picture: pictures that
+    passed are remembered by content hash (pixels + size), so a re-sent photo, the usual cache hit,
+    is not checked again. Refused pictures are not remembered: they are checked, and refused, every
+    time. The checker's labels and threshold are fixed for the process, so a verdict stays valid."""
+
+    def __init__(self, inner: NudeNetChecker | HFImageChecker, entries: int = 4096) -> None:
+        self.inner = inner
+        self.entries = entries
+        self._passed: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, image: NormalizedImage) -> None:
+        with self._lock:
+            if image.content_hash in self._passed:
+                self._passed.move_to_end(image.content_hash)
+                return
+        self.inner.check(image)  # raises BlockedInput for a refused picture
+        with self._lock:
+            self._passed[image.content_hash] = None
+            while len(self._passed) > self.entries:
+                self._passed.popitem(last=False)
+
+
+def build_image_checker(settings: Settings) -> RememberPassed | MarkerChecker | None:
     """`VQA_SAFETY_IMAGE`: off -> None; nudenet (default); hf:<dir>; marker (tests and demos)."""
     s = settings.safety
     kind = s.image
     if kind == "off":
         return None
     if kind == "nudenet":
-        return NudeNetChecker(s.unsafe_labels or NUDENET_UNSAFE, s.image_threshold, s.image_threads)
+        return RememberPassed(NudeNetChecker(s.unsafe_labels or NUDENET_UNSAFE, s.image_threshold,
+                                             s.image_threads))
     if kind == "marker":
         return MarkerChecker()
     if kind.startswith("hf:"):
-        return HFImageChecker(kind[3:], s.unsafe_labels or HF_UNSAFE, s.image_threshold)
+        return RememberPassed(HFImageChecker(kind[3:], s.unsafe_labels or HF_UNSAFE, s.image_threshold))
     raise ConfigError("VQA_SAFETY_IMAGE must be 'nudenet', 'off', 'marker' or 'hf:<model dir>'")

@@ -44,6 +44,7 @@ class ImageSettings(BaseModel):
     max_images: int = 8
     max_body_bytes: int = 25 * 1024 * 1024
     local_image_dir: str | None = None  # local paths in requests only from here (CLI allows any)
+    decoded_memo: int = Field(128, ge=0)  # decoded pictures remembered by their bytes (0 = off)
 
     @model_validator(mode="after")
     def _budget(self) -> ImageSettings:
@@ -177,6 +178,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "min_pixels": ("images", "min_pixels"), "max_pixels": ("images", "max_pixels"),
     "max_image_pixels": ("images", "max_image_pixels"), "max_images": ("images", "max_images"),
     "max_body_bytes": ("images", "max_body_bytes"), "local_image_dir": ("images", "local_image_dir"),
+    "decoded_memo": ("images", "decoded_memo"),
     "max_new_tokens": ("generation", "max_new_tokens"),
     "request_timeout_s": ("generation", "request_timeout_s"),
     "redis_url": ("cache", "redis_url"), "cache_size": ("cache", "size"),

@@ -12,7 +12,14 @@ from PIL import Image
 from tests.conftest import image_bytes
 from vqaserve.errors import BlockedInput, ConfigError
 from vqaserve.images import normalize
-from vqaserve.safety import MARKER_COLOR, HFImageChecker, MarkerChecker, NudeNetChecker, build_image_checker
+from vqaserve.safety import (
+    MARKER_COLOR,
+    HFImageChecker,
+    MarkerChecker,
+    NudeNetChecker,
+    RememberPassed,
+    build_image_checker,
+)
 from vqaserve.settings import Settings
 from vqaserve.types import NormalizedImage
 
@@ -54,11 +61,13 @@ def test_nudenet_decision_rule(detections: list[dict[str, object]], blocked: boo
 @pytest.mark.unit
 def test_configurable_labels_and_threshold() -> None:
     s = Settings(safety={"unsafe_labels": ["FEET_EXPOSED"], "image_threshold": 0.3})
-    checker = build_image_checker(s)
+    built = build_image_checker(s)
+    assert isinstance(built, RememberPassed)
+    checker = built.inner
     assert isinstance(checker, NudeNetChecker) and checker.unsafe == {"FEET_EXPOSED"}
     checker._detector = FakeDetector([{"class": "FEET_EXPOSED", "score": 0.35}])
     with pytest.raises(BlockedInput):
-        checker.check(norm(image_bytes()))
+        built.check(norm(image_bytes()))
     assert build_image_checker(Settings(safety={"image": "off"})) is None
     assert isinstance(build_image_checker(Settings(safety={"image": "marker"})), MarkerChecker)
 
@@ -118,10 +127,10 @@ def test_hf_checker_with_a_tiny_classifier(tmp_path: Path) -> None:
     tiny_classifier(safe_dir, -5.0)
     tiny_classifier(unsafe_dir, 5.0)
     image = norm(image_bytes(), "image")
-    safe = build_image_checker(Settings(safety={"image": f"hf:{safe_dir}"}))
-    assert isinstance(safe, HFImageChecker)
-    safe.check(image)
-    assert safe.unsafe_probability(image) < 0.01
+    built = build_image_checker(Settings(safety={"image": f"hf:{safe_dir}"}))
+    assert isinstance(built, RememberPassed) and isinstance(built.inner, HFImageChecker)
+    built.check(image)
+    assert built.inner.unsafe_probability(image) < 0.01
     unsafe = build_image_checker(Settings(safety={"image": f"hf:{unsafe_dir}"}))
     assert unsafe is not None
     with pytest.raises(BlockedInput) as info:
@@ -137,3 +146,33 @@ def test_hf_checker_with_a_tiny_classifier(tmp_path: Path) -> None:
 def test_hf_checker_needs_a_model_dir(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="hf:<dir>"):
         build_image_checker(Settings(safety={"image": f"hf:{tmp_path}/missing"}))
+
+
+class CountingChecker:
+    """Refuses pictures whose content hash is listed; counts the model calls it would have made."""
+
+    def __init__(self, refused: set[str]) -> None:
+        self.refused = refused
+        self.calls = 0
+
+    def check(self, image: object) -> None:
+        self.calls += 1
+        if image.content_hash in self.refused:  # type: ignore[attr-defined]
+            raise BlockedInput("image: refused", param="image")
+
+
+@pytest.mark.unit
+def test_passed_pictures_are_not_checked_again_refused_ones_always_are() -> None:
+    safe, bad, other = norm(image_bytes()), norm(image_bytes(color=(200, 10, 10))), norm(image_bytes(color=(1, 2, 3)))
+    inner = CountingChecker({bad.content_hash})
+    checker = RememberPassed(inner, entries=1)  # type: ignore[arg-type]
+    checker.check(safe)
+    checker.check(safe)
+    assert inner.calls == 1  # the second time is remembered
+    for _ in range(2):
+        with pytest.raises(BlockedInput):
+            checker.check(bad)
+    assert inner.calls == 3  # a refusal is never remembered
+    checker.check(other)  # entries=1: evicts `safe`
+    checker.check(safe)
+    assert inner.calls == 5
