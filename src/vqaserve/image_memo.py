@@ -1,11 +1,12 @@
-"""Decoded pictures remembered by the bytes they came from.
+"""Decoded pictures remembered by what the client sent.
 
-A cache hit still needs the picture's content hash, and computing it means decoding and resizing the
-upload (~5-10 ms for a catalogue photo, far more for a 12 MP JPEG). Shops send the very same bytes
-again and again, so the first decode of some bytes is remembered: the same bytes under the same
-pixel budget give the same NormalizedImage (normalize is deterministic), at the cost of one
-blake2b over the bytes (~0.3 ms per 300 kB). Re-encoded copies still go through the full decode and
-still hit the answer cache by pixels; this only skips repeated work.
+A cache hit still needs the picture's content hash, and computing it means decoding the base64,
+decoding the picture and resizing it (~5-10 ms for a catalogue photo, far more for a 12 MP JPEG).
+Shops send the very same upload again and again, so the first decode is remembered under a digest
+of what was sent (the upload's bytes, the data URI's text, or a fetched URL's bytes) and the pixel
+budget: `normalize` is deterministic, so the same input under the same budget gives the same
+NormalizedImage. A repeat then costs one blake2b (~0.1 ms per 100 kB). Re-encoded copies miss
+here, are decoded in full, and still hit the answer cache by pixels: this only skips repeated work.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from vqaserve.types import NormalizedImage
 
 
 class DecodedImageMemo:
-    """A thread-safe LRU of NormalizedImages keyed by (bytes digest, pixel budget), bounded by
+    """A thread-safe LRU of NormalizedImages keyed by (digest of the input, pixel budget), bounded by
     entries and by the decoded pixels it holds. `entries=0` turns it off."""
 
     def __init__(self, entries: int = 128, max_bytes: int = 64 * 1024 * 1024) -> None:
@@ -32,37 +33,49 @@ class DecodedImageMemo:
         self.hits = 0
         self.misses = 0
 
-    def normalize(self, data: bytes, min_pixels: int, max_pixels: int, max_image_pixels: int,
-                  name: str = "image") -> NormalizedImage:
+    def key(self, source: bytes | str, min_pixels: int, max_pixels: int,
+            max_image_pixels: int) -> bytes | None:
+        """The memo key of an input (None when the memo is off). Text (a data URI) and bytes (an
+        upload) are told apart, so the same characters sent both ways are two entries."""
         if self.entries <= 0:
-            return imgs.normalize(data, min_pixels, max_pixels, max_image_pixels, name)
+            return None
+        raw, kind = (source.encode(), b"t") if isinstance(source, str) else (source, b"b")
         budget = f"{min_pixels}:{max_pixels}:{max_image_pixels}".encode()
-        key = hashlib.blake2b(data, digest_size=16).digest() + budget
+        return kind + hashlib.blake2b(raw, digest_size=16).digest() + budget
+
+    def get(self, key: bytes, name: str = "image") -> NormalizedImage | None:
         with self._lock:
             found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
-        if found is not None:
-            # The pixels are shared (nothing downstream writes to them); the name is this request's.
-            return found if found.source == name else dataclasses.replace(found, source=name)
-        image = imgs.normalize(data, min_pixels, max_pixels, max_image_pixels, name)  # may raise
-        self._remember(key, image)
-        return image
+            if found is None:
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+        # The pixels are shared (nothing downstream writes to them); the name is this request's.
+        return found if found.source == name else dataclasses.replace(found, source=name)
 
-    def _remember(self, key: bytes, image: NormalizedImage) -> None:
+    def put(self, key: bytes, image: NormalizedImage) -> None:
         size = image.width * image.height * 3
-        if size > self.max_bytes:
-            return
         with self._lock:
             self.misses += 1
-            if key in self._items:
+            if size > self.max_bytes or key in self._items:
                 return
             self._items[key] = image
             self._bytes += size
             while len(self._items) > self.entries or self._bytes > self.max_bytes:
                 _, old = self._items.popitem(last=False)
                 self._bytes -= old.width * old.height * 3
+
+    def normalize(self, data: bytes, min_pixels: int, max_pixels: int, max_image_pixels: int,
+                  name: str = "image") -> NormalizedImage:
+        """`images.normalize` through the memo."""
+        key = self.key(data, min_pixels, max_pixels, max_image_pixels)
+        found = self.get(key, name) if key is not None else None
+        if found is not None:
+            return found
+        image = imgs.normalize(data, min_pixels, max_pixels, max_image_pixels, name)  # may raise
+        if key is not None:
+            self.put(key, image)
+        return image
 
     def __len__(self) -> int:
         return len(self._items)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import image_bytes
+from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import InvalidImage
 from vqaserve.image_memo import DecodedImageMemo
 from vqaserve.images import normalize
+from vqaserve.pipeline import Pipeline
+from vqaserve.settings import Settings
+from vqaserve.types import ImageRef, Part, Question, Turn
 
 BUDGET = (64 * 64, 256 * 256, 64_000_000)
 
@@ -61,3 +68,42 @@ def test_bad_bytes_raise_every_time_and_are_not_remembered() -> None:
         with pytest.raises(InvalidImage, match="upload"):
             memo.normalize(b"\x89PNG\r\n\x1a\n garbage", *BUDGET, "upload")
     assert len(memo) == 0
+
+
+def _question(ref: ImageRef) -> Question:
+    return Question(turns=[Turn("user", [Part(image_ref=ref), Part(text="What color is it?")])])
+
+
+@pytest.mark.unit
+async def test_the_pipeline_decodes_a_resent_photo_once_whatever_its_size(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import vqaserve.pipeline as pipeline_module
+
+    decoded: list[str] = []
+    real = pipeline_module.imgs.normalize
+
+    def counting(data: bytes, *args: object) -> object:
+        decoded.append(str(args[-1]))
+        return real(data, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_module.imgs, "normalize", counting)
+    monkeypatch.setattr(pipeline_module, "_HASH_ON_LOOP_BYTES", 1000)  # the small picture: the large path
+    small = image_bytes((300, 200))
+    large = image_bytes((900, 700), fmt="BMP")  # > 1000 bytes and > the small one
+    p = Pipeline(Settings(), ScriptedEngine())
+    uri = "data:image/png;base64," + base64.b64encode(small).decode()
+    hashes = []
+    for ref in [ImageRef("bytes", small), ImageRef("bytes", small), ImageRef("data", uri),
+                ImageRef("data", uri), ImageRef("bytes", large), ImageRef("bytes", large)]:
+        q = _question(ref)
+        await p.answer(q)
+        hashes.append(q.images[0].content_hash)
+    assert len(decoded) == 3  # one decode per distinct input, the repeats come from the memo
+    assert hashes[0] == hashes[1] == hashes[2] == hashes[3] != hashes[4] == hashes[5]
+    assert len(p.decoded) == 3
+    # a local path is decoded every time: the file behind the name may have changed
+    path = tmp_path / "photo.png"
+    path.write_bytes(small)
+    for _ in range(2):
+        await p.answer(_question(ImageRef("path", str(path))))
+    assert len(decoded) == 5 and len(p.decoded) == 3
