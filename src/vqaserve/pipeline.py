@@ -203,11 +203,9 @@ class Pipeline:
                     if part.text is not None:
                         part.text = self.c.prompt_guard.clean(part.text, f"messages[{ti}].content[{pi}]")
         t0 = time.perf_counter()
-        lo, hi = self.budget()
+        budget = (*self.budget(), self.settings.images.max_image_pixels)
         loop = asyncio.get_running_loop()
         parts = [p for t in q.turns for p in t.parts if p.image_ref is not None]
-
-        budget = (lo, hi, self.settings.images.max_image_pixels)
 
         def memo_key(ref: Any, data: bytes | None) -> bytes | None:
             # What the client sent, before any decoding: fetched bytes, an upload, a data URI's text.
