@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vqaserve import images
     from vqaserve.errors import BlockedInput
-    from vqaserve.safety import NudeNetChecker, build_image_checker
+    from vqaserve.safety import NudeNetChecker, RememberPassed, build_image_checker
     from vqaserve.settings import Settings
     from vqaserve.train.synthetic import make_sample, png_bytes
 
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     checker = build_image_checker(settings)
     if checker is None:
         parser.error("--checker off measures nothing")
+    if isinstance(checker, RememberPassed):
+        checker = checker.inner  # the model's own cost on every picture, never a remembered verdict
     if isinstance(checker, NudeNetChecker):
         checker.threads = args.threads
     s = settings.images

@@ -44,7 +44,7 @@ class ImageSettings(BaseModel):
     max_images: int = 8
     max_body_bytes: int = 25 * 1024 * 1024
     local_image_dir: str | None = None  # local paths in requests only from here (CLI allows any)
-    decoded_memo: int = Field(128, ge=0)  # decoded pictures remembered by their bytes (0 = off)
+    decoded_memo: int = Field(default=128, ge=0)  # decoded pictures remembered by their bytes (0 = off)
 
     @model_validator(mode="after")
     def _budget(self) -> ImageSettings:

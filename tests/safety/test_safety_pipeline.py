@@ -80,10 +80,11 @@ async def good_request_succeeds(pipeline: Pipeline) -> None:
 def test_wiring_follows_settings() -> None:
     from vqaserve.fetch import Fetcher
     from vqaserve.moderation import BlocklistFilter
-    from vqaserve.safety import NudeNetChecker
+    from vqaserve.safety import NudeNetChecker, RememberPassed
 
     c = build_components(Settings(), ScriptedEngine())
-    assert isinstance(c.image_checker, NudeNetChecker) and c.image_checker._detector is None  # lazy
+    assert isinstance(c.image_checker, RememberPassed)
+    assert isinstance(c.image_checker.inner, NudeNetChecker) and c.image_checker.inner._detector is None  # lazy
     assert isinstance(c.output_filter, BlocklistFilter) and isinstance(c.fetcher, Fetcher)
     assert c.prompt_guard is not None
     assert build_components(Settings(safety={"image": "off"}), ScriptedEngine()).image_checker is None
