@@ -19,11 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from vqaserve import images as imgs
 from vqaserve.cache.coalesce import Coalescer
 from vqaserve.engines.base import Engine
 from vqaserve.errors import DeadlineExceeded, InvalidRequest, NotFound, VQAError
-from vqaserve.image_memo import DecodedImageMemo
+from vqaserve.image_loading import PictureLoader
 from vqaserve.settings import Settings
 from vqaserve.types import (
     Answer,
@@ -35,10 +34,6 @@ from vqaserve.types import (
     StreamDelta,
     Usage,
 )
-
-# Inputs up to this size are hashed for the decoded-picture memo on the event loop (~0.1 ms per
-# 100 kB); larger ones in the image pool, so a 12 MP upload never blocks the loop.
-_HASH_ON_LOOP_BYTES = 256 * 1024
 
 
 # --- the seams (implemented in safety.py, cache.py, batching.py, fetch.py, metrics.py) -------------
@@ -125,8 +120,8 @@ class Pipeline:
         self.image_pool = image_pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="vqa-img")
         # Concurrent identical cacheable misses share one generation (see cache/coalesce.py).
         self.inflight: Coalescer[Answer] = Coalescer(getattr(self.c.cache, "note_coalesced", None))
-        # The same upload bytes again (the common case for a cache hit) skip decode and resize.
-        self.decoded = DecodedImageMemo(settings.images.decoded_memo)
+        # Fetch, decode, fit and hash; the same upload again (a cache hit's usual case) skips decoding.
+        self.pictures = PictureLoader(settings, self.image_pool)
 
     # --- public API --------------------------------------------------------------------------------
     @property
@@ -203,48 +198,12 @@ class Pipeline:
                     if part.text is not None:
                         part.text = self.c.prompt_guard.clean(part.text, f"messages[{ti}].content[{pi}]")
         t0 = time.perf_counter()
-        budget = (*self.budget(), self.settings.images.max_image_pixels)
-        loop = asyncio.get_running_loop()
-        parts = [p for t in q.turns for p in t.parts if p.image_ref is not None]
-
-        def memo_key(ref: Any, data: bytes | None) -> bytes | None:
-            # What the client sent, before any decoding: fetched bytes, an upload, a data URI's text.
-            # Never a local path: the file behind it may change.
-            source = data if data is not None else ref.payload if ref.kind in ("bytes", "data") else None
-            return None if source is None else self.decoded.key(source, *budget)
-
-        def load_and_normalize(ref: Any, data: bytes | None, key: bytes | None) -> imgs.NormalizedImage:
-            if key is None:  # a large input: hashed here, off the loop
-                key = memo_key(ref, data)
-                found = self.decoded.get(key, ref.name) if key is not None else None
-                if found is not None:
-                    return found
-            if data is None:
-                data = imgs.read_inline_ref(ref, self.settings)
-            image = imgs.normalize(data, *budget, ref.name)
-            if key is not None:
-                self.decoded.put(key, image)
-            return image
-
-        async def one(part: Any) -> None:
-            ref = part.image_ref
-            # URLs are fetched on the loop (async I/O); everything else is one hop to the pool.
-            data = await imgs.read_ref(ref, self.settings, self.c.fetcher) if ref.kind == "url" else None
-            key = None
-            if len(data if data is not None else ref.payload) <= _HASH_ON_LOOP_BYTES:
-                # A small input is hashed right here: a re-sent photo then needs no thread hop at all.
-                key = memo_key(ref, data)
-                found = self.decoded.get(key, ref.name) if key is not None else None
-                if found is not None:
-                    part.image, part.image_ref = found, None
-                    return
-            part.image = await loop.run_in_executor(self.image_pool, load_and_normalize, ref, data, key)
-            part.image_ref = None
-
-        await asyncio.gather(*(one(p) for p in parts))
+        await self.pictures.load([p for t in q.turns for p in t.parts if p.image_ref is not None],
+                                 *self.budget(), fetcher=self.c.fetcher)
         timer.add("decode", t0)
         if self.c.image_checker and q.images:
             t1 = time.perf_counter()
+            loop = asyncio.get_running_loop()
             for image in q.images:
                 await loop.run_in_executor(self.image_pool, self.c.image_checker.check, image)
             timer.add("safety", t1)

@@ -1,4 +1,4 @@
-"""The decoded-picture memo: same bytes + same budget -> the same NormalizedImage, without decoding."""
+"""The image stage's decoded-picture memo: the same input + budget -> the same NormalizedImage, decoded once."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+import vqaserve.image_loading as image_loading
 from tests.conftest import image_bytes
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import InvalidImage
-from vqaserve.image_memo import DecodedImageMemo
+from vqaserve.image_loading import DecodedImageMemo
 from vqaserve.images import normalize
 from vqaserve.pipeline import Pipeline
 from vqaserve.settings import Settings
@@ -77,17 +78,15 @@ def _question(ref: ImageRef) -> Question:
 @pytest.mark.unit
 async def test_the_pipeline_decodes_a_resent_photo_once_whatever_its_size(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import vqaserve.pipeline as pipeline_module
-
     decoded: list[str] = []
-    real = pipeline_module.imgs.normalize
+    real = image_loading.imgs.normalize
 
     def counting(data: bytes, *args: object) -> object:
         decoded.append(str(args[-1]))
         return real(data, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipeline_module.imgs, "normalize", counting)
-    monkeypatch.setattr(pipeline_module, "_HASH_ON_LOOP_BYTES", 1000)  # the small picture: the large path
+    monkeypatch.setattr(image_loading.imgs, "normalize", counting)
+    monkeypatch.setattr(image_loading, "HASH_ON_LOOP_BYTES", 1000)  # the small picture: the large path
     small = image_bytes((300, 200))
     large = image_bytes((900, 700), fmt="BMP")  # > 1000 bytes and > the small one
     p = Pipeline(Settings(), ScriptedEngine())
@@ -100,10 +99,10 @@ async def test_the_pipeline_decodes_a_resent_photo_once_whatever_its_size(
         hashes.append(q.images[0].content_hash)
     assert len(decoded) == 3  # one decode per distinct input, the repeats come from the memo
     assert hashes[0] == hashes[1] == hashes[2] == hashes[3] != hashes[4] == hashes[5]
-    assert len(p.decoded) == 3
+    assert len(p.pictures.memo) == 3
     # a local path is decoded every time: the file behind the name may have changed
     path = tmp_path / "photo.png"
     path.write_bytes(small)
     for _ in range(2):
         await p.answer(_question(ImageRef("path", str(path))))
-    assert len(decoded) == 5 and len(p.decoded) == 3
+    assert len(decoded) == 5 and len(p.pictures.memo) == 3
