@@ -139,3 +139,37 @@ def test_write_split_jsonl_shape(tmp_path) -> None:  # type: ignore[no-untyped-d
     assert "这是什么" in path.read_text(encoding="utf-8")  # Chinese written as text, not \u escapes
     again = syn.write_split("heldout", 8, 3, tmp_path / "again")
     assert again.read_text(encoding="utf-8") == path.read_text(encoding="utf-8")
+
+
+def test_mask_curriculum_blends_towards_silhouettes_without_moving_anything() -> None:
+    import numpy as np
+
+    from vqaserve.train.data import SHAPE_TYPES, synthetic_conversation
+    from vqaserve.train.trainer import mask_share
+
+    spec = syn.Spec(3, 4, 1, 2)
+    real = syn.render(spec, random.Random(9))
+    assert syn.render(spec, random.Random(9), 0.0).tobytes() == real.tobytes()  # off = unchanged
+    mask = np.asarray(syn.render(spec, random.Random(9), 1.0))
+    assert mask.shape == np.asarray(real).shape
+    grey = np.abs(mask.astype(int) - mask.mean(-1, keepdims=True)).max(-1) == 0
+    assert grey.all()  # white items on black: no colour left
+    white = (mask > 200).all(-1).mean()
+    assert 0.05 < white < 0.6  # the items, not the whole picture
+    half = np.asarray(syn.render(spec, random.Random(9), 0.5)).astype(int)
+    assert np.abs(half - (np.asarray(real).astype(int) + mask) / 2).max() <= 1
+    shape_questions = {syn.make_question(spec, t, lang, random.Random(0))[0]
+                       for t in SHAPE_TYPES for lang in syn.LANGS}
+    masked = [synthetic_conversation("train", 0, i, max_turns=4, mask_share=0.7) for i in range(20)]
+    asked = [q for c in masked for q, _ in c.turns]
+    assert set(asked) <= shape_questions and len(set(asked)) == 4  # both types, both languages
+    plain = synthetic_conversation("train", 0, 3, max_turns=4)
+    assert plain.image.tobytes() == synthetic_conversation("train", 0, 3, max_turns=4, mask_share=0.0).image.tobytes()
+    assert [mask_share(s, 100) for s in (0, 50, 100, 200)] == [1.0, 0.5, 0.0, 0.0]
+    assert mask_share(10, 0) == 0.0
+
+
+def test_pictures_are_the_same_every_time_for_a_seed() -> None:
+    # Every background kind, the noise one included (it once drew from C's rand()).
+    for index in range(30):
+        assert syn.make_sample("test", 1, index).image.tobytes() == syn.make_sample("test", 1, index).image.tobytes()

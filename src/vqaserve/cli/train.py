@@ -10,7 +10,7 @@ from vqaserve.errors import ConfigError
 
 # Flags that a recipe's "train" block may fill when the user leaves them out.
 _RECIPE_KEYS = ("synthetic", "steps", "batch_size", "lr", "warmup", "weight_decay", "max_turns",
-                "time_budget_min", "seed", "vision_lr_scale")
+                "time_budget_min", "seed", "vision_lr_scale", "mask_curriculum_steps")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="vision tower LR = --lr x this (a from-scratch ViT needs a smaller step)")
     p.add_argument("--max-turns", type=int, help="questions per synthetic picture (shared vision work)")
     p.add_argument("--time-budget-min", type=float, help="anneal and stop within this many minutes")
+    p.add_argument("--mask-curriculum-steps", type=int,
+                   help="blend synthetic pictures from white-on-black silhouettes to real over this many "
+                        "steps, asking only category/count on them (default 0: off)")
     p.add_argument("--seed", type=int)
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
     p.add_argument("--lora-r", type=int, default=8)

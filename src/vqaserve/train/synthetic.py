@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
 # --- vocabulary (index order is part of the held-out rule: do not reorder) -------------------------
@@ -236,7 +237,12 @@ def _background(width: int, height: int, avoid: list[tuple[int, int, int]],
         grad = grad.resize((width, height))
         bg = Image.composite(Image.new("RGB", (width, height), shade), bg, grad)
     elif kind < 0.7:  # fine noise (paper / fabric)
-        noise = Image.effect_noise((width, height), rng.uniform(6, 16)).convert("RGB")
+        sigma = rng.uniform(6, 16)
+        # Not Image.effect_noise: it draws from C's rand(), so the same seed gave another picture.
+        # Seeded from values already drawn, so `rng` is consumed exactly as before.
+        noise_rng = np.random.default_rng([width, height, *base, round(sigma * 1e6)])
+        grain = np.clip(noise_rng.normal(128.0, sigma, (height, width)), 0, 255).astype(np.uint8)
+        noise = Image.fromarray(grain, "L").convert("RGB")
         bg = ImageChops.add(bg, ImageChops.subtract(noise, Image.new("RGB", (width, height), (128,) * 3)),
                             scale=1.0, offset=0)
     return bg
@@ -260,8 +266,11 @@ def _place(count: int, width: int, height: int, rng: random.Random) -> tuple[int
     raise RuntimeError("could not place items")  # pragma: no cover - sizes above always fit
 
 
-def render(spec: Spec, rng: random.Random) -> Image.Image:
-    """The picture for a spec: random size (160-640 px, aspect <= 2:1), background, layout, rotation."""
+def render(spec: Spec, rng: random.Random, mask_share: float = 0.0) -> Image.Image:
+    """The picture for a spec: random size (160-640 px, aspect <= 2:1), background, layout, rotation.
+
+    `mask_share` > 0 blends the picture towards its silhouette mask (white items on black), for the
+    trainer's mask curriculum; it draws nothing from `rng`, so the picture's layout is unchanged."""
     width = rng.randint(160, 640)
     height = min(640, max(160, round(width * rng.uniform(0.5, 2.0))))
     size, boxes = _place(spec.count, width, height, rng)
@@ -275,7 +284,12 @@ def render(spec: Spec, rng: random.Random) -> Image.Image:
     bg = _background(width, height, [COLOUR_RGB[spec.colour]], rng)
     for x, y in boxes:
         bg.paste(fill, (x, y), mask)
-    return bg
+    if mask_share <= 0:
+        return bg
+    silhouettes = Image.new("RGB", (width, height), (0, 0, 0))
+    for x, y in boxes:
+        silhouettes.paste((255, 255, 255), (x, y, x + size, y + size), mask)
+    return Image.blend(bg, silhouettes, min(1.0, mask_share))
 
 
 # --- splits and samples -----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class TrainConfig:
     vision_lr_scale: float = 1.0  # the vision tower's LR relative to --lr
     max_turns: int = 1  # questions per synthetic picture
     time_budget_min: float = 0.0  # 0 = no time limit
+    mask_curriculum_steps: int = 0  # synthetic pictures blended from silhouettes to real over N steps
     seed: int = 0
     lora: bool = False
     lora_r: int = 8
@@ -91,12 +92,21 @@ def parse_mix(spec: str | None) -> list[tuple[str, float]]:
     return mix
 
 
+def mask_share(step: int, curriculum_steps: int) -> float:
+    """How far a step's synthetic pictures are blended towards their silhouettes: 1 at step 0, falling
+    linearly to 0 at `curriculum_steps` (0: off). A small ViT learns shapes from masks long before it
+    learns them through random colours (docs/eval.md)."""
+    if curriculum_steps <= 0:
+        return 0.0
+    return max(0.0, 1.0 - step / curriculum_steps)
+
+
 class BatchMaker:
     """Makes batch number b deterministically (same b -> same batch), so --resume continues the stream."""
 
     def __init__(self, model_dir: str, budget: tuple[int, int], records: list[Any],
                  mix: list[tuple[str, float]], data_weight: float, batch_size: int, max_turns: int,
-                 seed: int) -> None:
+                 seed: int, mask_curriculum_steps: int = 0) -> None:
         from transformers import AutoProcessor
 
         from vqaserve.train.data import Encoder
@@ -107,6 +117,10 @@ class BatchMaker:
         if records:
             self.sources.append(("jsonl", data_weight))
         self.batch_size, self.max_turns, self.seed = batch_size, max_turns, seed
+        self.mask_curriculum_steps = mask_curriculum_steps
+
+    def mask_share(self, index: int) -> float:
+        return mask_share(index // self.batch_size, self.mask_curriculum_steps)
 
     def item(self, index: int) -> dict[str, Any]:
         from vqaserve.train.data import read_image_bytes, synthetic_conversation
@@ -117,7 +131,8 @@ class BatchMaker:
         if source == "jsonl":
             rec = self.records[rng.randrange(len(self.records))]
             return self.encoder.encode(read_image_bytes(rec.image), ((rec.question, rec.answer),), rec.where)
-        conv = synthetic_conversation(source, self.seed, index, self.max_turns)
+        conv = synthetic_conversation(source, self.seed, index, self.max_turns,
+                                      mask_share=self.mask_share(index))
         return self.encoder.encode(conv.image, conv.turns)
 
     def batch(self, number: int) -> dict[str, Any]:
@@ -269,6 +284,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     log(f"parameters: {n_total:,} total, {n_train:,} trainable ({100 * n_train / n_total:.2f}%)")
     if cfg.vision_lr_scale <= 0:
         raise ConfigError("--vision-lr-scale must be > 0")
+    if cfg.mask_curriculum_steps < 0:
+        raise ConfigError("--mask-curriculum-steps must be >= 0 (0 turns the curriculum off)")
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.98))
     ckpt_dir = out / "checkpoint"
     start_step, elapsed_before = 0, 0.0
@@ -277,7 +294,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         start_step, elapsed_before, curve = _load_checkpoint(ckpt_dir, model, opt, log)
     budget = serving_budget(processor)
     prefetch = Prefetcher((model_dir, budget, records, mix, cfg.data_weight, cfg.batch_size,
-                           cfg.max_turns, cfg.seed), cfg.workers, start_step)
+                           cfg.max_turns, cfg.seed, cfg.mask_curriculum_steps), cfg.workers, start_step)
     model.train()
     started = time.perf_counter()
     ema: float | None = None
