@@ -144,8 +144,8 @@ def test_write_split_jsonl_shape(tmp_path) -> None:  # type: ignore[no-untyped-d
 def test_mask_curriculum_blends_towards_silhouettes_without_moving_anything() -> None:
     import numpy as np
 
+    from vqaserve.train.batches import mask_share
     from vqaserve.train.data import SHAPE_TYPES, synthetic_conversation
-    from vqaserve.train.trainer import mask_share
 
     spec = syn.Spec(3, 4, 1, 2)
     real = syn.render(spec, random.Random(9))

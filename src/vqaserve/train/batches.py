@@ -1,0 +1,105 @@
+"""The training data stream: batch number b is a pure function of b (so --resume continues the same
+stream), prepared ahead in a background process while the model trains on the current batch."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+
+def mask_share(step: int, curriculum_steps: int) -> float:
+    """How far a step's synthetic pictures are blended towards their silhouettes: 1 at step 0, falling
+    linearly to 0 at `curriculum_steps` (0: off). A small ViT learns shapes from masks long before it
+    learns them through random colours (docs/eval.md)."""
+    if curriculum_steps <= 0:
+        return 0.0
+    return max(0.0, 1.0 - step / curriculum_steps)
+
+
+class BatchMaker:
+    """Makes batch number b deterministically (same b -> same batch), so --resume continues the stream."""
+
+    def __init__(self, model_dir: str, budget: tuple[int, int], records: list[Any],
+                 mix: list[tuple[str, float]], data_weight: float, batch_size: int, max_turns: int,
+                 seed: int, mask_curriculum_steps: int = 0) -> None:
+        from transformers import AutoProcessor
+
+        from vqaserve.train.data import Encoder
+
+        self.encoder = Encoder(AutoProcessor.from_pretrained(model_dir), *budget)
+        self.records = records
+        self.sources: list[tuple[str, float]] = list(mix)
+        if records:
+            self.sources.append(("jsonl", data_weight))
+        self.batch_size, self.max_turns, self.seed = batch_size, max_turns, seed
+        self.mask_curriculum_steps = mask_curriculum_steps
+
+    def item(self, index: int) -> dict[str, Any]:
+        from vqaserve.train.data import read_image_bytes, synthetic_conversation
+
+        rng = random.Random(f"item:{self.seed}:{index}")
+        names = [s for s, _ in self.sources]
+        source = rng.choices(names, weights=[w for _, w in self.sources])[0]
+        if source == "jsonl":
+            rec = self.records[rng.randrange(len(self.records))]
+            return self.encoder.encode(read_image_bytes(rec.image), ((rec.question, rec.answer),), rec.where)
+        conv = synthetic_conversation(source, self.seed, index, self.max_turns,
+                                      mask_share=mask_share(index // self.batch_size, self.mask_curriculum_steps))
+        return self.encoder.encode(conv.image, conv.turns)
+
+    def batch(self, number: int) -> dict[str, Any]:
+        start = number * self.batch_size
+        return self.encoder.collate([self.item(i) for i in range(start, start + self.batch_size)])
+
+
+_WORKER: BatchMaker | None = None
+
+
+def _worker_init(*args: Any) -> None:
+    global _WORKER
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER = BatchMaker(*args)
+
+
+def _worker_batch(number: int) -> dict[str, Any]:
+    assert _WORKER is not None
+    return _WORKER.batch(number)
+
+
+class Prefetcher:
+    """Batches prepared ahead in a background process while the model trains on the current one."""
+
+    def __init__(self, args: tuple[Any, ...], workers: int, start: int, ahead: int = 3) -> None:
+        self.next = start
+        self.local: BatchMaker | None = None
+        self.pool: ProcessPoolExecutor | None = None
+        self.pending: list[Future[dict[str, Any]]] = []
+        if workers <= 0:
+            self.local = BatchMaker(*args)
+            return
+        import multiprocessing
+
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_worker_init, initargs=args)
+        for _ in range(ahead):
+            self._submit()
+
+    def _submit(self) -> None:
+        assert self.pool is not None
+        self.pending.append(self.pool.submit(_worker_batch, self.next))
+        self.next += 1
+
+    def get(self) -> dict[str, Any]:
+        if self.local is not None:
+            self.next += 1
+            return self.local.batch(self.next - 1)
+        batch = self.pending.pop(0).result()
+        self._submit()
+        return batch
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
