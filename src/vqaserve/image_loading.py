@@ -113,8 +113,7 @@ class PictureLoader:
         data = await imgs.read_ref(ref, self.settings, fetcher) if ref.kind == "url" else None
         key = None
         if len(data if data is not None else ref.payload) <= HASH_ON_LOOP_BYTES:
-            key = self._key(ref, data, budget)
-            found = self.memo.get(key, ref.name) if key is not None else None
+            key, found = self._remembered(ref, data, budget)
             if found is not None:
                 part.image, part.image_ref = found, None
                 return
@@ -122,17 +121,18 @@ class PictureLoader:
         part.image = await loop.run_in_executor(self.pool, self._decode, ref, data, key, budget)
         part.image_ref = None
 
-    def _key(self, ref: ImageRef, data: bytes | None, budget: tuple[int, int, int]) -> bytes | None:
-        # What the client sent, before any decoding: fetched bytes, an upload, a data URI's text.
-        # Never a local path: the file behind it may change.
+    def _remembered(self, ref: ImageRef, data: bytes | None,
+                    budget: tuple[int, int, int]) -> tuple[bytes | None, NormalizedImage | None]:
+        """The memo key of what the client sent (fetched bytes, an upload, a data URI's text; never a
+        local path, whose file may change) and the picture remembered under it, if any."""
         source = data if data is not None else ref.payload if ref.kind in ("bytes", "data") else None
-        return None if source is None else self.memo.key(source, *budget)
+        key = None if source is None else self.memo.key(source, *budget)
+        return key, (self.memo.get(key, ref.name) if key is not None else None)
 
     def _decode(self, ref: ImageRef, data: bytes | None, key: bytes | None,
                 budget: tuple[int, int, int]) -> NormalizedImage:
         if key is None:  # a large input: hashed here, off the loop
-            key = self._key(ref, data, budget)
-            found = self.memo.get(key, ref.name) if key is not None else None
+            key, found = self._remembered(ref, data, budget)
             if found is not None:
                 return found
         if data is None:
