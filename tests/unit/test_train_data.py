@@ -79,6 +79,18 @@ def test_synthetic_mix_parsing() -> None:
         parse_mix("train:lots")
 
 
+@pytest.mark.parametrize(("flag", "value"), [("steps", 0), ("batch_size", 0), ("vision_lr_scale", 0.0),
+                                             ("mask_curriculum_steps", -1)])
+def test_bad_training_flags_stop_before_anything_is_built(tmp_path: Path, flag: str, value: float) -> None:
+    from vqaserve.train.trainer import TrainConfig, train
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(out=str(out), recipe="tiny", synthetic="train:1.0", **{flag: value})
+    with pytest.raises(ConfigError, match="--" + flag.replace("_", "-")):
+        train(cfg)
+    assert not out.exists()  # no half-made output directory is left behind
+
+
 @pytest.mark.parametrize(("got", "gold", "ok"), [
     ("Red", "red", True), (" red. ", "red", True), ("红色。", "红色", True), ("2件", "2件", True),
     ("a red striped t-shirt.", "a red striped t-shirt", True), ("red shirt", "red", False),

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget-min", type=float, help="anneal and stop within this many minutes")
     p.add_argument("--mask-curriculum-steps", type=int,
                    help="blend synthetic pictures from white-on-black silhouettes to real over this many "
-                        "steps, asking only category/count on them (default 0: off)")
+                        "steps, asking only category/count on them (default 0: off; the shop-toy recipe: 450)")
     p.add_argument("--seed", type=int)
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
     p.add_argument("--lora-r", type=int, default=8)

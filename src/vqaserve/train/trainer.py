@@ -162,6 +162,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
 
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ConfigError("--steps and --batch-size must be at least 1")
+    if cfg.vision_lr_scale <= 0:
+        raise ConfigError("--vision-lr-scale must be > 0")
+    if cfg.mask_curriculum_steps < 0:
+        raise ConfigError("--mask-curriculum-steps must be >= 0 (0 turns the curriculum off)")
     records = [r for path in cfg.data for r in load_jsonl(path, cfg.skip_bad_lines, warn=log)]
     mix = parse_mix(cfg.synthetic)
     if not records and not mix:
@@ -181,10 +185,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in trainable)
     log(f"parameters: {n_total:,} total, {n_train:,} trainable ({100 * n_train / n_total:.2f}%)")
-    if cfg.vision_lr_scale <= 0:
-        raise ConfigError("--vision-lr-scale must be > 0")
-    if cfg.mask_curriculum_steps < 0:
-        raise ConfigError("--mask-curriculum-steps must be >= 0 (0 turns the curriculum off)")
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.98))
     ckpt_dir = out / "checkpoint"
     start_step, elapsed_before = 0, 0.0
