@@ -35,7 +35,7 @@ class BatchMaker:
         self.batch_size, self.max_turns, self.seed = batch_size, max_turns, seed
         self.mask_curriculum_steps = mask_curriculum_steps
 
-    def item(self, index: int) -> dict[str, Any]:
+    def item(self, index: int, n_turns: int | None = None) -> dict[str, Any]:
         from vqaserve.train.data import read_image_bytes, synthetic_conversation
 
         rng = random.Random(f"item:{self.seed}:{index}")
@@ -45,12 +45,17 @@ class BatchMaker:
             rec = self.records[rng.randrange(len(self.records))]
             return self.encoder.encode(read_image_bytes(rec.image), ((rec.question, rec.answer),), rec.where)
         conv = synthetic_conversation(source, self.seed, index, self.max_turns,
-                                      mask_share=mask_share(index // self.batch_size, self.mask_curriculum_steps))
+                                      mask_share=mask_share(index // self.batch_size, self.mask_curriculum_steps),
+                                      n_turns=n_turns)
         return self.encoder.encode(conv.image, conv.turns)
 
     def batch(self, number: int) -> dict[str, Any]:
+        """One question count for the whole batch (drawn per batch, 1..max_turns, so the mix over a
+        run is unchanged): rows then differ only by picture and wording, and right padding, which the
+        decoder computes like real tokens, falls from about a third of the batch to a tenth."""
         start = number * self.batch_size
-        return self.encoder.collate([self.item(i) for i in range(start, start + self.batch_size)])
+        n_turns = random.Random(f"turns:{self.seed}:{number}").randint(1, max(1, self.max_turns))
+        return self.encoder.collate([self.item(i, n_turns) for i in range(start, start + self.batch_size)])
 
 
 _WORKER: BatchMaker | None = None

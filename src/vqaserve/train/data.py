@@ -123,13 +123,15 @@ SHAPE_TYPES = ("category", "count")
 
 
 def synthetic_conversation(split: str, seed: int, index: int, max_turns: int = 3,
-                           balance_occasions: float = 0.3, mask_share: float = 0.0) -> Conversation:
+                           balance_occasions: float = 0.3, mask_share: float = 0.0,
+                           n_turns: int | None = None) -> Conversation:
     """One picture and 1..max_turns questions of distinct types, a pure function of its arguments.
 
     Several questions share one picture so the vision encoder's work is paid once; because attention
     is causal, the first turn is exactly a single-question sample, which is what serving sees.
     `mask_share` > 0 blends the picture towards its silhouettes (the mask curriculum) and asks only
-    shape questions, whose answers the blend does not change.
+    shape questions, whose answers the blend does not change. `n_turns` (capped at the number of
+    types allowed) fixes the question count instead of drawing 1..max_turns.
     """
     from vqaserve.train import synthetic as syn
 
@@ -137,7 +139,8 @@ def synthetic_conversation(split: str, seed: int, index: int, max_turns: int = 3
     spec = syn.sample_spec(split, rng, balance_occasions if split == "train" else 0.0)
     image = syn.render(spec, rng, mask_share)
     types = [t for t in TYPE_WEIGHTS if mask_share <= 0 or t in SHAPE_TYPES]
-    n_turns = rng.randint(1, min(max_turns, len(types)))
+    drawn = rng.randint(1, min(max_turns, len(types)))  # drawn either way: the stream stays the same
+    n_turns = drawn if n_turns is None else max(1, min(n_turns, len(types)))
     chosen: list[str] = []
     while len(chosen) < n_turns:
         t = rng.choices(types, weights=[TYPE_WEIGHTS[x] for x in types])[0]

@@ -1,0 +1,50 @@
+"""The training stream: one question count per batch (less padding), same mix, same batch for a number."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from tiny_vlm import TINY_MAX_PIXELS, TINY_MIN_PIXELS
+
+
+def _maker(model_dir: Path, max_turns: int = 4, curriculum: int = 0):  # type: ignore[no-untyped-def]
+    from vqaserve.train.batches import BatchMaker
+
+    return BatchMaker(str(model_dir), (TINY_MIN_PIXELS, TINY_MAX_PIXELS), [], [("train", 1.0)], 1.0,
+                      batch_size=8, max_turns=max_turns, seed=0, mask_curriculum_steps=curriculum)
+
+
+def _turns_per_row(batch, start_id: int) -> list[int]:  # type: ignore[no-untyped-def]
+    # Each turn opens a user and an assistant message with <|im_start|>.
+    return [int((row == start_id).sum()) // 2 for row in batch["input_ids"]]
+
+
+def test_every_row_of_a_batch_asks_the_same_number_of_questions(tiny_model_dir: Path) -> None:
+    maker = _maker(tiny_model_dir)
+    start_id = maker.encoder.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    counts: Counter[int] = Counter()
+    fills = []
+    for number in range(24):
+        batch = maker.batch(number)
+        turns = _turns_per_row(batch, start_id)
+        assert len(set(turns)) == 1, f"batch {number} mixes question counts: {turns}"
+        counts[turns[0]] += 1
+        fills.append(float(batch["attention_mask"].float().mean()))
+    assert set(counts) == {1, 2, 3, 4}  # the run still sees every count, drawn per batch
+    assert sum(fills) / len(fills) > 0.8  # padding is what this exists to cut (was ~1/3 of a batch)
+
+
+def test_a_batch_is_a_pure_function_of_its_number(tiny_model_dir: Path) -> None:
+    import torch
+
+    first, again = _maker(tiny_model_dir).batch(5), _maker(tiny_model_dir).batch(5)
+    for key in ("input_ids", "labels", "pixel_values", "image_grid_thw"):
+        assert torch.equal(first[key], again[key]), key
+
+
+def test_curriculum_batches_cap_the_count_at_the_shape_questions(tiny_model_dir: Path) -> None:
+    maker = _maker(tiny_model_dir, curriculum=100)
+    start_id = maker.encoder.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    seen = {n for number in range(12) for n in _turns_per_row(maker.batch(number), start_id)}
+    assert seen <= {1, 2} and 2 in seen  # only category and count are asked about a silhouette
