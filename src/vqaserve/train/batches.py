@@ -51,8 +51,9 @@ class BatchMaker:
 
     def batch(self, number: int) -> dict[str, Any]:
         """One question count for the whole batch (drawn per batch, 1..max_turns, so the mix over a
-        run is unchanged): rows then differ only by picture and wording, and right padding, which the
-        decoder computes like real tokens, falls from about a third of the batch to a tenth."""
+        run is unchanged): synthetic rows then differ only by picture and wording, and right padding,
+        which the decoder computes like real tokens, falls from about a third of the batch to a tenth.
+        Rows from DATA.jsonl hold one question each whatever the count."""
         start = number * self.batch_size
         n_turns = random.Random(f"turns:{self.seed}:{number}").randint(1, max(1, self.max_turns))
         return self.encoder.collate([self.item(i, n_turns) for i in range(start, start + self.batch_size)])

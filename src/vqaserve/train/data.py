@@ -139,7 +139,9 @@ def synthetic_conversation(split: str, seed: int, index: int, max_turns: int = 3
     spec = syn.sample_spec(split, rng, balance_occasions if split == "train" else 0.0)
     image = syn.render(spec, rng, mask_share)
     types = [t for t in TYPE_WEIGHTS if mask_share <= 0 or t in SHAPE_TYPES]
-    drawn = rng.randint(1, min(max_turns, len(types)))  # drawn either way: the stream stays the same
+    # Drawn even when `n_turns` is given, so the types, language and wording drawn next (and so the
+    # bundled model's training stream) are the same whichever way the count is chosen.
+    drawn = rng.randint(1, min(max_turns, len(types)))
     n_turns = drawn if n_turns is None else max(1, min(n_turns, len(types)))
     chosen: list[str] = []
     while len(chosen) < n_turns:
