@@ -48,3 +48,32 @@ def test_curriculum_batches_cap_the_count_at_the_shape_questions(tiny_model_dir:
     start_id = maker.encoder.tokenizer.convert_tokens_to_ids("<|im_start|>")
     seen = {n for number in range(12) for n in _turns_per_row(maker.batch(number), start_id)}
     assert seen <= {1, 2} and 2 in seen  # only category and count are asked about a silhouette
+
+
+def test_conversations_composed_from_cached_turns_are_the_templates_own_tokens(tiny_model_dir: Path) -> None:
+    from vqaserve.train.data import _compute_segments, synthetic_conversation
+
+    encoder = _maker(tiny_model_dir).encoder
+    for index in range(300):  # well past the first conversations of each length, which are checked
+        turns = synthetic_conversation("train", 3, index, max_turns=4).turns
+        assert encoder.segments(turns) == _compute_segments(encoder, turns), turns
+    assert encoder._composable
+    assert len(encoder._turns) < 300 * 2.5  # turns repeat across conversations: that is the saving
+
+
+def test_a_template_that_renders_turns_in_context_turns_composition_off(tiny_model_dir: Path) -> None:
+    from vqaserve.train.data import _compute_segments
+
+    encoder = _maker(tiny_model_dir).encoder
+    template = encoder.processor.apply_chat_template
+
+    def numbered(messages, **kwargs):  # type: ignore[no-untyped-def]
+        # Numbers the user turns: still prefix-stable, but a turn's text depends on its place.
+        parts = template(messages, **kwargs).split("<|im_start|>user")
+        return parts[0] + "".join(f"<|im_start|>user {n}{part}" for n, part in enumerate(parts[1:], 1))
+
+    encoder.processor.apply_chat_template = numbered
+    turns = (("What color is it?", "red"), ("这是什么商品？", "T恤"), ("Is it red?", "yes"))
+    got = encoder.segments(turns)
+    assert not encoder._composable
+    assert got == _compute_segments(encoder, turns)

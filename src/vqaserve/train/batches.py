@@ -3,6 +3,7 @@ stream), prepared ahead in a background process while the model trains on the cu
 
 from __future__ import annotations
 
+import os
 import random
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
@@ -67,6 +68,11 @@ def _worker_init(*args: Any) -> None:
     import torch
 
     torch.set_num_threads(1)
+    if hasattr(os, "nice"):
+        # The trainer's threads come first; this process fills the gaps they leave (on 2 cores,
+        # 6-8% more steps than at equal priority). It is never starved for long: the trainer
+        # waits for its batches.
+        os.nice(19)
     _WORKER = BatchMaker(*args)
 
 
