@@ -79,9 +79,15 @@ def test_lora_new_words_train_their_embedding_rows_only(trained: tr.TrainResult,
     import torch
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
+    from vqaserve.train.synthetic import answers
+
     tokenizer = AutoTokenizer.from_pretrained(trained.out)
-    ids = tr._token_ids(tokenizer, "sunglasses,太阳镜")
+    ids = tr._token_ids(tokenizer, "sunglasses,太阳镜", answers("adapter"))
     assert ids and set(tokenizer.encode("太阳镜", add_special_tokens=False)) <= set(ids)
+    # As the answers spell it: BPE merges the word with its neighbours in Chinese descriptions.
+    description = tokenizer.encode("一件红色条纹太阳镜", add_special_tokens=False)
+    assert description[-1] in ids and tokenizer.decode(description[-1:]).endswith("太阳镜")
+    assert description[0] not in ids  # "一件" is no part of the new word
     base = AutoModelForImageTextToText.from_pretrained(trained.out, dtype=torch.float32)
     embed_before = base.get_input_embeddings().weight.clone()
     result = train(_cfg(tmp_path / "adapter", model=trained.out, lora=True, steps=4, lr=1e-2,

@@ -173,3 +173,12 @@ def test_pictures_are_the_same_every_time_for_a_seed() -> None:
     # Every background kind, the noise one included (it once drew from C's rand()).
     for index in range(30):
         assert syn.make_sample("test", 1, index).image.tobytes() == syn.make_sample("test", 1, index).image.tobytes()
+
+
+def test_answers_of_a_split_cover_its_words_in_both_languages_without_drawing() -> None:
+    adapter = syn.answers("adapter", n=40)
+    assert len(adapter) == 40 * len(syn.QUESTION_TYPES) * len(syn.LANGS)
+    assert "sunglasses" in adapter and "太阳镜" in adapter
+    assert any(a.startswith("一件") and a.endswith("太阳镜") for a in adapter)  # zh descriptions
+    assert syn.answers("adapter", n=40) == adapter  # seeded
+    assert not any("太阳镜" in a or "sunglasses" in a for a in syn.answers("train", n=40))

@@ -27,8 +27,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "min_pixels": 128 * 128,
         "max_pixels": 160 * 160,
         "train": {
-            # The time budget is what ends the bundled run (3,805 steps in 56 min on the 2-core CPU,
-            # run 10); `steps` only caps a faster machine. The first 450 steps blend silhouettes into
+            # The time budget is what ends the bundled run (5,133 steps in 56 min on the 2-core CPU,
+            # run 11); `steps` only caps a faster machine. The first 450 steps blend silhouettes into
             # pictures (docs/eval.md, run 5): category 18.9% -> 47.5%, count 52.4% -> 81.1%.
             "synthetic": "train:1.0", "steps": 6000, "batch_size": 32, "lr": 1e-3, "warmup": 60,
             "vision_lr_scale": 0.5, "mask_curriculum_steps": 450,

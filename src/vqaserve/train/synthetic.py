@@ -338,6 +338,15 @@ def png_bytes(image: Image.Image, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
+def answers(split: str, n: int = 300, seed: int = 0) -> list[str]:
+    """The answers to every question type in both languages about `n` random specs of a split, with
+    no pictures drawn: the words a model trained on the split must be able to say."""
+    rng = random.Random(f"answers:{split}:{seed}")
+    specs = [sample_spec(split, rng) for _ in range(n)]
+    return [make_question(spec, qtype, lang, rng)[1] for spec in specs
+            for qtype in QUESTION_TYPES for lang in LANGS]
+
+
 def iter_samples(split: str, n: int, seed: int) -> Iterator[Sample]:
     for index in range(n):
         yield make_sample(split, seed, index)
