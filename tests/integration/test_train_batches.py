@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from tiny_vlm import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 
 
@@ -58,7 +59,27 @@ def test_conversations_composed_from_cached_turns_are_the_templates_own_tokens(t
         turns = synthetic_conversation("train", 3, index, max_turns=4).turns
         assert encoder.segments(turns) == _compute_segments(encoder, turns), turns
     assert encoder._composable
-    assert len(encoder._turns) < 300 * 2.5  # turns repeat across conversations: that is the saving
+
+
+def test_the_template_is_rendered_per_distinct_turn_not_per_conversation(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from itertools import permutations
+
+    from vqaserve.train import data
+
+    renders = []
+    real = data._compute_segments
+    monkeypatch.setattr(data, "_compute_segments", lambda enc, turns: renders.append(turns) or real(enc, turns))
+    encoder = _maker(tiny_model_dir).encoder
+    asked = [("What color is it?", "red"), ("这是什么商品？", "T恤"), ("Is it red?", "yes"),
+             ("How many items are there?", "2"), ("What pattern does it have?", "plain"),
+             ("适合什么场合？", "休闲")]
+    conversations = list(permutations(asked, 3))  # 120 distinct conversations of 6 distinct turns
+    for turns in conversations:
+        encoder.segments(turns)
+    # At most each turn as a first and as a later turn, the fixed opening, and the 16 whole-conversation
+    # checks of this length: a cache keyed by conversation would render the template 120 times.
+    assert len(renders) <= 2 * len(asked) + 1 + 16
 
 
 def test_a_template_that_renders_turns_in_context_turns_composition_off(tiny_model_dir: Path) -> None:

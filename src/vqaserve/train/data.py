@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +175,7 @@ class Encoder:
         # repeated (4 in 5 are new to a run), but their turns are, and rendering the chat template
         # was a third of the time it took to make a batch.
         self._turns: dict[tuple[bool, str, str], list[tuple[list[int], bool]]] = {}
-        self._checked: dict[int, int] = {}  # by question count: conversations also rendered whole
+        self._checked: Counter[int] = Counter()  # by question count: conversations also rendered whole
         self._composable = True
 
     @staticmethod
@@ -191,14 +192,14 @@ class Encoder:
     def segments(self, turns: tuple[tuple[str, str], ...]) -> list[tuple[list[int], bool]]:
         """The prompt and answer pieces of a conversation, composed from cached per-turn pieces.
 
-        Composition holds for chat templates that render each turn on its own (Qwen's do); the
-        first conversations of each length are also rendered whole and compared, and a template that differs
-        turns composition off, so the tokens are always exactly the template's."""
+        Composition holds for chat templates that render each turn on its own (Qwen's do). The
+        first conversations of each length are also rendered whole and compared, and a template
+        that differs turns composition off, so the tokens are always exactly the template's."""
         if not self._composable:
             return _compute_segments(self, turns)
         composed = [piece for i, (q, a) in enumerate(turns) for piece in self._turn(i == 0, q, a)]
-        if self._checked.get(len(turns), 0) < 16:
-            self._checked[len(turns)] = self._checked.get(len(turns), 0) + 1
+        if self._checked[len(turns)] < 16:
+            self._checked[len(turns)] += 1
             whole = _compute_segments(self, turns)
             if whole != composed:
                 self._composable = False
@@ -212,9 +213,9 @@ class Encoder:
             if first:
                 found = _compute_segments(self, ((question, answer),))
             else:  # a later turn: its pieces after those of a fixed first turn
-                opening = (("?", "?"),)
-                found = _compute_segments(self, opening + ((question, answer),))
-                found = found[len(self._turn(True, "?", "?")):]
+                opening = ("?", "?")
+                found = _compute_segments(self, (opening, (question, answer)))
+                found = found[len(self._turn(True, *opening)):]
             if len(self._turns) < 100_000:
                 self._turns[key] = found
         return found

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -180,7 +181,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     fast_patch_embed(model)
     if cfg.lora:
-        answers = [r.answer for r in records] + [a for split, _ in mix for a in synthetic_answers(split)]
+        answers = ([r.answer for r in records] + [a for split, _ in mix for a in synthetic_answers(split)]
+                   if cfg.lora_new_words else [])
         new_ids = _token_ids(processor.tokenizer, cfg.lora_new_words, answers)
         if new_ids:
             log(f"new words: training the embedding rows of {len(new_ids)} tokens")
@@ -320,7 +322,7 @@ def _token_ids(tokenizer: Any, words: str, answers: Sequence[str] = ()) -> list[
         for variant in (word, " " + word):
             ids.update(tokenizer.encode(variant, add_special_tokens=False))
     for answer in set(answers):
-        spans = [(i, i + len(w)) for w in wanted for i in _find_all(answer, w)]
+        spans = [m.span() for w in wanted for m in re.finditer(re.escape(w), answer)]
         if not spans:
             continue
         enc = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
@@ -328,14 +330,6 @@ def _token_ids(tokenizer: Any, words: str, answers: Sequence[str] = ()) -> list[
             if any(start < hi and lo < end for lo, hi in spans):
                 ids.add(tok)
     return sorted(ids)
-
-
-def _find_all(text: str, word: str) -> list[int]:
-    found, at = [], text.find(word)
-    while at >= 0:
-        found.append(at)
-        at = text.find(word, at + 1)
-    return found
 
 
 def _save_checkpoint(path: Path, model: Any, opt: Any, step: int, elapsed: float, curve: list[Any]) -> None:
