@@ -52,7 +52,7 @@ def test_bundled_model_is_complete_and_small() -> None:
     assert info["recipe"] == "shop-toy" and info["duration_s"] <= 60 * 60
 
 
-# Issue 3's targets are not reached by the committed model (53% on test, docs/eval.md): these stay
+# Issue 3's targets are not reached by the committed model (71% on test, docs/eval.md): these stay
 # as the targets, strict, so they flip to a failure the day a retrained model passes them.
 NOT_YET = pytest.mark.xfail(strict=True, reason="shop-toy is below issue 3's accuracy targets; see docs/eval.md")
 
