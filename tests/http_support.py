@@ -152,9 +152,11 @@ def random_lora_adapter(model_dir: str, out_dir: str) -> str:
 class ServeProcess:
     """`vqa serve` as a user runs it (a subprocess on a free port); its log goes to `log_path`."""
 
-    def __init__(self, log_path: Any, *args: str, ready_timeout: float = 240, **env: str) -> None:
+    def __init__(self, log_path: Any, *args: str, ready_timeout: float = 240, wait_path: str = "/ready",
+                 **env: str) -> None:
         from tests.conftest import free_port
 
+        self.wait_path = wait_path  # "/health" for a server that must start before its upstream is up
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args, self.env, self.log_path, self.ready_timeout = args, env, log_path, ready_timeout
@@ -176,7 +178,7 @@ class ServeProcess:
                 self.__exit__()
                 raise RuntimeError(f"vqa serve exited with {self.proc.returncode}; see {self.log_path}")
             try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                if httpx.get(self.url + self.wait_path, timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -62,7 +62,7 @@ class DecodedImageMemo:
         return found if found.source == name else dataclasses.replace(found, source=name)
 
     def put(self, key: bytes, image: NormalizedImage) -> None:
-        size = image.width * image.height * 3
+        size = image.memory_bytes
         with self._lock:
             self.misses += 1
             if size > self.max_bytes or key in self._items:
@@ -71,7 +71,7 @@ class DecodedImageMemo:
             self._bytes += size
             while len(self._items) > self.entries or self._bytes > self.max_bytes:
                 _, old = self._items.popitem(last=False)
-                self._bytes -= old.width * old.height * 3
+                self._bytes -= old.memory_bytes
 
     def normalize(self, data: bytes, min_pixels: int, max_pixels: int, max_image_pixels: int,
                   name: str = "image") -> NormalizedImage:

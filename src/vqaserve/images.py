@@ -159,6 +159,10 @@ def _within_body_limit(data: bytes, ref: ImageRef, settings: Settings) -> bytes:
     return data
 
 
+# Formats every model server decodes the same way we do (lossless PNG; baseline JPEG via libjpeg).
+FORWARDABLE = {"PNG": "image/png", "JPEG": "image/jpeg"}
+
+
 def _open_checked(data: bytes, max_image_pixels: int, name: str) -> Image.Image:
     """Open lazily and check format and declared size *before* any pixel is decoded."""
     if not data:
@@ -231,11 +235,14 @@ def normalize(data: bytes, min_pixels: int, max_pixels: int, max_image_pixels: i
     except Exception:
         raise InvalidImage(f"{name}: could not decode image: the data is truncated or corrupt",
                            param=name) from None
+    decoded, fmt = image, image.format
     if orientation != 1:
         image = ImageOps.exif_transpose(image) or image
     image = fit_budget(image, min_pixels, max_pixels, name, drafted=drafted)
+    # Untouched by DCT scaling, rotation, conversion and resizing: the file carries exactly these pixels.
+    encoded = (FORWARDABLE[fmt], data) if image is decoded and not drafted and fmt in FORWARDABLE else None
     return NormalizedImage(image=image, content_hash=content_hash(image), width=image.width,
-                           height=image.height, original_size=original, source=name)
+                           height=image.height, original_size=original, source=name, encoded=encoded)
 
 
 def fit_budget(image: Image.Image, min_pixels: int, max_pixels: int, name: str = "image",

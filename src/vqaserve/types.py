@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -38,6 +39,14 @@ class NormalizedImage:
     height: int
     original_size: tuple[int, int]
     source: str = "image"
+    # The client's own file, when decoding it gives exactly these pixels (already RGB, upright and
+    # inside the budget) in a format model servers read: (mime type, bytes). The gateway forwards it
+    # as it came instead of encoding the pixels again.
+    encoded: tuple[str, bytes] | None = None
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.width * self.height * 3 + (len(self.encoded[1]) if self.encoded else 0)
 
     @property
     def visual_tokens(self) -> int:
@@ -75,6 +84,35 @@ class GenerationParams:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # vLLM's sampling extensions; at their defaults they change nothing (see extensions()).
+    min_tokens: int = 0  # EOS, stop_token_ids and stop strings cannot end the answer before this
+    ignore_eos: bool = False  # the model's EOS does not stop generation (benchmarks' fixed lengths)
+    # None = the model's own default (its generation_config), as vLLM does; a sent value wins.
+    min_p: float | None = None  # sampling only: drop tokens below min_p * the top token's probability
+    repetition_penalty: float | None = None  # > 1 discourages tokens already in the prompt or answer
+    stop_token_ids: tuple[int, ...] = ()  # extra token ids that end the answer, like EOS
+    include_stop_str_in_output: bool = False  # keep the stop string (or stop token) in the text
+
+    def extensions(self) -> dict[str, object]:
+        """The vLLM extensions a client set (away from the no-op default), under vLLM's names.
+
+        One list for the upstream body, the cache key and the batch key, so a new extension
+        cannot reach one of them and be forgotten in another.
+        """
+        out: dict[str, object] = {}
+        if self.min_tokens > 0:
+            out["min_tokens"] = self.min_tokens
+        if self.ignore_eos:
+            out["ignore_eos"] = True
+        if self.min_p is not None:
+            out["min_p"] = self.min_p
+        if self.repetition_penalty is not None:
+            out["repetition_penalty"] = self.repetition_penalty
+        if self.stop_token_ids:
+            out["stop_token_ids"] = self.stop_token_ids
+        if self.include_stop_str_in_output:
+            out["include_stop_str_in_output"] = True
+        return out
 
     @property
     def greedy(self) -> bool:
@@ -86,10 +124,15 @@ class GenerationParams:
         return self.greedy or self.seed is not None
 
     def batch_key(self) -> tuple[object, ...]:
-        """Requests with equal keys may share one batched generate() call."""
+        """Requests with equal keys may share one batched generate() call.
+
+        The extensions are in it because an engine applies them to the whole call (logits
+        processors, the EOS ids), not per row.
+        """
+        ext = tuple(sorted(self.extensions().items()))
         if self.greedy:
-            return ("greedy",)
-        return ("sample", self.temperature, self.top_p, self.top_k, self.seed)
+            return ("greedy", *ext)
+        return ("sample", self.temperature, self.top_p, self.top_k, self.seed, *ext)
 
 
 @dataclass
@@ -135,6 +178,42 @@ class Usage:
                 "total_tokens": self.total_tokens}
 
 
+class StopSignal(threading.Event):
+    """A threading.Event (generation threads check it) that coroutines can also await without polling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters_lock = threading.Lock()
+
+    def set(self) -> None:
+        super().set()
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, future)
+
+    async def wait_set(self) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._waiters_lock:
+            if self.is_set():
+                return
+            self._waiters.append((loop, future))
+        try:
+            await future
+        finally:
+            with self._waiters_lock:
+                if (loop, future) in self._waiters:
+                    self._waiters.remove((loop, future))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 @dataclass
 class EngineRequest:
     """What an engine sees: turns with normalized images, params, adapter; and a stop signal."""
@@ -144,7 +223,7 @@ class EngineRequest:
     adapter: str | None = None
     request_id: str = ""
     deadline: float | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: StopSignal = field(default_factory=StopSignal)
 
     @property
     def images(self) -> list[NormalizedImage]:

@@ -48,9 +48,33 @@ def test_encoder_reuses_the_encoding_of_a_photo_it_has_seen() -> None:
     image = normalized()
     first = encoder.data_uri(image)
     assert encoder.data_uri(image) is first
-    for size in ((64, 64), (96, 64), (128, 64)):
+    for size in ((70, 64), (100, 70), (130, 70)):  # not multiples of 32: resized, so encoded here
         encoder.data_uri(normalized(size))
     assert len(encoder._cache) == 2  # bounded
+
+
+def test_a_file_that_already_fits_is_forwarded_as_sent_and_decodes_to_the_same_pixels() -> None:
+    import base64
+    import io
+
+    budget = (32 * 32, 64 * 32 * 32, 10**8)
+    for fmt, save in (("PNG", {}), ("JPEG", {"quality": 90})):
+        sent = image_bytes((128, 96), fmt=fmt, **save)  # multiples of 32, inside the budget
+        image = imgs.normalize(sent, *budget)
+        uri = ImageEncoder().data_uri(image)
+        assert uri == f"data:image/{fmt.lower()};base64," + base64.b64encode(sent).decode()
+        received = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")
+        assert imgs.content_hash(received) == image.content_hash  # what vLLM decodes is what we hashed
+    assert imgs.normalize(image_bytes((130, 96)), *budget).encoded is None  # resized
+    rgba = Image.new("RGBA", (128, 96), (10, 20, 30, 128))
+    buf = io.BytesIO()
+    rgba.save(buf, format="PNG")
+    assert imgs.normalize(buf.getvalue(), *budget).encoded is None  # composited on white
+    assert imgs.normalize(image_bytes((128, 96), fmt="WEBP"), *budget).encoded is None  # not forwarded
+    big_jpeg = image_bytes((1024, 768), fmt="JPEG", quality=90)  # DCT-scaled while decoding
+    assert imgs.normalize(big_jpeg, *budget).encoded is None
+    png = imgs.normalize(image_bytes((128, 96)), *budget)
+    assert ImageEncoder("jpeg").data_uri(png).startswith("data:image/jpeg;")  # a forced format wins
 
 
 def test_forced_jpeg_and_photo_detection() -> None:

@@ -57,6 +57,10 @@ class CacheKeyBuilder:
         field("stop", len(p.stop))
         for s in p.stop:
             field("s", s)
+        # Only extensions away from their no-op default enter, so every key made before they
+        # existed (all defaults) is unchanged and the cache survives the upgrade.
+        for name, value in sorted(p.extensions().items()):
+            field(name, repr(value))
         field("turns", len(question.turns))
         for turn in question.turns:
             field("role", turn.role)

@@ -68,29 +68,72 @@ def split_groups(batch: Sequence[EngineRequest]) -> list[list[int]]:
 
 
 def generation_kwargs(base_config: Any, params: GenerationParams, max_new_tokens: int) -> Any:
-    """A GenerationConfig from the model's own (eos, pad) with our sampling settings on top."""
+    """A GenerationConfig from the model's own (eos, pad) with our sampling settings on top.
+
+    generate() refills every None from the model's generation_config, so "off" must be spelled as
+    a value (eos_token_id=[]), and None means "the model's default" (min_p, repetition_penalty
+    when the client sent none, as vLLM does).
+    """
     import copy
 
     config = copy.deepcopy(base_config)
     config.max_new_tokens = max_new_tokens
     config.max_length = None
-    config.min_new_tokens = None
+    config.min_new_tokens = params.min_tokens or None  # suppresses every id in eos_token_id below
     config.num_beams = 1
+    if params.repetition_penalty is not None:
+        config.repetition_penalty = params.repetition_penalty
     if params.greedy:
         config.do_sample = False
-        config.temperature, config.top_p, config.top_k = None, None, None
+        config.temperature, config.top_p, config.top_k, config.min_p = None, None, None, None
     else:
         config.do_sample = True
         config.temperature = params.temperature
         config.top_p = params.top_p if 0.0 < params.top_p < 1.0 else None
         config.top_k = params.top_k if params.top_k > 0 else None
+        if params.min_p is not None:
+            config.min_p = params.min_p  # 0.0, not None: a sent 0 turns off the model's default min_p
+    config.eos_token_id = stop_ids(base_config.eos_token_id, params)
     return config
 
 
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """Text up to the earliest stop string (excluded) and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+def stop_ids(model_eos: int | list[int] | None, params: GenerationParams) -> list[int]:
+    """The token ids that end a row: the model's EOS (unless ignore_eos) and stop_token_ids."""
+    eos = [] if params.ignore_eos or model_eos is None else (
+        list(model_eos) if isinstance(model_eos, list) else [model_eos])
+    return eos + [i for i in params.stop_token_ids if i not in eos]
+
+
+def cut_at_stop(text: str, stops: Sequence[str], start: int = 0,
+                keep: bool = False) -> tuple[str, bool]:
+    """Text up to the earliest stop string (kept when `keep`) and whether one was found.
+
+    Only a stop string that ends after `start` counts: one inside the first min_tokens tokens'
+    text does not end the answer (vLLM's rule).
+    """
+    found: tuple[int, str] | None = None
+    for stop in stops:
+        i = text.find(stop, max(0, start - len(stop) + 1)) if stop else -1
+        if i >= 0 and (found is None or i < found[0]):
+            found = (i, stop)
+    if found is None:
+        return text, False
+    i, stop = found
+    return text[:i + len(stop) if keep else i], True
+
+
+def finish_text(decode: Any, ids: list[int], row: RowState) -> tuple[str, FinishReason]:
+    """A finished row's answer text and finish reason.
+
+    Like vLLM: the text of a stop_token_id that ended the row is left out, and a stop string is
+    cut off, unless include_stop_str_in_output.
+    """
+    params = row.request.params
+    keep = params.include_stop_str_in_output
+    if row.reason == "stop" and ids and ids[-1] in params.stop_token_ids and not keep:
+        ids = ids[:-1]
+    text, hit_stop = cut_at_stop(decode(ids), params.stop, row.min_chars, keep)
+    return text, "stop" if hit_stop else (row.reason or "length")
 
 
 @dataclass
@@ -101,6 +144,7 @@ class RowState:
     done_at: int | None = None  # number of generated tokens when the row finished
     reason: FinishReason | None = None
     cancelled: bool = False
+    min_chars: int = 0  # length of the first min_tokens tokens' text; stop strings count after it
 
 
 @dataclass
@@ -127,8 +171,12 @@ class RowStopper:
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     def _check(self, row: RowState, new_ids: Any, generated: int) -> None:
-        stopped = int(new_ids[-1]) in self.eos_ids or (
-            bool(row.stops) and cut_at_stop(self.decode(new_ids.tolist()), row.stops)[1])
+        min_tokens = row.request.params.min_tokens
+        if row.stops and min_tokens and generated == min_tokens:
+            row.min_chars = len(self.decode(new_ids.tolist()))
+        # Before min_tokens only the length or a cancel ends a row (EOS is suppressed anyway).
+        stopped = generated >= min_tokens and (int(new_ids[-1]) in self.eos_ids or (
+            bool(row.stops) and cut_at_stop(self.decode(new_ids.tolist()), row.stops, row.min_chars)[1]))
         if stopped:
             row.done_at, row.reason = generated, "stop"
         elif generated >= row.max_new_tokens:

@@ -25,6 +25,7 @@ from vqaserve.engines.hf_generation import (
     RowState,
     RowStopper,
     cut_at_stop,
+    finish_text,
     generation_kwargs,
     split_groups,
     to_messages,
@@ -322,9 +323,8 @@ class TransformersEngine(Engine):
         self._record(row.request.request_id, len(ids))
         if row.cancelled:
             return self._stopped_error(row.request)
-        text = self._processor.tokenizer.decode(ids, skip_special_tokens=True)
-        text, hit_stop = cut_at_stop(text, row.request.params.stop)
-        reason = "stop" if hit_stop else (row.reason or "length")
+        text, reason = finish_text(lambda t: self._processor.tokenizer.decode(t, skip_special_tokens=True),
+                                   ids, row)
         return EngineResult(text=text, finish_reason=reason,
                             usage=Usage(prompt_tokens=int(attention.sum()), completion_tokens=len(ids)))
 
@@ -370,7 +370,9 @@ class TransformersEngine(Engine):
 
     def _stream_worker(self, request: EngineRequest,
                        push: Callable[[Any], None]) -> list[EngineResult | VQAError]:
-        streamer = _PushStreamer(self._processor.tokenizer, push)
+        params = request.params  # a stop token's text is left out of the answer, so out of the stream too
+        drop = frozenset(() if params.include_stop_str_in_output else params.stop_token_ids)
+        streamer = _PushStreamer(self._processor.tokenizer, push, drop)
         try:
             return self._run_isolated_stream(request, streamer)
         finally:
@@ -391,9 +393,14 @@ def _push_streamer_class() -> type:
     class PushStreamer(TextStreamer):
         """TextStreamer that hands finished text pieces to the event loop instead of printing."""
 
-        def __init__(self, tokenizer: Any, push: Callable[[Any], None]) -> None:
+        def __init__(self, tokenizer: Any, push: Callable[[Any], None], drop: frozenset[int]) -> None:
             super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self._push = push
+            self._push, self._drop = push, drop
+
+        def put(self, value: Any) -> None:
+            if self._drop and not self.next_tokens_are_prompt and int(value.reshape(-1)[-1]) in self._drop:
+                return  # a stop_token_id: it ends the row and is not part of the answer
+            super().put(value)
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
             if text:
@@ -406,9 +413,10 @@ _lock = threading.Lock()
 _cls: type | None = None
 
 
-def _PushStreamer(tokenizer: Any, push: Callable[[Any], None]) -> Any:  # noqa: N802 - acts as a class
+def _PushStreamer(tokenizer: Any, push: Callable[[Any], None],  # noqa: N802 - acts as a class
+                  drop: frozenset[int] = frozenset()) -> Any:
     global _cls
     with _lock:
         if _cls is None:
             _cls = _push_streamer_class()
-    return _cls(tokenizer, push)
+    return _cls(tokenizer, push, drop)

@@ -15,6 +15,7 @@ how vLLM learns to abort the generation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -41,9 +42,9 @@ from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
 
 log = logging.getLogger("vqaserve.upstream")
 
-STOP_POLL_S = 0.05  # how often an in-flight request checks its stop signal
 PROBE_INTERVAL_S = 1.0  # /ready probes of the upstream are cached this long (load balancers poll often)
 MAX_BACKOFF_S = 2.0
+DISCOVERY_MAX_DELAY_S = 5.0  # background retries of a model server that was not up at start-up
 
 
 def api_base(url: str) -> str:
@@ -84,6 +85,8 @@ class UpstreamEngine(Engine):
         self._client: httpx.AsyncClient | None = None
         self._discover_lock = asyncio.Lock()
         self._probe: tuple[float, bool] = (-1e9, False)
+        self._discovery: asyncio.Task[None] | None = None
+        self._waiting_reason: str | None = None  # set while the model server has not been reached yet
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def _http(self) -> httpx.AsyncClient:
@@ -98,16 +101,38 @@ class UpstreamEngine(Engine):
         return self._client
 
     async def start(self) -> None:
-        """Learn the model name (and context length) from /v1/models; unreachable is fatal only if the
-        name is unknown, so replicas may start before the model server does."""
+        """Learn the model name (and context length) from /v1/models. A model server that is not up
+        yet is not fatal: vLLM takes minutes to load a real model, and start order must not matter.
+        The gateway serves /health at once, /ready says 503 with the reason, and discovery retries in
+        the background until the model server answers."""
         try:
             await self._discover()
-        except VQAError:
-            if self.model_name is None:
-                raise
-            log.warning("model server not reachable at start-up; serving %s when it is", self.model_name)
+        except VQAError as exc:
+            self._waiting_reason = exc.message
+            log.warning("model server not ready at start-up (%s); retrying in the background", exc.message)
+            self._discovery = asyncio.create_task(self._discover_until_up(), name="upstream-discovery")
+
+    async def _discover_until_up(self) -> None:
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._discover()
+            except VQAError as exc:
+                self._waiting_reason = exc.message
+                delay = min(delay * 2, DISCOVERY_MAX_DELAY_S)
+                continue
+            self._waiting_reason = None
+            self.breaker.record_success()
+            log.info("model server is up: serving %s", self.model_name)
+            return
 
     async def close(self) -> None:
+        if self._discovery is not None:
+            self._discovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._discovery
+            self._discovery = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -124,9 +149,12 @@ class UpstreamEngine(Engine):
         if now - self._probe[0] >= PROBE_INTERVAL_S and self.breaker.state != "open":
             self._probe = (now, await self._probe_once())
         reachable = self._probe[1] and self.breaker.state != "open"  # open: the last calls failed
-        ok = reachable
-        return {"ok": ok, "engine": "upstream", "upstream_reachable": reachable,
-                "model": self.model_name, "breaker": self.breaker.snapshot()}
+        state: dict[str, object] = {"ok": reachable and self.model_name is not None, "engine": "upstream",
+                                    "upstream_reachable": reachable, "model": self.model_name,
+                                    "breaker": self.breaker.snapshot()}
+        if self._waiting_reason is not None:
+            state["reason"] = f"waiting for the model server: {self._waiting_reason}"
+        return state
 
     async def _probe_once(self) -> bool:
         if not self.breaker.allow():
@@ -257,27 +285,29 @@ class UpstreamEngine(Engine):
         return EngineResult(text=text, finish_reason=finish_reason(choice.get("finish_reason")), usage=usage)
 
     async def _one(self, request: EngineRequest) -> EngineResult | VQAError:
-        """One request, watched: its stop signal cancels the upstream call (closing the connection)."""
-        task = asyncio.ensure_future(self._complete(request))
+        """One request, watched without polling: its stop signal, a client that leaves or a deadline
+        (the gate's wait_for) cancels the upstream call, which closes the connection, and that is how
+        vLLM learns to abort. The HTTP timeout is already capped at the deadline."""
+        call = asyncio.ensure_future(self._complete(request))
+        stop = asyncio.ensure_future(request.cancel.wait_set())
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=STOP_POLL_S)
-                if done:
-                    return task.result()
-                if request.should_stop():
-                    task.cancel()
-                    self.breaker.release()
-                    if request.deadline is not None and time.monotonic() > request.deadline:
-                        return DeadlineExceeded("the answer took longer than the request deadline")
-                    return EngineFailure("generation stopped")
+            await asyncio.wait({call, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if call.done():
+                return call.result()
+            call.cancel()
+            self.breaker.release()  # no verdict on the upstream: free a half-open probe slot
+            if request.deadline is not None and time.monotonic() > request.deadline:
+                return DeadlineExceeded("the answer took longer than the request deadline")
+            return EngineFailure("generation stopped")
         except VQAError as exc:
             return exc
         except Exception:  # noqa: BLE001 - one request's surprise must not fail its batch
             log.exception("upstream request failed unexpectedly")
             return EngineFailure("the model server request failed; retry")
         finally:
-            if not task.done():  # we were cancelled ourselves (client gone): close the upstream call
-                task.cancel()
+            stop.cancel()
+            if not call.done():  # we were cancelled ourselves (client gone): close the upstream call
+                call.cancel()
                 self.breaker.release()
 
     async def generate(self, batch: Sequence[EngineRequest]) -> list[EngineResult | VQAError]:
@@ -318,7 +348,11 @@ class UpstreamEngine(Engine):
         done = False
         async for line in resp.aiter_lines():
             if request.should_stop():
-                return
+                # Never a silent end: the client would read a cut answer as a complete one.
+                if request.deadline is not None and time.monotonic() > request.deadline:
+                    raise DeadlineExceeded("the answer took longer than the request deadline; retry, or "
+                                           "raise VQA_REQUEST_TIMEOUT_S")
+                raise EngineFailure("generation stopped")
             chunk = parse_sse_line(line)
             if chunk is None:
                 continue

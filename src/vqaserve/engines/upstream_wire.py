@@ -64,6 +64,10 @@ class ImageEncoder:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
+        if image.encoded is not None and self.fmt in ("auto", image.encoded[0].removeprefix("image/")):
+            # The client's file already carries exactly these pixels: no encoding, no cache entry.
+            mime, data = image.encoded
+            return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
         fmt = self.choose_format(image)
         buf = io.BytesIO()
         if fmt == "png":
@@ -101,7 +105,11 @@ def build_messages(request: EngineRequest, encoder: ImageEncoder, send_uuid: boo
 
 def build_body(request: EngineRequest, model: str, messages: list[dict[str, Any]],
                stream: bool) -> dict[str, Any]:
-    """Generation params -> OpenAI fields; top_k is not OpenAI's but vLLM/SGLang/LMDeploy accept it."""
+    """Generation params -> OpenAI fields; top_k is not OpenAI's but vLLM/SGLang/LMDeploy accept it.
+
+    vLLM's other extensions (min_tokens, ignore_eos, ...) go only when a client set them, so a
+    server that refuses unknown fields still gets a plain OpenAI body for ordinary requests.
+    """
     p = request.params
     body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": p.max_new_tokens,
                             "temperature": p.temperature, "top_p": p.top_p, "stream": stream}
@@ -111,6 +119,8 @@ def build_body(request: EngineRequest, model: str, messages: list[dict[str, Any]
         body["seed"] = p.seed
     if p.stop:
         body["stop"] = list(p.stop)
+    for name, value in p.extensions().items():
+        body[name] = list(value) if isinstance(value, tuple) else value
     if stream:
         body["stream_options"] = {"include_usage": True}
     return body

@@ -1,8 +1,10 @@
 """OpenAI chat-completions shapes (pydantic) and their conversion into a `types.Question`.
 
-Requests accept the fields OpenAI clients send. Fields that would hand the client control over the
-model's internals (chat templates, processor kwargs) and features this service does not have
-(n > 1, tools, logprobs, audio) are refused with a 400 that names the field.
+Requests accept the fields OpenAI clients send, and vLLM's sampling extensions that clients of a
+vLLM server send (ignore_eos, min_tokens, min_p, ...), so those clients work unchanged. Fields that
+would hand the client control over the model's internals (chat templates, processor kwargs) and
+features this service does not have (n > 1, tools, logprobs, audio, beam search) are refused with a
+400 that names the field.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from vqaserve.types import Answer, GenerationParams, ImageRef, Part, Question, T
 IGNORED_FIELDS = {"frequency_penalty", "presence_penalty", "logit_bias", "user", "metadata", "store",
                   "service_tier", "parallel_tool_calls", "prediction", "reasoning_effort",
                   "top_logprobs", "web_search_options", "safety_identifier", "prompt_cache_key",
-                  "verbosity"}
+                  "verbosity",
+                  # vLLM's: length_penalty acts only in beam search (refused below);
+                  # spaces_between_special_tokens only when special tokens are kept (they never are);
+                  # the queue is first come, first served and the response id is ours.
+                  "length_penalty", "spaces_between_special_tokens", "priority", "request_id",
+                  "session_id"}
 # Fields some servers accept that would let a client reach into the prompt or preprocessing.
 REFUSED_FIELDS = {
     "chat_template": "the chat template is fixed by the model; remove chat_template",
@@ -34,7 +41,41 @@ REFUSED_FIELDS = {
     "functions": "function calling is not supported; remove functions",
     "function_call": "function calling is not supported; remove function_call",
     "audio": "audio output is not supported; remove audio",
+    "media_io_kwargs": "image loading is fixed by the server; remove media_io_kwargs",
 }
+# vLLM fields accepted at a value that changes nothing (clients that send every field with its
+# default keep working); any other value is refused, because neither engine can honour it or
+# because it would reach the prompt.
+_STRUCTURED = "structured output is not supported; remove {}"
+DEFAULT_ONLY: dict[str, tuple[tuple[object, ...], str]] = {
+    "use_beam_search": ((False,), "beam search is not supported; remove use_beam_search"),
+    "best_of": ((1,), "best_of must be 1 (one completion per request); remove best_of"),
+    "skip_special_tokens": ((True,), "special tokens are always removed from answers; remove "
+                                     "skip_special_tokens"),
+    "add_generation_prompt": ((True,), "the prompt format is fixed by the model; remove "
+                                       "add_generation_prompt"),
+    "continue_final_message": ((False,), "continuing an assistant message is not supported; end with "
+                                         "a user message and remove continue_final_message"),
+    "echo": ((False,), "echo is not supported; remove echo"),
+    "add_special_tokens": ((False,), "the prompt's special tokens are fixed by the chat template; "
+                                     "remove add_special_tokens"),
+    "documents": ((), "documents would be placed in the prompt by the chat template; put their text "
+                      "in a message and remove documents"),
+    "truncate_prompt_tokens": ((), "prompts are never truncated; shorten the conversation and remove "
+                                   "truncate_prompt_tokens"),
+    "truncation_side": ((), "prompts are never truncated; remove truncation_side"),
+    "prompt_logprobs": ((), "logprobs are not supported; remove prompt_logprobs"),
+    "allowed_token_ids": (([],), "allowed_token_ids is not supported; remove it"),
+    "bad_words": (([],), "bad_words is not supported; remove it (or use stop)"),
+    "watermarking": ((False,), "watermarking is not supported; remove watermarking"),
+    "cache_salt": ((), "cache_salt is not supported; send \"cache\": false to keep this request out "
+                       "of the shared answer cache"),
+    **{name: ((), _STRUCTURED.format(name)) for name in (
+        "structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+        "guided_decoding_backend", "guided_whitespace_pattern")},
+}
+# vLLM sets no limit; real clients send a model's few end-of-turn ids.
+MAX_STOP_TOKEN_IDS = 32
 
 
 class StreamOptions(BaseModel):
@@ -62,7 +103,14 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None  # vLLM-style extension; OpenAI clients send it via extra_body
+    # vLLM's sampling extensions; OpenAI clients send them via extra_body.
+    top_k: int | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int | None = None
@@ -84,10 +132,12 @@ def pydantic_param(exc: ValidationError) -> tuple[str, str]:
 def parse_chat_request(data: Any) -> ChatCompletionRequest:
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object", param="body")
-    for key in data:
+    for key, value in data.items():
         if key in REFUSED_FIELDS:
             raise InvalidRequest(REFUSED_FIELDS[key], param=key)
-    known = set(ChatCompletionRequest.model_fields) | IGNORED_FIELDS
+        if key in DEFAULT_ONLY and not _is_default(value, DEFAULT_ONLY[key][0]):
+            raise InvalidRequest(DEFAULT_ONLY[key][1], param=key)
+    known = set(ChatCompletionRequest.model_fields) | IGNORED_FIELDS | set(DEFAULT_ONLY)
     unknown = sorted(k for k in data if k not in known)
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0]!r}; remove it (the API documentation lists "
@@ -98,6 +148,11 @@ def parse_chat_request(data: Any) -> ChatCompletionRequest:
         param, msg = pydantic_param(exc)
         raise InvalidRequest(f"{param}: {msg}", param=param) from None
     return request
+
+
+def _is_default(value: object, accepted: tuple[object, ...]) -> bool:
+    """null, or one of `accepted` of the same type (True == 1 in Python, but not here)."""
+    return value is None or any(type(value) is type(ok) and value == ok for ok in accepted)
 
 
 # --- conversion --------------------------------------------------------------------------------
@@ -128,14 +183,42 @@ def generation_params(req: ChatCompletionRequest, settings: Settings) -> Generat
     top_p = gen.top_p if req.top_p is None else req.top_p
     if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
         raise InvalidRequest("top_p must be greater than 0 and at most 1", param="top_p")
-    top_k = gen.top_k if req.top_k is None else _check_int(req.top_k, "top_k", 0, 1000)
+    # vLLM's -1 means what our 0 means: no top-k of the client's own
+    top_k = gen.top_k if req.top_k is None else max(0, _check_int(req.top_k, "top_k", -1, 1000))
     seed = None if req.seed is None else _check_int(req.seed, "seed", -(2**63), 2**63 - 1)
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stops) > 4 or any(not s or len(s) > 200 for s in stops):
         raise InvalidRequest("stop must be up to 4 non-empty strings of at most 200 characters",
                              param="stop")
     return GenerationParams(max_new_tokens=max_new, temperature=temperature, top_p=top_p, top_k=top_k,
-                            seed=seed, stop=tuple(stops))
+                            seed=seed, stop=tuple(stops), **_extensions(req, max_new))
+
+
+def _extensions(req: ChatCompletionRequest, max_new: int) -> dict[str, Any]:
+    """vLLM's sampling extensions, checked with vLLM's ranges (tighter where vLLM allows nonsense)."""
+    out: dict[str, Any] = {}
+    if req.min_tokens is not None:
+        if not 0 <= req.min_tokens <= max_new:
+            raise InvalidRequest(f"min_tokens must be between 0 and max_tokens ({max_new}), got "
+                                 f"{req.min_tokens}; lower min_tokens or raise max_tokens", param="min_tokens")
+        out["min_tokens"] = req.min_tokens
+    if req.min_p is not None:
+        if not (math.isfinite(req.min_p) and 0.0 <= req.min_p <= 1.0):
+            raise InvalidRequest("min_p must be between 0 and 1 (0 = off)", param="min_p")
+        out["min_p"] = req.min_p
+    if req.repetition_penalty is not None:
+        if not (math.isfinite(req.repetition_penalty) and 0.0 < req.repetition_penalty <= 2.0):
+            raise InvalidRequest("repetition_penalty must be greater than 0 and at most 2 (1 = off)",
+                                 param="repetition_penalty")
+        out["repetition_penalty"] = req.repetition_penalty
+    ids = req.stop_token_ids or []
+    if len(ids) > MAX_STOP_TOKEN_IDS or any(not 0 <= i < 2**31 for i in ids):
+        raise InvalidRequest(f"stop_token_ids must be up to {MAX_STOP_TOKEN_IDS} token ids, each "
+                             "between 0 and 2**31-1", param="stop_token_ids")
+    out["stop_token_ids"] = tuple(dict.fromkeys(ids))  # order kept, repeats dropped
+    out["ignore_eos"] = bool(req.ignore_eos)
+    out["include_stop_str_in_output"] = bool(req.include_stop_str_in_output)
+    return out
 
 
 def image_ref(url: Any, name: str) -> ImageRef:
