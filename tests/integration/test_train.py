@@ -99,8 +99,15 @@ def test_lora_new_words_train_their_embedding_rows_only(trained: tr.TrainResult,
     assert delta.shape[0] == len(ids) and delta.abs().sum() > 0  # only those rows, and they moved
     result.model.disable_adapter_layers()
     assert torch.equal(result.model.get_input_embeddings().weight, embed_before)  # the base is untouched
+    # Saved as LoRA pairs of rank len(ids) on embed_tokens and (tied) lm_head: the form vLLM serves.
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert config["trainable_token_indices"] == {"embed_tokens": ids}
+    assert config["trainable_token_indices"] is None
+    assert config["rank_pattern"] == {"embed_tokens": len(ids), "lm_head": len(ids)}
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    one_hot = next(v for k, v in saved.items() if k.endswith("embed_tokens.lora_embedding_A"))
+    assert one_hot.nonzero()[:, 1].tolist() == ids  # row i picks token ids[i]
 
 
 def test_resume_continues_from_the_checkpoint(trained: tr.TrainResult, tmp_path: Path,

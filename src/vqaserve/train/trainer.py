@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vqaserve.errors import ConfigError
+from vqaserve.train import adapter_format
 from vqaserve.train.batches import Prefetcher
 
 
@@ -48,7 +49,8 @@ class TrainConfig:
     lora_dropout: float = 0.1
     lora_targets: str = "q_proj,v_proj"
     # Words a LoRA run must learn to *say* (e.g. a new category): their token embedding rows are
-    # trained too (PEFT trainable tokens), since q/v adapters alone cannot move an output embedding.
+    # trained too, since q/v adapters alone cannot move an output embedding. Saved as LoRA on
+    # embed_tokens and lm_head, the form vLLM serves (train/adapter_format.py).
     lora_new_words: str = ""
     checkpoint_every: int = 200
     resume: bool = False
@@ -242,7 +244,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         bar.close()
         prefetch.close()
     duration = elapsed_before + time.perf_counter() - started
-    info = {
+    info: dict[str, Any] = {
         "command": cfg.command, "mode": "lora" if cfg.lora else "full", "recipe": cfg.recipe,
         "base_model": None if cfg.recipe else cfg.model, "seed": cfg.seed, "versions": _versions(),
         "steps": step, "batch_size": cfg.batch_size, "samples_seen": step * cfg.batch_size,
@@ -258,7 +260,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     if ckpt_dir.is_dir():
         shutil.rmtree(ckpt_dir)
     log(f"trained {step} steps in {duration / 60:.1f} min, final loss {info['final_loss']}; wrote {out}")
-    return TrainResult(str(out), step, float(info["final_loss"]), duration, info, losses, model)  # type: ignore[arg-type]
+    if cfg.lora:
+        for line in info["vllm"]["findings"]:
+            log(line)
+        log(f"to serve it with vLLM: vllm serve MODEL {' '.join(info['vllm']['serve_flags'])} "
+            f"--lora-modules NAME={out}  (check: vqa adapter check {out} --for vllm)")
+    return TrainResult(str(out), step, float(info["final_loss"]), duration, info, losses, model)
 
 
 def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
@@ -296,6 +303,7 @@ def _lr(cfg: TrainConfig, step: int, progress: float) -> float:
 
 def _wrap_lora(model: Any, cfg: TrainConfig, new_token_ids: list[int]) -> Any:
     from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
 
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
     if not targets:
@@ -305,9 +313,15 @@ def _wrap_lora(model: Any, cfg: TrainConfig, new_token_ids: list[int]) -> Any:
     if missing:
         raise ConfigError(f"--lora-targets: no module named {', '.join(missing)} in this model")
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=targets, bias="none",
-                        trainable_token_indices={"embed_tokens": new_token_ids} if new_token_ids else None)
-    return get_peft_model(model, config)
+                        **adapter_format.training_lora_kwargs(targets, new_token_ids))
+    wrapped = get_peft_model(model, config)
+    lora_modules = [name.removeprefix("base_model.model.") for name, module in wrapped.named_modules()
+                    if isinstance(module, LoraLayer)]
+    problems = adapter_format.module_findings(lora_modules)
+    if problems:  # refuse before training an adapter that vLLM would refuse or half-ignore
+        raise ConfigError(f"--lora-targets: {len(problems)} module(s) vLLM cannot serve LoRA on, e.g. "
+                          f"{problems[0].field}: {problems[0].message}; fix: {problems[0].fix}")
+    return wrapped
 
 
 def _token_ids(tokenizer: Any, words: str, answers: Sequence[str] = ()) -> list[int]:
@@ -362,7 +376,11 @@ def _save_final(model: Any, processor: Any, out: Path, cfg: TrainConfig, info: d
     model.eval()
     if cfg.lora:
         model.save_pretrained(str(out))
+        adapter_format.save_for_serving(model, out)
         _record_adapter_base(out, cfg.model)
+        verdict = adapter_format.check_vllm(out)
+        info["vllm"] = {"ok": verdict.ok, "serve_flags": verdict.serve_flags(),
+                        "findings": [f.line() for f in verdict.findings if f.level == "problem"]}
     else:
         model.save_pretrained(str(out), safe_serialization=True)
         processor.save_pretrained(str(out))
