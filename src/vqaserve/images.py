@@ -15,11 +15,14 @@ import hashlib
 import io
 import math
 import re
+import struct
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from vqaserve.errors import FetchRefused, ImageTooLarge, InvalidImage, PayloadTooLarge, UnsupportedFormat
 from vqaserve.types import ImageRef, NormalizedImage
@@ -30,10 +33,16 @@ if TYPE_CHECKING:
 FACTOR = 32  # one visual token per 32x32 pixels (patch 16, merge 2)
 MAX_ASPECT = 200  # Qwen's limit; beyond it the resize would be meaningless
 # MPO is what Pillow calls a JPEG carrying extra pictures (many phone cameras write one): we use the first.
-ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF"}
+# HEIF (iPhone HEIC) is read by pillow-heif (libheif + libde265), AVIF by Pillow's own plugin (libavif +
+# dav1d); both are ISO media files, told apart by their `ftyp` brands before any decoder sees them.
+ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "HEIF", "AVIF"}
 JPEG_LIKE = ("JPEG", "MPO")
 OPEN_FORMATS = ["BMP", "GIF", "JPEG", "PNG", "WEBP"]  # Pillow's decoders we let see client bytes
-ALLOWED_MIME = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/gif"}
+ALLOWED_MIME = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/gif",
+                "image/heic", "image/heif", "image/avif"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"mif2"}
+_MAX_BOXES = 10_000  # per container level; real files have dozens, a hostile one could have millions
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)"
                        r"(?P<b64>;base64)?,", re.IGNORECASE)
 
@@ -44,10 +53,10 @@ _REFUSED_MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"SIMPLE  =", "FITS"), (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (0, b"\xffO\xffQ", "JPEG 2000"),
     (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "FlashPix (OLE)"), (0, b"II*\x00", "TIFF"),
     (0, b"MM\x00*", "TIFF"), (0, b"II+\x00", "BigTIFF"), (0, b"MM\x00+", "BigTIFF"), (0, b"8BPS", "PSD"),
-    (0, b"\x00\x00\x01\x00", "ICO"), (0, b"<?xml", "SVG/XML"), (0, b"<svg", "SVG"), (4, b"ftyp", "HEIF/AVIF"),
+    (0, b"\x00\x00\x01\x00", "ICO"), (0, b"<?xml", "SVG/XML"), (0, b"<svg", "SVG"),
     (0, b"DDS ", "DDS"), (0, b"qoif", "QOI"), (0, b"\x8aMNG", "MNG"),
 )
-SUPPORTED = "send JPEG, PNG, WEBP, BMP or GIF"
+SUPPORTED = "send JPEG, PNG, WEBP, BMP, GIF, HEIC/HEIF or AVIF"
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -99,7 +108,8 @@ def decode_data_uri(value: str, name: str, max_bytes: int) -> bytes:
         mime = (m.group("mime") or "").lower()
         if mime not in ALLOWED_MIME:
             raise UnsupportedFormat(f"{name}: data URI type {mime or 'missing'!r} is not supported; use "
-                                    "image/jpeg, image/png, image/webp, image/bmp or image/gif", param=name)
+                                    "image/jpeg, image/png, image/webp, image/bmp, image/gif, image/heic, "
+                                    "image/heif or image/avif", param=name)
         payload = value[m.end():]
     # Strict decoding first: a regex scan of a megabyte of base64 costs more than the decode itself
     # and holds the GIL. Only when that fails, try again without the line breaks of MIME-wrapped base64.
@@ -163,6 +173,91 @@ def _within_body_limit(data: bytes, ref: ImageRef, settings: Settings) -> bytes:
 FORWARDABLE = {"PNG": "image/png", "JPEG": "image/jpeg"}
 
 
+_heif_lock = threading.Lock()
+_heif_registered = False
+
+
+def _register_heif(name: str) -> None:
+    """pillow-heif's Pillow opener, registered on the first HEIC (not at import: `vqa --help` stays fast).
+    Thumbnails, depth maps and auxiliary images are never read: only the primary picture is used."""
+    global _heif_registered
+    with _heif_lock:
+        if _heif_registered:
+            return
+        try:
+            import pillow_heif
+        except ImportError:
+            raise UnsupportedFormat(f"{name}: HEIC/HEIF images need pillow-heif on the server; send JPEG or "
+                                    "PNG, or install pillow-heif", param=name) from None
+        pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+        _heif_registered = True
+
+
+def _boxes(data: bytes, start: int, end: int, name: str) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, end) of the ISO-BMFF boxes in data[start:end]; stops at a box that overruns."""
+    pos, count = start, 0
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if size == 1:
+            if pos + 16 > end:
+                return
+            size, header = struct.unpack_from(">Q", data, pos + 8)[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < header or pos + size > end:
+            return
+        count += 1
+        if count > _MAX_BOXES:
+            raise InvalidImage(f"{name}: could not decode image: the header has too many boxes", param=name)
+        yield kind, pos + header, pos + size
+        pos += size
+
+
+def _child(data: bytes, start: int, end: int, kind: bytes, name: str) -> tuple[int, int] | None:
+    return next(((s, e) for k, s, e in _boxes(data, start, end, name) if k == kind), None)
+
+
+def _iso_declared_sizes(data: bytes, name: str) -> list[tuple[int, int]]:
+    """Every `ispe` (image spatial extent) in meta/iprp/ipco: the sizes of the coded pictures (tiles, the
+    grid, a cropped or rotated primary) as the header declares them, read before libheif/libavif run.
+    The clean-aperture crop can make the reported size far smaller than the one decoded, so all count."""
+    meta = _child(data, 0, len(data), b"meta", name)
+    iprp = meta and _child(data, meta[0] + 4, meta[1], b"iprp", name)  # meta is a FullBox
+    ipco = iprp and _child(data, iprp[0], iprp[1], b"ipco", name)
+    if not ipco:
+        return []
+    return [struct.unpack_from(">II", data, s + 4) for k, s, e in _boxes(data, ipco[0], ipco[1], name)
+            if k == b"ispe" and e - s >= 12]
+
+
+def _iso_format(data: bytes, max_image_pixels: int, name: str) -> str:
+    """HEIF or AVIF by the `ftyp` brands, with every declared picture size checked; other ISO media
+    (MP4, MOV, CR3 ...) is refused."""
+    size = int.from_bytes(data[:4], "big")
+    brands = {data[8:12]} | {data[i:i + 4] for i in range(16, min(size, len(data), 4096) - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        fmt = "AVIF"
+        if not features.check("avif"):
+            raise UnsupportedFormat(f"{name}: AVIF images are not enabled on this server (Pillow without "
+                                    "AVIF); send JPEG or PNG", param=name)
+    elif brands & _HEIF_BRANDS:
+        fmt = "HEIF"
+    else:
+        label = data[8:12].decode("ascii", "replace").strip() or "unknown"
+        raise UnsupportedFormat(f"{name}: ISO media files ({label!r}: video, camera raw ...) are not "
+                                f"supported; {SUPPORTED}", param=name)
+    for w, h in _iso_declared_sizes(data, name):
+        if w <= 0 or h <= 0:
+            raise InvalidImage(f"{name}: image has zero width or height", param=name)
+        if w * h > max_image_pixels:
+            raise ImageTooLarge(f"{name}: image is {w}x{h} = {w * h:,} pixels, over the "
+                                f"{max_image_pixels:,} pixel limit; send a smaller image", param=name)
+    if fmt == "HEIF":
+        _register_heif(name)
+    return fmt
+
+
 def _open_checked(data: bytes, max_image_pixels: int, name: str) -> Image.Image:
     """Open lazily and check format and declared size *before* any pixel is decoded."""
     if not data:
@@ -170,14 +265,18 @@ def _open_checked(data: bytes, max_image_pixels: int, name: str) -> Image.Image:
     for offset, magic, label in _REFUSED_MAGIC:
         if data[offset:offset + len(magic)] == magic:
             raise UnsupportedFormat(f"{name}: {label} files are not supported; {SUPPORTED}", param=name)
+    formats = [_iso_format(data, max_image_pixels, name)] if data[4:8] == b"ftyp" else OPEN_FORMATS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=OPEN_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLarge(f"{name}: image has more than the {max_image_pixels:,} pixel limit; "
                             "send a smaller image", param=name) from None
     except UnidentifiedImageError:
+        if formats is not OPEN_FORMATS:  # HEIF/AVIF by its brands, yet its decoder cannot read the header
+            raise InvalidImage(f"{name}: could not decode image: the {formats[0]} header is damaged or "
+                               "truncated", param=name) from None
         raise InvalidImage(f"{name}: could not decode image: not a supported image file ({SUPPORTED})",
                            param=name) from None
     except Exception:
@@ -219,9 +318,12 @@ def normalize(data: bytes, min_pixels: int, max_pixels: int, max_image_pixels: i
     image = _open_checked(data, max_image_pixels, name)
     original = image.size
     try:
-        if image.format == "GIF":
+        if image.format in ("GIF", "AVIF"):
             image.seek(0)  # first frame only; never walk thousands of frames
-        orientation = image.getexif().get(0x0112, 1) if image.format in (*JPEG_LIKE, "WEBP") else 1
+        # pillow-heif applies HEIF's irot/imir itself (and resets the EXIF tag); Pillow reports AVIF's as
+        # an EXIF orientation, applied below like a JPEG's.
+        orientation = (image.getexif().get(0x0112, 1) if image.format in (*JPEG_LIKE, "WEBP", "AVIF")
+                       else 1)
         drafted = False
         if image.format in JPEG_LIKE:
             # Reduced-size DCT decoding: a 12 MP photo decodes at 1/2..1/8 scale, still >= the target.
