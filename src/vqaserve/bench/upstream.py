@@ -17,23 +17,11 @@ from typing import Any
 
 from vqaserve.bench import workload
 from vqaserve.bench.load import LoadResult, run_load
-from vqaserve.bench.procs import ServerProcess
+from vqaserve.bench.procs import ServerProcess, cpu_seconds
 from vqaserve.bench.report import ratio
 from vqaserve.bench.vllm_server import BUNDLED, VllmServer
 
 Result = tuple[dict[str, Any], dict[str, Any]]
-
-
-def process_cpu_s(pid: int) -> float:
-    import psutil
-
-    root = psutil.Process(pid)
-    total = 0.0
-    for proc in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            t = proc.cpu_times()
-            total += t.user + t.system
-    return total
 
 
 def model_budget(model_dir: Path) -> tuple[int, int] | None:
@@ -48,7 +36,7 @@ def model_budget(model_dir: Path) -> tuple[int, int] | None:
 class UpstreamBench:
     def __init__(self, *, upstream_url: str | None, upstream_pid: int | None, model_dir: Path | None,
                  env: dict[str, str], requests: int, concurrency: list[int], max_new_tokens: int,
-                 seed: int, photo_pairs: int, progress: bool) -> None:
+                 seed: int, photo_pairs: int, progress: bool, answers: int = 200) -> None:
         self.upstream_url = upstream_url
         self.upstream_pid = upstream_pid
         self.model_dir = model_dir or BUNDLED / "shop-toy"
@@ -58,6 +46,7 @@ class UpstreamBench:
         self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.photo_pairs = photo_pairs
+        self.answers = answers
         self.progress = progress
         self._next = 50_000  # pictures no other scenario uses
 
@@ -82,7 +71,7 @@ class UpstreamBench:
 
     def gateway_env(self, upstream: str) -> dict[str, str]:
         env = {"VQA_ENGINE": "upstream", "VQA_UPSTREAM_URL": upstream + "/v1", "VQA_SAFETY_IMAGE": "off",
-               "VQA_CACHE_SIZE": "0", "VQA_DECODED_MEMO": "0", "VQA_REQUEST_TIMEOUT_S": "900"}
+               "VQA_CACHE__ENABLED": "false", "VQA_DECODED_MEMO": "0", "VQA_REQUEST_TIMEOUT_S": "900"}
         budget = model_budget(self.model_dir)
         if budget:
             env["VQA_MIN_PIXELS"], env["VQA_MAX_PIXELS"] = str(budget[0]), str(budget[1])
@@ -91,44 +80,78 @@ class UpstreamBench:
     async def measure(self, url: str, model: str, items: list[workload.Item], concurrency: int,
                       pids: dict[str, int | None], label: str) -> tuple[LoadResult, dict[str, float | None]]:
         bodies = [workload.chat_body(i, model, self.max_new_tokens) for i in items]
-        before = {k: process_cpu_s(p) if p else None for k, p in pids.items()}
+        before = {k: cpu_seconds(p) if p else None for k, p in pids.items()}
         result = await run_load(url, bodies, concurrency, label=label, progress=self.progress)
         cpu_ms: dict[str, float | None] = {}
         for name, pid in pids.items():
             start = before[name]
             cpu_ms[name] = (None if pid is None or start is None or not result.ok
-                            else round(1000.0 * (process_cpu_s(pid) - start) / len(result.ok), 2))
+                            else round(1000.0 * (cpu_seconds(pid) - start) / len(result.ok), 2))
         return result, cpu_ms
 
     async def run(self) -> Result:
         figures: dict[str, Any] = {}
         details: dict[str, Any] = {}
-        with self.vllm() as (vllm_url, vllm_pid, model):
-            with ServerProcess(self.gateway_env(vllm_url)) as gateway:
-                pids = {"gateway": gateway.pid, "vllm": vllm_pid}
-                for c in self.concurrency:
-                    await self.measure(vllm_url, model, self.fresh(max(4, c)), c, pids, "warm-up")
-                    await self.measure(gateway.url, model, self.fresh(max(4, c)), c, pids, "warm-up")
-                    direct, direct_cpu = await self.measure(vllm_url, model, self.fresh(self.requests), c, pids,
-                                                            f"vLLM direct c={c}")
-                    through, gw_cpu = await self.measure(gateway.url, model, self.fresh(self.requests), c, pids,
-                                                         f"gateway c={c}")
-                    details[f"c{c}"] = {"direct": direct.summary(), "gateway": through.summary(),
-                                        "cpu_ms_per_request": {"direct": direct_cpu, "gateway": gw_cpu}}
-                    figures[f"direct_rps_c{c}"] = round(direct.rps, 2)
-                    figures[f"gateway_rps_c{c}"] = round(through.rps, 2)
-                    figures[f"gateway_over_direct_rps_c{c}"] = ratio(through.rps, direct.rps)
-                    figures[f"direct_p50_ms_c{c}"] = direct.p(50)
-                    figures[f"gateway_p50_ms_c{c}"] = through.p(50)
-                    figures[f"gateway_over_direct_p50_c{c}"] = ratio(through.p(50), direct.p(50))
-                    figures[f"gateway_cpu_ms_per_req_c{c}"] = gw_cpu["gateway"]
-                    figures[f"vllm_cpu_ms_per_req_direct_c{c}"] = direct_cpu["vllm"]
-                    figures[f"vllm_cpu_ms_per_req_via_gateway_c{c}"] = gw_cpu["vllm"]
-                    figures[f"failed_c{c}"] = (len(direct.samples) - len(direct.ok)
-                                               + len(through.samples) - len(through.ok))
-                if self.photo_pairs:
-                    figures.update(await self.camera_photos(vllm_url, gateway.url, model, details))
+        with self.vllm() as (vllm_url, vllm_pid, model), ServerProcess(self.gateway_env(vllm_url)) as gateway:
+            pids = {"gateway": gateway.pid, "vllm": vllm_pid}
+            for c in self.concurrency:
+                await self.measure(vllm_url, model, self.fresh(max(4, c)), c, pids, "warm-up")
+                await self.measure(gateway.url, model, self.fresh(max(4, c)), c, pids, "warm-up")
+                direct, direct_cpu = await self.measure(vllm_url, model, self.fresh(self.requests), c, pids,
+                                                        f"vLLM direct c={c}")
+                through, gw_cpu = await self.measure(gateway.url, model, self.fresh(self.requests), c, pids,
+                                                     f"gateway c={c}")
+                details[f"c{c}"] = {"direct": direct.summary(), "gateway": through.summary(),
+                                    "cpu_ms_per_request": {"direct": direct_cpu, "gateway": gw_cpu}}
+                figures[f"direct_rps_c{c}"] = round(direct.rps, 2)
+                figures[f"gateway_rps_c{c}"] = round(through.rps, 2)
+                figures[f"gateway_over_direct_rps_c{c}"] = ratio(through.rps, direct.rps)
+                figures[f"direct_p50_ms_c{c}"] = direct.p(50)
+                figures[f"gateway_p50_ms_c{c}"] = through.p(50)
+                figures[f"gateway_over_direct_p50_c{c}"] = ratio(through.p(50), direct.p(50))
+                figures[f"gateway_cpu_ms_per_req_c{c}"] = gw_cpu["gateway"]
+                figures[f"vllm_cpu_ms_per_req_direct_c{c}"] = direct_cpu["vllm"]
+                figures[f"vllm_cpu_ms_per_req_via_gateway_c{c}"] = gw_cpu["vllm"]
+                figures[f"failed_c{c}"] = (len(direct.samples) - len(direct.ok)
+                                           + len(through.samples) - len(through.ok))
+            if self.photo_pairs:
+                figures.update(await self.camera_photos(vllm_url, gateway.url, model, details))
+            if self.answers:
+                figures.update(await self.same_answers(vllm_url, gateway.url, model, details))
         return figures, details
+
+    async def same_answers(self, vllm_url: str, gateway_url: str, model: str,
+                           details: dict[str, Any]) -> dict[str, Any]:
+        """Greedy answers, one request at a time (so vLLM's batch make-up cannot change the numerics):
+        pictures already inside the budget must get vLLM-direct's answers exactly (lossless transport);
+        for pictures the gateway resizes, accuracy against the catalogue's gold answers, both ways."""
+        from vqaserve.images import fit_budget
+        from vqaserve.train import synthetic
+
+        budget = model_budget(self.model_dir) or (16384, 25600)
+        samples = list(synthetic.iter_samples("test", self.answers, self.seed + 1))
+        fitted = [workload.Item(workload.encode(fit_budget(x.image.convert("RGB"), *budget)), "image/png",
+                                x.question, f"fit:{i}") for i, x in enumerate(samples)]
+        raw = [workload.Item(workload.encode(x.image.convert("RGB")), "image/png", x.question, f"raw:{i}")
+               for i, x in enumerate(samples)]
+        gold = [x.answer for x in samples]
+        out: dict[str, Any] = {}
+        for label, items in (("fitted", fitted), ("resized", raw)):
+            bodies = [workload.chat_body(i, model, self.max_new_tokens) for i in items]
+            direct = await run_load(vllm_url, bodies, 1, label=f"{label} direct", progress=self.progress)
+            through = await run_load(gateway_url, bodies, 1, label=f"{label} gateway", progress=self.progress)
+            d = [x.answer for x in direct.samples]
+            g = [x.answer for x in through.samples]
+            details[f"answers_{label}"] = {"direct": d, "gateway": g, "gold": gold}
+            if label == "fitted":
+                out["fitted_answers_equal"] = f"{sum(a == b for a, b in zip(d, g, strict=True))}/{len(d)}"
+            else:
+                acc_d = sum(a == b for a, b in zip(d, gold, strict=True)) / len(gold)
+                acc_g = sum(a == b for a, b in zip(g, gold, strict=True)) / len(gold)
+                out["resized_accuracy_direct"] = round(acc_d, 4)
+                out["resized_accuracy_gateway"] = round(acc_g, 4)
+                out["resized_accuracy_gateway_over_direct"] = ratio(acc_g, acc_d)
+        return out
 
     async def camera_photos(self, vllm_url: str, gateway_url: str, model: str,
                             details: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vqaserve.bench.procs import free_port
+from vqaserve.bench.procs import cpu_seconds, free_port
 from vqaserve.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -126,16 +126,8 @@ class VllmServer:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of vLLM's whole process tree so far."""
-        import psutil
-
         assert self.proc is not None
-        root = psutil.Process(self.proc.pid)
-        total = 0.0
-        for proc in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                t = proc.cpu_times()
-                total += t.user + t.system
-        return total
+        return cpu_seconds(self.proc.pid)
 
     def metrics(self) -> dict[str, float]:
         """vLLM's Prometheus figures summed over labels: {"vllm:num_requests_running": 0.0, ...}."""

@@ -10,8 +10,12 @@ import argparse
 import asyncio
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vqaserve.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from vqaserve.bench.upstream import UpstreamBench
 
 SCENARIOS = ["latency", "throughput", "cache", "photo", "soak"]
 
@@ -40,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="skip the in-process engine figures (e.g. the model is only on the server)")
     p.add_argument("--upstream-url", help="upstream: a running vLLM (default: start one with scripts/vllm.sh)")
     p.add_argument("--upstream-pid", type=int, help="upstream: the --upstream-url server's pid (its CPU time)")
+    p.add_argument("--answers", type=int, default=200,
+                   help="upstream: pictures whose answers are compared direct vs through the gateway (0: skip)")
     p.add_argument("--vllm-model", help="upstream: the model directory vLLM serves (default: bundled shop-toy)")
     p.add_argument("--out", default="bench-results", help="folder for the JSON records")
     p.add_argument("--no-progress", action="store_true")
@@ -56,7 +62,7 @@ def _env(values: list[str]) -> dict[str, str]:
     return env
 
 
-def _upstream(args: argparse.Namespace, cfg: object):  # type: ignore[no-untyped-def]
+def _upstream(args: argparse.Namespace) -> UpstreamBench:
     from vqaserve.bench.upstream import UpstreamBench
 
     concurrency = _levels(args.concurrency or "1,16")
@@ -64,7 +70,7 @@ def _upstream(args: argparse.Namespace, cfg: object):  # type: ignore[no-untyped
                          model_dir=Path(args.vllm_model) if args.vllm_model else None, env=_env(args.env),
                          requests=args.requests, concurrency=concurrency, max_new_tokens=args.max_new_tokens,
                          seed=args.seed, photo_pairs=args.photo_pairs,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, answers=max(0, args.answers))
 
 
 def _levels(text: str) -> list[int]:
@@ -94,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     for scenario in SCENARIOS if args.scenario == "all" else [args.scenario]:
         started = time.time()
         if scenario == "upstream":
-            figures, details = asyncio.run(_upstream(args, cfg).run())
+            figures, details = asyncio.run(_upstream(args).run())
         else:
             figures, details = asyncio.run(getattr(bench, scenario)())
         path = write(cfg.out_dir, scenario, figures, details, cfg.server_env(), started)
