@@ -75,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"report written to {args.out}", file=sys.stderr)
     if args.record:
         record(args.record, source, report)
+    failed = int(summary.get("failed_requests", 0))
+    if failed:  # a score over failed requests is no score: say so, and fail the command
+        print(f"error: {failed} of {summary.get('n', len(items))} requests failed (see 'errors' in the table); "
+              "the figures above count them as wrong", file=sys.stderr)
+        return 1
     return 0
 
 
