@@ -77,6 +77,17 @@ def test_a_file_that_already_fits_is_forwarded_as_sent_and_decodes_to_the_same_p
     assert ImageEncoder("jpeg").data_uri(png).startswith("data:image/jpeg;")  # a forced format wins
 
 
+def test_encoder_says_when_it_has_nothing_to_encode() -> None:
+    budget = (32 * 32, 64 * 32 * 32, 10**8)
+    encoder = ImageEncoder()
+    assert encoder.ready(imgs.normalize(image_bytes((128, 96)), *budget))  # forwarded as sent
+    resized = imgs.normalize(image_bytes((130, 96)), *budget)
+    assert not encoder.ready(resized)
+    encoder.data_uri(resized)
+    assert encoder.ready(resized)  # encoded once, remembered
+    assert not ImageEncoder("jpeg").ready(imgs.normalize(image_bytes((128, 96)), *budget))
+
+
 def test_forced_jpeg_and_photo_detection() -> None:
     noisy = Image.merge("RGB", [Image.effect_noise((256, 256), 50) for _ in range(3)])
     photo = NormalizedImage(image=noisy, content_hash="h", width=256, height=256,

@@ -235,9 +235,13 @@ class UpstreamEngine(Engine):
         if self.model_name is None:
             await self._discover()
         model = self._upstream_model(request.adapter)
-        # Encoding a photo is ~10 ms of CPU: off the event loop.
-        messages = await asyncio.to_thread(build_messages, request, self.encoder,
-                                           self.settings.llm.upstream_send_uuid)
+        send_uuid = self.settings.llm.upstream_send_uuid
+        if all(self.encoder.ready(image) for image in request.images):
+            # Nothing to encode (files forwarded as sent, or encoded before): a thread hop would cost
+            # more than the work.
+            messages = build_messages(request, self.encoder, send_uuid)
+        else:  # encoding a photo is ~10 ms of CPU: off the event loop
+            messages = await asyncio.to_thread(build_messages, request, self.encoder, send_uuid)
         return build_body(request, model, messages, stream), model
 
     def _admit(self) -> None:
