@@ -81,7 +81,10 @@ serve() {
   [ -n "$name" ] || name="$(basename "$model")"
   install
   local args=(serve "$model" --host 127.0.0.1 --port "$port" --served-model-name "$name"
-    --dtype bfloat16 --limit-mm-per-prompt '{"image": 8, "video": 0}')
+    --dtype bfloat16 --limit-mm-per-prompt '{"image": 8, "video": 0}'
+    # response_format answers: xgrammar (as in process) and compact JSON; without the whitespace rule a
+    # small model may pad `{` with newlines up to max_tokens.
+    --structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}')
   # The context defaults to the model's own (shop-toy: 2048); a real 8B wants e.g. 16384.
   [ -z "${VQA_VLLM_MAX_MODEL_LEN:-}" ] || args+=(--max-model-len "$VQA_VLLM_MAX_MODEL_LEN")
   if [ ${#adapters[@]} -gt 0 ]; then

@@ -8,43 +8,97 @@ VQA_MODEL is the flat name of the model). Pass settings in; there is no module-l
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUNDLED_MODELS = Path(__file__).parent / "models"
 DEFAULT_MODEL = "shop-toy"
 PATCH = 32  # Qwen3-VL: patch 16 merged 2x2 -> one visual token per 32x32 pixels
 
 
+def _comma_list(v: Any) -> Any:
+    """`a,b` (env, flags) -> ["a", "b"]; lists pass through."""
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return v
+
+
+# Lists and mappings are written `a,b` and `NAME=PATH,NAME=PATH` in VQA_* variables, nested names too
+# (pydantic-settings would otherwise want JSON for VQA_GROUP__FIELD).
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
+
+
+def parse_adapters(v: Any) -> dict[str, str]:
+    """`NAME=PATH,NAME=PATH` (or a list of NAME=PATH) -> dict; clear error otherwise."""
+    if isinstance(v, dict):
+        return {str(k): str(p) for k, p in v.items()}
+    items = _comma_list(v) or []
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = str(item).partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"adapter {item!r} must look like NAME=PATH (e.g. sunglasses=./adapter)")
+        out[name.strip()] = path.strip()
+    return out
+
+
+def _check_forwarded(v: list[str]) -> list[str]:
+    import ipaddress
+
+    for item in v:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"VQA_FORWARDED_ALLOW_IPS: {item!r} is not an IP address or network; give "
+                             "the proxy's addresses, e.g. 127.0.0.1 or 172.30.0.0/24 (* trusts any)") from None
+    return v
+
+
 class ModelSettings(BaseModel):
-    model: str = DEFAULT_MODEL  # bundled name, model dir or hub id
-    adapters: dict[str, str] = Field(default_factory=dict)  # NAME -> PATH
-    engine: Literal["transformers", "upstream", "scripted"] = "transformers"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    trust_remote_code: bool = False  # operator opt-in only: it runs code from the model repo
-    upstream_url: str | None = None
-    upstream_model: str | None = None
-    upstream_api_key: str | None = None
-    upstream_timeout_s: float = 60.0
-    upstream_retries: int = 3  # extra attempts on connect errors only (the request never arrived)
-    upstream_breaker_failures: int = 5  # consecutive failures that open the circuit breaker
-    upstream_breaker_reset_s: float = 10.0  # how long it stays open before one probe is let through
-    upstream_image_format: Literal["auto", "png", "jpeg"] = "auto"  # how images travel upstream
-    upstream_send_uuid: bool = True  # vLLM's per-image `uuid`; turn off for servers that reject it
+    model: str = Field(default=DEFAULT_MODEL, description="model dir, hub id or bundled name")
+    adapters: Annotated[dict[str, str], NoDecode, BeforeValidator(parse_adapters)] = Field(
+        default_factory=dict, description="`NAME=PATH,NAME=PATH` LoRA adapters served by name")
+    engine: Literal["transformers", "upstream", "scripted"] = Field(
+        default="transformers", description="`transformers` (in process), `upstream` (an OpenAI-compatible server "
+                                    "such as vLLM), `scripted` (tests)")
+    device: str = Field(default="auto", description="`auto`, `cpu`, `cuda` or `cuda:N`")
+    dtype: str = Field(default="auto", description="`auto`, `float32`, `bfloat16` or `float16`")
+    trust_remote_code: bool = Field(default=False, description="run code from the model repo (operator opt-in only)")
+    upstream_url: str | None = Field(default=None, description="the upstream engine server (`http://HOST:PORT/v1`)")
+    upstream_model: str | None = Field(default=None, description="model name to ask the upstream server for")
+    upstream_api_key: str | None = Field(default=None, description="bearer key for the upstream server")
+    upstream_timeout_s: float = Field(default=60.0, description="seconds an upstream request may take")
+    upstream_retries: int = Field(default=3, description="extra attempts on connect errors only (the request never "
+                                                 "arrived)")
+    upstream_breaker_failures: int = Field(default=5, description="consecutive upstream failures that open the "
+                                                          "circuit breaker")
+    upstream_breaker_reset_s: float = Field(default=10.0, description="seconds the breaker stays open before one "
+                                                              "probe is let through")
+    upstream_image_format: Literal["auto", "png", "jpeg"] = Field(
+        default="auto", description="how images travel upstream: `auto`, `png` or `jpeg`")
+    upstream_send_uuid: bool = Field(default=True, description="send vLLM's per-image `uuid`; turn off for servers "
+                                                       "that reject it")
 
 
 class ImageSettings(BaseModel):
-    min_pixels: int = 256 * PATCH * PATCH
-    max_pixels: int = 1280 * PATCH * PATCH
-    max_image_pixels: int = 64_000_000  # decode limit (decompression bombs)
-    max_images: int = 8
-    max_body_bytes: int = 25 * 1024 * 1024
-    local_image_dir: str | None = None  # local paths in requests only from here (CLI allows any)
-    decoded_memo: int = Field(default=128, ge=0)  # decoded pictures remembered by their bytes (0 = off)
+    min_pixels: int = Field(default=256 * PATCH * PATCH, description="smallest pixel budget per image (visual "
+                                                             "tokens × 32×32; intersected with the model's)")
+    max_pixels: int = Field(default=1280 * PATCH * PATCH, description="largest pixel budget per image; pictures are "
+                                                              "scaled to fit")
+    max_image_pixels: int = Field(default=64_000_000, description="decode limit: larger pictures are refused before "
+                                                          "decoding (decompression bombs)")
+    max_images: int = Field(default=8, description="images per request")
+    max_body_bytes: int = Field(default=25 * 1024 * 1024, description="request body limit (413 above)")
+    local_image_dir: str | None = Field(default=None, description="local image paths in requests only from this "
+                                                          "folder (unset: none; `vqa ask` allows any)")
+    decoded_memo: int = Field(default=128, ge=0, description="decoded pictures remembered by their bytes, so a "
+                                                     "re-sent photo skips decoding (0 = off)")
 
     @model_validator(mode="after")
     def _budget(self) -> ImageSettings:
@@ -58,13 +112,13 @@ class ImageSettings(BaseModel):
 
 
 class GenerationSettings(BaseModel):
-    max_new_tokens: int = 64
-    max_new_tokens_limit: int = 2048
-    max_question_chars: int = 4000
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    request_timeout_s: float = 120.0
+    max_new_tokens: int = Field(default=64, description="answer length in tokens when a request names none")
+    max_new_tokens_limit: int = Field(default=2048, description="the most `max_tokens` a request may ask for")
+    max_question_chars: int = Field(default=4000, description="longest question text")
+    temperature: float = Field(default=0.0, description="sampling temperature when a request names none (0 = greedy)")
+    top_p: float = Field(default=1.0, description="nucleus sampling `top_p` when a request names none")
+    top_k: int = Field(default=0, description="`top_k` when a request names none (0 = off)")
+    request_timeout_s: float = Field(default=120.0, description="deadline per request (504 after)")
 
     @field_validator("temperature")
     @classmethod
@@ -75,26 +129,32 @@ class GenerationSettings(BaseModel):
 
 
 class CacheSettings(BaseModel):
-    size: int = 1000  # L1 entries
-    max_bytes: int = 64 * 1024 * 1024  # L1 bytes
-    redis_url: str | None = None
-    redis_prefix: str = "vqa"
-    redis_ttl_s: int = 7 * 24 * 3600
-    redis_timeout_ms: int = 100
-    redis_probe_interval_s: float = 0.5  # first background probe after the breaker opens (doubles to 5 s)
-    near_duplicates: bool = False
-    near_duplicates_max: int = 2_000  # images the near-duplicate index remembers (~28 kB each)
-    enabled: bool = True
+    size: int = Field(default=1000, description="in-process LRU entries (also bounded by bytes)")
+    max_bytes: int = Field(default=64 * 1024 * 1024, description="in-process LRU bytes")
+    redis_url: str | None = Field(default=None, description="enables the Redis cache level (and shared rate limits)")
+    redis_prefix: str = Field(default="vqa", description="prefix of every Redis key")
+    redis_ttl_s: int = Field(default=7 * 24 * 3600, description="seconds a Redis entry lives")
+    redis_timeout_ms: int = Field(default=100, description="timeout of each Redis call (then: a miss, no wait)")
+    redis_probe_interval_s: float = Field(default=0.5, description="first background probe after the Redis breaker "
+                                                           "opens (doubles up to 5 s)")
+    near_duplicates: bool = Field(default=False, description="re-encoded copies of a photo hit the cache")
+    near_duplicates_max: int = Field(default=2_000, description="images the near-duplicate index remembers "
+                                                        "(~28 kB each)")
+    enabled: bool = Field(default=True, description="the answer cache (false: every request goes to the engine)")
 
 
 class SafetySettings(BaseModel):
-    image: str = "nudenet"  # nudenet | off | hf:PATH | marker (flags magenta images: tests, demos)
-    image_threshold: float = 0.6
-    image_threads: int = 1  # onnxruntime threads for the NudeNet check (the engine owns the other cores)
-    unsafe_labels: list[str] = Field(default_factory=list)  # empty: the checker's own default set
-    blocklist: str | None = None  # path; default: the bundled list
-    refusal_en: str = "Sorry, I can't help with that."
-    refusal_zh: str = "抱歉，我无法回答这个问题。"
+    image: str = Field(default="nudenet", description="`nudenet`, `off`, `hf:PATH` or `marker` (flags magenta "
+                                              "images: tests, demos)")
+    image_threshold: float = Field(default=0.6, description="image-checker score from which a picture is refused")
+    image_threads: int = Field(default=1, description="onnxruntime threads for the NudeNet check (the engine owns "
+                                              "the other cores)")
+    unsafe_labels: CommaList = Field(default_factory=list, description="comma-separated labels that count "
+                                                                       "as unsafe (empty: the checker's own)")
+    blocklist: str | None = Field(default=None, description="output blocklist file, one term a line (unset: the "
+                                                    "bundled list)")
+    refusal_en: str = Field(default="Sorry, I can't help with that.", description="the refusal for English questions")
+    refusal_zh: str = Field(default="抱歉，我无法回答这个问题。", description="the refusal for Chinese questions")
 
     @field_validator("image")
     @classmethod
@@ -105,21 +165,22 @@ class SafetySettings(BaseModel):
 
 
 class FetchSettings(BaseModel):
-    allow_private: bool = False
-    allow_hosts: list[str] = Field(default_factory=list)
-    timeout_s: float = 5.0
-    max_bytes: int = 20 * 1024 * 1024
-    max_redirects: int = 3
+    allow_private: bool = Field(default=False, description="let the URL fetcher reach private and loopback addresses")
+    allow_hosts: CommaList = Field(default_factory=list, description="comma-separated on-prem hosts the "
+                                                                     "fetcher may reach")
+    timeout_s: float = Field(default=5.0, description="seconds per image fetch")
+    max_bytes: int = Field(default=20 * 1024 * 1024, description="largest fetched image")
+    max_redirects: int = Field(default=3, description="redirects followed (each hop re-checked)")
 
 
 class BatchSettings(BaseModel):
-    max_size: int = 16
-    max_wait_ms: float = 10.0
-    queue_max: int = 256
-    # Fairness: a batch holds at most this many visual tokens (one request alone may exceed it).
-    max_visual_tokens: int = 16384
-    # Skip the max_wait gather while traffic is serial (it only adds latency at concurrency 1).
-    adaptive_wait: bool = True
+    max_size: int = Field(default=16, description="requests per engine batch (1 = no batching)")
+    max_wait_ms: float = Field(default=10.0, description="how long a batch waits to fill")
+    queue_max: int = Field(default=256, description="requests waiting for the engine; a full queue answers 429")
+    max_visual_tokens: int = Field(default=16384, description="visual tokens per batch, for fairness (one request "
+                                                      "alone may exceed it)")
+    adaptive_wait: bool = Field(default=True, description="skip the wait while traffic is serial (it only adds "
+                                                  "latency at concurrency 1)")
 
     @field_validator("max_size", "queue_max", "max_visual_tokens")
     @classmethod
@@ -130,19 +191,26 @@ class BatchSettings(BaseModel):
 
 
 class ServerSettings(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    api_keys: list[str] = Field(default_factory=list)
-    api_keys_file: str | None = None
-    public_web_page: bool = True  # the page at / needs no key (its API calls still do)
-    rate_limit_rpm: int = 0  # per key requests/min, 0 = off
-    rate_limit_ipm: int = 0  # per key images/min, 0 = off
-    shutdown_grace_s: float = 30.0
-    max_connections: int = 256
-    header_timeout_s: float = 10.0  # a request head must arrive whole within this (slowloris)
-    body_timeout_s: float = 120.0  # the whole body must arrive within this after the head
-    log_json: bool = True
+    host: str = Field(default="127.0.0.1", description="address `vqa serve` listens on")
+    port: int = Field(default=8000, description="port `vqa serve` listens on")
+    workers: int = Field(default=1, description="worker processes (only for engines that hold no model)")
+    api_keys: CommaList = Field(default_factory=list, description="comma-separated keys; when set, a key is "
+                                                                  "needed on all routes but `/health`")
+    api_keys_file: str | None = Field(default=None, description="file of keys, one a line (merged with the above)")
+    public_web_page: bool = Field(default=True, description="the page at `/` needs no key (its API calls still do)")
+    rate_limit_rpm: int = Field(default=0, description="requests per minute per key (0 = off)")
+    rate_limit_ipm: int = Field(default=0, description="images per minute per key (0 = off)")
+    shutdown_grace_s: float = Field(default=30.0, description="time in-flight requests get after SIGTERM")
+    max_connections: int = Field(default=256, description="open connections/requests above which new ones get 503")
+    header_timeout_s: float = Field(default=10.0, description="a request head must arrive whole within this "
+                                                      "(slowloris)")
+    body_timeout_s: float = Field(default=120.0, description="the whole body must arrive within this after the head")
+    forwarded_allow_ips: Annotated[list[str], NoDecode, BeforeValidator(_comma_list),
+                                   AfterValidator(_check_forwarded)] = Field(
+        default_factory=list, description="proxies whose `X-Forwarded-For` names the client (addresses or "
+                                          "networks, comma-separated; empty: none, `*`: any)")
+    log_json: bool = Field(default=True, description="log lines are bare JSON documents (false: time and level "
+                                             "prefix)")
 
     @field_validator("shutdown_grace_s", "header_timeout_s", "body_timeout_s")
     @classmethod
@@ -169,6 +237,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "max_connections": ("server", "max_connections"),
     "header_timeout_s": ("server", "header_timeout_s"), "body_timeout_s": ("server", "body_timeout_s"),
     "public_web_page": ("server", "public_web_page"),
+    "forwarded_allow_ips": ("server", "forwarded_allow_ips"),
     "model": ("llm", "model"), "adapters": ("llm", "adapters"), "engine": ("llm", "engine"),
     "device": ("llm", "device"), "dtype": ("llm", "dtype"),
     "trust_remote_code": ("llm", "trust_remote_code"),
@@ -181,6 +250,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "decoded_memo": ("images", "decoded_memo"),
     "max_new_tokens": ("generation", "max_new_tokens"),
     "request_timeout_s": ("generation", "request_timeout_s"),
+    "temperature": ("generation", "temperature"),
     "redis_url": ("cache", "redis_url"), "cache_size": ("cache", "size"),
     "cache_near_duplicates": ("cache", "near_duplicates"),
     "batch_max_size": ("batching", "max_size"), "batch_max_wait_ms": ("batching", "max_wait_ms"),
@@ -189,26 +259,6 @@ FLAT: dict[str, tuple[str, str]] = {
     "safety_image": ("safety", "image"), "safety_blocklist": ("safety", "blocklist"),
     "fetch_allow_private": ("fetch", "allow_private"), "fetch_allow_hosts": ("fetch", "allow_hosts"),
 }
-
-
-def _split_list(v: Any) -> Any:
-    if isinstance(v, str):
-        return [s.strip() for s in v.split(",") if s.strip()]
-    return v
-
-
-def parse_adapters(v: Any) -> dict[str, str]:
-    """`NAME=PATH,NAME=PATH` (or a list of NAME=PATH) -> dict; clear error otherwise."""
-    if isinstance(v, dict):
-        return {str(k): str(p) for k, p in v.items()}
-    items = _split_list(v) or []
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = str(item).partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ValueError(f"adapter {item!r} must look like NAME=PATH (e.g. sunglasses=./adapter)")
-        out[name.strip()] = path.strip()
-    return out
 
 
 class Settings(BaseSettings):
@@ -241,10 +291,6 @@ class Settings(BaseSettings):
                 flat[name] = env
         for name, value in flat.items():
             group, fld = FLAT[name]
-            if name == "adapters":
-                value = parse_adapters(value)
-            elif name in ("api_keys", "fetch_allow_hosts"):
-                value = _split_list(value)
             grp = data.get(group)
             if grp is None:
                 grp = {}
@@ -267,6 +313,115 @@ class Settings(BaseSettings):
         return self
 
 
+# VQA_* variables that are not settings: read by scripts/vllm.sh (VQA_VLLM_VENV, ...) and by tests.
+FOREIGN_PREFIXES = ("VQA_VLLM_", "VQA_TEST_")
+
+
+def _groups() -> dict[str, type[BaseModel]]:
+    return {group: info.annotation for group, info in Settings.model_fields.items()}  # type: ignore[misc]
+
+
+def env_names() -> dict[str, tuple[str, str]]:
+    """Every VQA_* variable Settings reads -> (group, field): flat names and VQA_GROUP__FIELD."""
+    names = {f"VQA_{group.upper()}__{fld.upper()}": (group, fld)
+             for group, model in _groups().items() for fld in model.model_fields}
+    names.update({f"VQA_{flat.upper()}": where for flat, where in FLAT.items()})
+    return names
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a VQA_* variable that no setting reads (a typo would otherwise be ignored)."""
+    import difflib
+
+    from vqaserve.errors import ConfigError
+
+    known = env_names()
+    for key in sorted(environ):
+        if not key.upper().startswith("VQA_") or key in known or key.upper().startswith(FOREIGN_PREFIXES):
+            continue
+        close = difflib.get_close_matches(key.upper(), list(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"unknown setting {key}: {hint}(every VQA_* variable is listed in "
+                          "docs/operations.md; unset it or fix the name)")
+
+
+def _public_name(group: str, fld: str) -> str:
+    """The documented name of a setting: its flat name when it has one, else VQA_GROUP__FIELD."""
+    for flat, where in FLAT.items():
+        if where == (group, fld):
+            return f"VQA_{flat.upper()}"
+    return f"VQA_{group.upper()}__{fld.upper()}"
+
+
+def _source(group: str, fld: str, overrides: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, str]:
+    """(how the user wrote the setting, how to write the fix): `--port`/`--port N` or `VQA_PORT`/`VQA_PORT=N`."""
+    flats = [flat for flat, where in FLAT.items() if where == (group, fld)]
+    for flat in flats:
+        if flat in overrides:
+            return f"--{flat.replace('_', '-')}", f"--{flat.replace('_', '-')} "
+    for flat in flats:
+        if f"VQA_{flat.upper()}" in environ:
+            return f"VQA_{flat.upper()}", f"VQA_{flat.upper()}="
+    name = _public_name(group, fld)
+    nested = f"VQA_{group.upper()}__{fld.upper()}"
+    if nested in environ:
+        name = nested
+    return name, f"{name}="
+
+
+_KINDS = {"int_parsing": "a whole number", "int_from_float": "a whole number", "float_parsing": "a number",
+          "bool_parsing": "true or false", "finite_number": "a finite number"}
+
+
+def _one_line(error: Any, overrides: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """One pydantic error -> `VQA_PORT='eighty' is not a whole number; set e.g. VQA_PORT=8000 (the default)`."""
+    loc = [str(x) for x in error.get("loc", ())]
+    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if len(loc) < 2 or msg.startswith("VQA_"):  # our own validators name the variables already
+        return msg
+    group, fld = loc[0], loc[1]
+    model = _groups().get(group)
+    if model is None or fld not in model.model_fields:
+        return f"invalid setting {'.'.join(loc)}: {msg}"
+    name, assign = _source(group, fld, overrides, environ)
+    value = error.get("input")
+    shown = f"{name}={value!r}" if not name.startswith("--") else f"{name} {value!r}"
+    kind = error.get("type", "")
+    info = model.model_fields[fld]
+    default = info.get_default(call_default_factory=True)
+    if kind == "literal_error":
+        return f"{shown} is not allowed; use one of {error.get('ctx', {}).get('expected', '')}"
+    if kind in _KINDS:
+        verb = "pass" if name.startswith("--") else "set"
+        example = f"e.g. {assign}{_plain(default)} (the default)" if default is not None else f"{name} to one"
+        return f"{shown} is not {_KINDS[kind]}; {verb} {example}"
+    fix = "" if "e.g." in msg else f"; fix {name} (see docs/operations.md)"
+    return f"{shown}: {msg[:1].lower() + msg[1:]}{fix}"
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (docs/operations.md, "All settings"; a test keeps it equal)."""
+    rows = ["| env var | flag | default | meaning |", "|---|---|---|---|"]
+    flags = {where: f"`--{flat.replace('_', '-')}`" for flat, where in FLAT.items()}
+    for group, model in _groups().items():
+        for fld, info in model.model_fields.items():
+            default = info.get_default(call_default_factory=True)
+            shown = "—" if default in (None, [], {}) else f"`{_plain(default)}`"
+            rows.append(f"| `{_public_name(group, fld)}` | {flags.get((group, fld), '—')} | {shown} | "
+                        f"{info.description} |")
+    return "\n".join(rows) + "\n"
+
+
 def resolve_model_path(name: str) -> str:
     """A bundled model name ("shop-toy") -> its directory; anything else is returned unchanged."""
     bundled = BUNDLED_MODELS / name
@@ -277,14 +432,18 @@ def resolve_model_path(name: str) -> str:
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment plus explicit overrides (CLI flags); one-line errors."""
+    import os
+
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from vqaserve.errors import ConfigError
 
+    check_environment(os.environ)
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", ()))
-        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-        raise ConfigError(f"invalid setting {where}: {msg}" if where else msg) from None
+        raise ConfigError(_one_line(exc.errors()[0], given, os.environ)) from None
+    except SettingsError as exc:  # a VQA_GROUP value pydantic-settings could not parse
+        raise ConfigError(f"{exc}; set each field as VQA_GROUP__FIELD (see docs/operations.md)") from None

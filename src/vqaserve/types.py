@@ -92,6 +92,9 @@ class GenerationParams:
     repetition_penalty: float | None = None  # > 1 discourages tokens already in the prompt or answer
     stop_token_ids: tuple[int, ...] = ()  # extra token ids that end the answer, like EOS
     include_stop_str_in_output: bool = False  # keep the stop string (or stop token) in the text
+    # Structured output: the JSON Schema the answer must follow, as canonical JSON text ("" = free
+    # text; see engines/structured.py). Not in batch_key(): the engine masks each row on its own.
+    json_schema: str = ""
 
     def extensions(self) -> dict[str, object]:
         """The vLLM extensions a client set (away from the no-op default), under vLLM's names.

@@ -47,7 +47,7 @@ def test_overrides_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"VQA_SAFETY_IMAGE": "maybe"}, "VQA_SAFETY_IMAGE"),
     ({"VQA_ADAPTERS": "noequals"}, "NAME=PATH"),
     ({"VQA_BATCH_MAX_SIZE": "0"}, "VQA_BATCH_MAX_SIZE"),
-    ({"VQA_PORT": "eighty"}, "port"),
+    ({"VQA_PORT": "eighty"}, "VQA_PORT"),
 ])
 def test_bad_values_name_the_fix(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str) -> None:
     for k, v in env.items():

@@ -21,6 +21,12 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "http_p50_over_engine_p50": ("<=", 1.15, "HTTP p50 / in-process engine p50"),
     "preprocess_ours_over_transformers": ("<=", 0.25, "12 MP preprocessing, ours / transformers"),
     "miss_over_hit_l1": (">=", 20.0, "p50 of a cache miss / an L1 hit (issue 6)"),
+    # `vqa bench upstream` (issue 20): the gateway in front of a real vLLM
+    "gateway_over_direct_rps_c16": (">=", 0.85, "req/s at c=16, through the gateway / vLLM direct"),
+    "gateway_over_direct_p50_c1": ("<=", 1.25, "p50 at c=1, through the gateway / vLLM direct"),
+    "gateway_cpu_ms_per_req_c1": ("<=", 3.0, "gateway CPU ms per request (never-seen pictures)"),
+    "photo_12mp_gateway_over_direct_p50": ("<=", 0.5, "12 MP JPEG p50, through the gateway / direct"),
+    "resized_accuracy_gateway_over_direct": (">=", 1.0, "accuracy on pictures the gateway resizes"),
 }
 
 

@@ -61,6 +61,8 @@ class CacheKeyBuilder:
         # existed (all defaults) is unchanged and the cache survives the upgrade.
         for name, value in sorted(p.extensions().items()):
             field(name, repr(value))
+        if p.json_schema:  # likewise absent for free text
+            field("json_schema", p.json_schema)
         field("turns", len(question.turns))
         for turn in question.turns:
             field("role", turn.role)

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--json-schema", metavar="FILE",
+                   help="answer as JSON following this JSON Schema file (constrained decoding)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the answer")
     p.set_defaults(func=run)
 
@@ -35,6 +37,21 @@ def image_ref(arg: str) -> ImageRef:
     if "://" in arg:
         raise InvalidRequest(f"unsupported image location {arg!r}: give a file path or an http(s) URL")
     return ImageRef(kind="path", payload=arg, name=arg)
+
+
+def _schema(path: str | None) -> str:
+    from pathlib import Path
+
+    from vqaserve.engines.structured import schema_from_text
+
+    if path is None:
+        return ""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"--json-schema {path}: cannot read it ({type(exc).__name__}); give a "
+                             "UTF-8 JSON Schema file") from None
+    return schema_from_text(text, f"--json-schema {path}")
 
 
 def _adapters(values: list[str]) -> tuple[dict[str, str], str | None]:
@@ -64,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     params = GenerationParams(
         max_new_tokens=args.max_new_tokens or gen.max_new_tokens,
         temperature=gen.temperature if args.temperature is None else args.temperature,
-        top_p=gen.top_p, top_k=gen.top_k, seed=args.seed)
+        top_p=gen.top_p, top_k=gen.top_k, seed=args.seed, json_schema=_schema(args.json_schema))
     question = Question(turns=[Turn(role="user", parts=[Part(image_ref=image_ref(args.image)),
                                                          Part(text=args.question)])],
                         params=params, model=chosen)

@@ -70,7 +70,8 @@ def _bundled(value: str) -> str:
     return value
 
 
-def _configure_logging(level: str, json_lines: bool) -> None:
+def configure_logging(level: str, json_lines: bool) -> None:
+    """Log to stderr: JSON access lines as they are, other lines with a time and level prefix."""
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -84,12 +85,19 @@ def _configure_logging(level: str, json_lines: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from vqaserve.errors import ConfigError
     from vqaserve.server.app import create_app
     from vqaserve.server.limits import uvicorn_limits
     from vqaserve.server.shutdown import GracefulServer
 
-    settings = settings_from_args(args)
-    _configure_logging(args.log_level, settings.server.log_json)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:  # a bad flag or VQA_* variable is the operator's input: exit 2
+        if args.debug:
+            raise
+        print(f"vqa: error: {exc.message}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level, settings.server.log_json)
     from vqaserve.replicas import check_workers
 
     for advice in check_workers(settings):  # refuses --workers N>1 for engines that hold a model
@@ -98,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {"host": s.host, "port": s.port, "log_level": args.log_level,
                               "access_log": False,  # our own JSON access log replaces uvicorn's
                               "log_config": None, "timeout_keep_alive": 5,
-                              **uvicorn_limits(settings)}  # read deadlines, caps, grace
+                              **uvicorn_limits(settings),  # read deadlines, caps, grace
+                              **proxy_options(settings)}
     if s.workers > 1:
         # Each worker process builds its own app from the environment: hand the flags over as VQA_*.
         for name in FLAT:
@@ -122,6 +131,16 @@ def run(args: argparse.Namespace) -> int:
     if app.state.startup_error is not None:
         raise app.state.startup_error
     return 0
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's X-Forwarded-For handling: only from VQA_FORWARDED_ALLOW_IPS, never by default.
+
+    uvicorn on its own trusts 127.0.0.1 (or $FORWARDED_ALLOW_IPS); then anything that connects over
+    loopback (an SSH tunnel, a sidecar, another user) could pick the address that rate limits and logs see.
+    """
+    ips = settings.server.forwarded_allow_ips
+    return {"proxy_headers": bool(ips), "forwarded_allow_ips": list(ips) if ips else None}
 
 
 class _StartupTracebackFilter(logging.Filter):

@@ -28,12 +28,14 @@ from vqaserve.engines.hf_generation import (
     finish_text,
     generation_kwargs,
     split_groups,
+    stop_ids,
     to_messages,
 )
 from vqaserve.engines.placement import Placement, choose_placement
+from vqaserve.engines.structured import GrammarCache
 from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, NotFound, VQAError
 from vqaserve.settings import BUNDLED_MODELS, Settings, resolve_model_path
-from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
+from vqaserve.types import EngineRequest, EngineResult, GenerationParams, StreamDelta, Usage
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -89,6 +91,7 @@ class TransformersEngine(Engine):
         self._counter: Any = None  # a private tokenizer copy for count_tokens (off the worker thread)
         self._adapters: list[str] = []
         self._fingerprint = ""
+        self._grammars: GrammarCache | None = None  # JSON-schema grammars for this tokenizer
         # request_id -> generated tokens, for diagnostics and tests (bounded)
         self.generated_tokens: OrderedDict[str, int] = OrderedDict()
 
@@ -137,6 +140,8 @@ class TransformersEngine(Engine):
 
         self._counter = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
         self._model, self._processor, self._placement = model, processor, placement
+        self._grammars = GrammarCache(tokenizer, int(model.get_output_embeddings().weight.shape[0]),
+                                      stop_ids(model.generation_config.eos_token_id, GenerationParams()))
         self._load_adapters()
         revision = getattr(model.config, "_commit_hash", None) or ""  # hub ids: the snapshot loaded
         adapter_dirs = [resolve_model_path(p) for p in self.settings.llm.adapters.values()]
@@ -277,7 +282,7 @@ class TransformersEngine(Engine):
                         streamer: Any = None) -> list[EngineResult | VQAError]:
         """Generate for requests sharing adapter and sampling settings (runs on the worker thread)."""
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         early = [self._early_error(r) for r in members]
         live = [r for r, e in zip(members, early, strict=True) if e is None]
@@ -296,9 +301,11 @@ class TransformersEngine(Engine):
                              lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
         if params.seed is not None and not params.greedy:
             torch.manual_seed(params.seed)
+        grammar = self._grammars.processor([r.params.json_schema for r in live]) if self._grammars else None
         with torch.inference_mode(), self._adapter_context(live[0].adapter):
             out = self._model.generate(**inputs, generation_config=gen_config, streamer=streamer,
-                                       stopping_criteria=StoppingCriteriaList([stopper]))
+                                       stopping_criteria=StoppingCriteriaList([stopper]),
+                                       logits_processor=LogitsProcessorList([grammar] if grammar else []))
         stopper.finish(int(out.shape[1]) - prompt_len)
         results = iter(self._row_result(row, out[i, prompt_len:], inputs["attention_mask"][i])
                        for i, row in enumerate(rows))
@@ -308,6 +315,9 @@ class TransformersEngine(Engine):
         if request.adapter is not None and request.adapter not in self._adapters:
             return NotFound(f"adapter {request.adapter!r} is not loaded; GET /v1/models lists the "
                             "served models", param="model")
+        refused = self._grammars.refusal(request.params.json_schema) if self._grammars else None
+        if refused is not None:  # a schema the decoder cannot enforce fails alone, not its batch
+            return refused
         return self._stopped_error(request) if request.should_stop() else None
 
     @staticmethod

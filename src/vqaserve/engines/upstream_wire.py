@@ -22,6 +22,7 @@ from collections import OrderedDict
 from threading import Lock
 from typing import Any
 
+from vqaserve.engines.structured import response_format_body
 from vqaserve.errors import (
     EngineFailure,
     InvalidRequest,
@@ -57,6 +58,16 @@ class ImageEncoder:
         thumb = image.image if image.width * image.height <= 128 * 128 else image.image.resize((128, 128))
         return "png" if thumb.getcolors(maxcolors=PHOTO_COLOURS) is not None else "jpeg"
 
+    def _forwards(self, image: NormalizedImage) -> bool:
+        return image.encoded is not None and self.fmt in ("auto", image.encoded[0].removeprefix("image/"))
+
+    def ready(self, image: NormalizedImage) -> bool:
+        """True when `data_uri` has nothing to encode (cheap enough for the event loop)."""
+        if self._forwards(image):
+            return True
+        with self._lock:
+            return f"{self.fmt}:{image.content_hash}" in self._cache
+
     def data_uri(self, image: NormalizedImage) -> str:
         key = f"{self.fmt}:{image.content_hash}"
         with self._lock:
@@ -64,7 +75,7 @@ class ImageEncoder:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        if image.encoded is not None and self.fmt in ("auto", image.encoded[0].removeprefix("image/")):
+        if image.encoded is not None and self._forwards(image):
             # The client's file already carries exactly these pixels: no encoding, no cache entry.
             mime, data = image.encoded
             return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
@@ -121,6 +132,8 @@ def build_body(request: EngineRequest, model: str, messages: list[dict[str, Any]
         body["stop"] = list(p.stop)
     for name, value in p.extensions().items():
         body[name] = list(value) if isinstance(value, tuple) else value
+    if p.json_schema:  # OpenAI's shape, which vLLM enforces with its structured-output backend
+        body["response_format"] = response_format_body(p.json_schema)
     if stream:
         body["stream_options"] = {"include_usage": True}
     return body

@@ -141,9 +141,14 @@ def vqa_error_response(exc: VQAError) -> JSONResponse:
 
 def create_app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory` (several workers): settings from VQA_* variables."""
+    from vqaserve.cli.serve import configure_logging
     from vqaserve.server.limits import timed_protocol
     from vqaserve.settings import load_settings
 
     settings = load_settings()
+    # A worker process starts with bare logging (no access log): set it up as `vqa serve` did in the
+    # parent, at the --log-level uvicorn has already applied to its own loggers here.
+    level = logging.getLevelName(logging.getLogger("uvicorn.error").getEffectiveLevel())
+    configure_logging(str(level).lower(), settings.server.log_json)
     timed_protocol(settings.server.header_timeout_s, settings.server.body_timeout_s)  # this worker's
     return create_app(settings)

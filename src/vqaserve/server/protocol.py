@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vqaserve.engines.structured import parse_response_format
 from vqaserve.errors import InvalidRequest
 from vqaserve.settings import Settings
 from vqaserve.types import Answer, GenerationParams, ImageRef, Part, Question, Turn, Usage
@@ -46,7 +47,8 @@ REFUSED_FIELDS = {
 # vLLM fields accepted at a value that changes nothing (clients that send every field with its
 # default keep working); any other value is refused, because neither engine can honour it or
 # because it would reach the prompt.
-_STRUCTURED = "structured output is not supported; remove {}"
+_STRUCTURED = ("structured output through {0} is not supported; remove {0} and send response_format "
+               "(json_schema or json_object) instead")
 DEFAULT_ONLY: dict[str, tuple[tuple[object, ...], str]] = {
     "use_beam_search": ((False,), "beam search is not supported; remove use_beam_search"),
     "best_of": ((1,), "best_of must be 1 (one completion per request); remove best_of"),
@@ -168,8 +170,6 @@ def generation_params(req: ChatCompletionRequest, settings: Settings) -> Generat
         raise InvalidRequest(f"n={req.n} is not supported; only one choice per request (n=1)", param="n")
     if req.logprobs:
         raise InvalidRequest("logprobs are not supported; remove logprobs", param="logprobs")
-    if req.response_format and req.response_format.get("type", "text") != "text":
-        raise InvalidRequest("only response_format type 'text' is supported", param="response_format")
     if req.modalities and set(req.modalities) - {"text"}:
         raise InvalidRequest("only the 'text' output modality is supported", param="modalities")
     max_new = gen.max_new_tokens
@@ -190,8 +190,12 @@ def generation_params(req: ChatCompletionRequest, settings: Settings) -> Generat
     if len(stops) > 4 or any(not s or len(s) > 200 for s in stops):
         raise InvalidRequest("stop must be up to 4 non-empty strings of at most 200 characters",
                              param="stop")
+    schema = parse_response_format(req.response_format)
+    if schema and req.min_tokens:  # the grammar ends the answer where its JSON ends; EOS cannot wait
+        raise InvalidRequest("min_tokens cannot be combined with a JSON response_format (the answer ends "
+                             "where its JSON does); remove min_tokens", param="min_tokens")
     return GenerationParams(max_new_tokens=max_new, temperature=temperature, top_p=top_p, top_k=top_k,
-                            seed=seed, stop=tuple(stops), **_extensions(req, max_new))
+                            seed=seed, stop=tuple(stops), **_extensions(req, max_new), json_schema=schema)
 
 
 def _extensions(req: ChatCompletionRequest, max_new: int) -> dict[str, Any]:

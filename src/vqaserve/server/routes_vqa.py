@@ -1,6 +1,7 @@
 """`POST /v1/vqa`: one uploaded image + one question as a multipart form, for curl and simple clients.
 
     curl -F image=@jacket.jpg -F question="What occasion is it suitable for?" http://127.0.0.1:8000/v1/vqa
+    curl -F image=@jacket.jpg -F question="Describe it as JSON." -F schema=@attributes.schema.json ...
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vqaserve.engines.structured import schema_from_text
 from vqaserve.errors import InvalidRequest, UnsupportedMediaType
 from vqaserve.server.protocol import ErrorResponse
 from vqaserve.server.routes_openai import pipeline_of, record_answer
 from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
 
 router = APIRouter()
-FIELDS = ("image", "question", "model", "max_tokens", "temperature", "seed")
+FIELDS = ("image", "question", "model", "max_tokens", "temperature", "seed", "schema")
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 429, 500, 503, 504)}
 
@@ -47,6 +49,20 @@ def _number(form: Any, name: str, kind: type, lo: float, hi: float) -> Any:
     return value
 
 
+async def _schema(form: Any) -> str:
+    """The optional `schema` field (text, or a file as curl -F schema=@f.json sends it) -> canonical JSON."""
+    value = form.get("schema")
+    if value is None:
+        return ""
+    if isinstance(value, UploadFile):
+        raw = await value.read()
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest("schema must be UTF-8 JSON", param="schema") from None
+    return schema_from_text(value, "schema") if value.strip() else ""
+
+
 @router.post("/v1/vqa", responses=ERRORS)
 async def vqa(request: Request) -> JSONResponse:
     started = time.perf_counter()
@@ -59,11 +75,15 @@ async def vqa(request: Request) -> JSONResponse:
     gen = settings.generation
     try:
         # Small caps: a form with thousands of fields or a huge text part is refused fast.
-        async with request.form(max_files=1, max_fields=len(FIELDS), max_part_size=64 * 1024) as form:
+        async with request.form(max_files=2, max_fields=len(FIELDS), max_part_size=64 * 1024) as form:
             unknown = sorted(k for k in form if k not in FIELDS)
             if unknown:
                 raise InvalidRequest(f"unknown form field {unknown[0]!r}; accepted: {', '.join(FIELDS)}",
                                      param=unknown[0])
+            repeated = sorted(k for k in set(form.keys()) if len(form.getlist(k)) > 1)
+            if repeated:  # two files may come (image, schema), but never two of one field
+                raise InvalidRequest(f"form field {repeated[0]!r} is given more than once; send it once",
+                                     param=repeated[0])
             upload = form.get("image")
             if upload is None:
                 raise InvalidRequest("image is missing; attach the photo as a file field named image "
@@ -77,6 +97,7 @@ async def vqa(request: Request) -> JSONResponse:
             max_tokens = _number(form, "max_tokens", int, 1, gen.max_new_tokens_limit)
             temperature = _number(form, "temperature", float, 0.0, 2.0)
             seed = _number(form, "seed", int, -(2**63), 2**63 - 1)
+            schema = await _schema(form)
     except StarletteHTTPException as exc:  # the multipart parser's own refusals
         raise InvalidRequest(f"invalid multipart form: {exc.detail}", param="body") from None
     if not question:
@@ -84,7 +105,7 @@ async def vqa(request: Request) -> JSONResponse:
                              param="question")
     params = GenerationParams(max_new_tokens=max_tokens or gen.max_new_tokens,
                               temperature=gen.temperature if temperature is None else temperature,
-                              top_p=gen.top_p, top_k=gen.top_k, seed=seed)
+                              top_p=gen.top_p, top_k=gen.top_k, seed=seed, json_schema=schema)
     q = Question(turns=[Turn(role="user", parts=[Part(image_ref=ImageRef(kind="bytes", payload=data,
                                                                            name="image")),
                                                   Part(text=question)])],
