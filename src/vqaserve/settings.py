@@ -2,7 +2,9 @@
 
 The documented flat names (VQA_MODEL, VQA_REDIS_URL, ...) are public contracts; they fill nested
 groups so code reads `settings.cache.redis_url` or `settings.llm.model` (the group is "llm" because
-VQA_MODEL is the flat name of the model). Pass settings in; there is no module-level global.
+VQA_MODEL is the flat name of the model); every field is also VQA_GROUP__FIELD. Each field's
+description is its row in docs/operations.md (`settings_table()`), and a VQA_* variable that no
+setting reads is refused (`check_environment`). Pass settings in; there is no module-level global.
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ def test_every_vqa_name_in_the_repo_is_a_setting() -> None:
 
 
 def serve(**env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(vqa_cmd("serve", "--engine", "scripted", "--port", "0"), env=subprocess_env(**env),
+    return subprocess.run(vqa_cmd("serve", "--engine", "scripted"), env=subprocess_env(**env),
                           capture_output=True, text=True, timeout=120)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,21 @@ from vqaserve.bench.report import ratio
 from vqaserve.bench.vllm_server import BUNDLED, VllmServer
 
 Result = tuple[dict[str, Any], dict[str, Any]]
+
+
+def keep_off_vllms_cores(pid: int) -> list[int] | None:
+    """Pin a process (all its threads) to the cores scripts/vllm.sh leaves free of vLLM's OpenMP workers
+    (it binds them to all cores but the last): a gateway preempting a spinning worker stalls vLLM's
+    barrier. As in production, where the gateway does not share vLLM's compute cores."""
+    cores = os.cpu_count() or 1
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    if cores < 2 or (bind is not None and bind != f"0-{cores - 2}"):
+        return None
+    free = [cores - 1]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task), free)
+    return free
 
 
 def model_budget(model_dir: Path) -> tuple[int, int] | None:
@@ -93,6 +109,7 @@ class UpstreamBench:
         figures: dict[str, Any] = {}
         details: dict[str, Any] = {}
         with self.vllm() as (vllm_url, vllm_pid, model), ServerProcess(self.gateway_env(vllm_url)) as gateway:
+            details["gateway_cores"] = keep_off_vllms_cores(gateway.pid)
             pids = {"gateway": gateway.pid, "vllm": vllm_pid}
             for c in self.concurrency:
                 await self.measure(vllm_url, model, self.fresh(max(4, c)), c, pids, "warm-up")

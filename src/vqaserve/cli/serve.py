@@ -1,4 +1,4 @@
-"""`vqa serve`: the HTTP service on uvicorn. Every public VQA_* setting is also a flag.
+"""`vqa serve`: the HTTP service on uvicorn. Every flat VQA_* setting is also a flag.
 
 The flags are generated from `settings.FLAT`, so a new public setting becomes a flag by itself:
 VQA_MAX_PIXELS <-> --max-pixels, VQA_FETCH_ALLOW_PRIVATE <-> --fetch-allow-private.
@@ -15,10 +15,10 @@ from typing import Any
 from vqaserve.settings import FLAT, Settings
 
 
-def _field_type(name: str) -> Any:
+def _field(name: str) -> Any:
     group, fld = FLAT[name]
     model: Any = Settings.model_fields[group].annotation
-    return model.model_fields[fld].annotation
+    return model.model_fields[fld]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg, unused-ignore]
@@ -31,16 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     for name in FLAT:
         flag = "--" + name.replace("_", "-")
         env = f"VQA_{name.upper()}"
-        kind = _field_type(name)
-        if kind is bool:
-            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"(env {env})")
+        info = _field(name)
+        text = f"{info.description} (env {env})".replace("%", "%%")
+        if info.annotation is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif name == "adapters":
-            p.add_argument(flag, dest=name, default=None, metavar="NAME=PATH,...",
-                           help=f"adapters as one comma-separated list (env {env})")
+            p.add_argument(flag, dest=name, default=None, metavar="NAME=PATH,...", help=text)
         else:
-            p.add_argument(flag, dest=name, default=None, metavar=name.split("_")[-1].upper(),
-                           help=f"(env {env})")
+            p.add_argument(flag, dest=name, default=None, metavar=name.split("_")[-1].upper(), help=text)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 

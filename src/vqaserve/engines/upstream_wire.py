@@ -55,7 +55,8 @@ class ImageEncoder:
     def choose_format(self, image: NormalizedImage) -> str:
         if self.fmt in ("png", "jpeg"):
             return self.fmt
-        thumb = image.image if image.width * image.height <= 128 * 128 else image.image.resize((128, 128))
+        # Counting colours is cheaper than making a thumbnail up to ~256x256 pixels.
+        thumb = image.image if image.width * image.height <= 256 * 256 else image.image.resize((128, 128))
         return "png" if thumb.getcolors(maxcolors=PHOTO_COLOURS) is not None else "jpeg"
 
     def _forwards(self, image: NormalizedImage) -> bool:
