@@ -17,10 +17,14 @@ Helpers other modules call (all cheap, thread-safe):
     metrics.count_tokens(prompt, completion)
     metrics.safety_blocks.labels(stage="input"|"output").inc()
     metrics.engine_errors.labels(code="engine_failure"|...).inc()
+    vqa_vision_tower_images_total{result="hit"|"miss"}  pictures whose vision-tower output was reused
+                                            or computed (read from engines.vision_memo at scrape time)
 Request counts and latencies per route are recorded by the app's access middleware.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,6 +34,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 
 # Stage latencies span ~0.1 ms (L1 cache) to minutes (CPU generation).
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -69,6 +74,7 @@ class Metrics:
                                      namespace=ns, registry=r)
         self.in_flight = Gauge("requests_in_flight", "HTTP requests being handled", namespace=ns,
                                registry=r)
+        r.register(_VisionTowerCollector(ns))
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage_latency.labels(stage=stage).observe(seconds)
@@ -101,3 +107,22 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _VisionTowerCollector:
+    """The in-process engine's vision memo (engines/vision_memo.py): pictures reused vs computed."""
+
+    def __init__(self, namespace: str) -> None:
+        self.name = f"{namespace}_vision_tower_images"
+
+    def describe(self) -> list[object]:
+        return []
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        from vqaserve.engines.vision_memo import totals
+
+        family = CounterMetricFamily(self.name, "Pictures whose vision-tower output was reused (hit) or "
+                                     "computed (miss) by the in-process engine", labels=["result"])
+        for result, n in totals().items():
+            family.add_metric([result], n)
+        yield family

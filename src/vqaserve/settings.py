@@ -75,6 +75,8 @@ class ModelSettings(BaseModel):
     upstream_url: str | None = Field(default=None, description="the upstream engine server (`http://HOST:PORT/v1`)")
     upstream_model: str | None = Field(default=None, description="model name to ask the upstream server for")
     upstream_api_key: str | None = Field(default=None, description="bearer key for the upstream server")
+    vision_memo_mb: int = Field(default=256, ge=0, description="MB of vision-tower output remembered per picture "
+                                "(in-process engine), so follow-up questions skip the tower (0 = off)")
     upstream_timeout_s: float = Field(default=60.0, description="seconds an upstream request may take")
     upstream_retries: int = Field(default=3, description="extra attempts on connect errors only (the request never "
                                                  "arrived)")
@@ -243,6 +245,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "model": ("llm", "model"), "adapters": ("llm", "adapters"), "engine": ("llm", "engine"),
     "device": ("llm", "device"), "dtype": ("llm", "dtype"),
     "trust_remote_code": ("llm", "trust_remote_code"),
+    "vision_memo_mb": ("llm", "vision_memo_mb"),
     "upstream_url": ("llm", "upstream_url"), "upstream_model": ("llm", "upstream_model"),
     "upstream_api_key": ("llm", "upstream_api_key"),
     "upstream_timeout_s": ("llm", "upstream_timeout_s"),

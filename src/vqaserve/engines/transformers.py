@@ -4,6 +4,7 @@ All torch work runs on ONE dedicated worker thread (a model and its tokenizer ar
 the event loop only awaits it. A batch is split into groups that may share a forward pass (same
 adapter, same sampling settings); each group is one batched processor call (left padding) and one
 generate(); when a group fails, its members are retried one by one so only the bad one fails.
+A follow-up question about a picture reuses its vision-tower output (vision_memo.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from vqaserve.engines.hf_generation import (
 )
 from vqaserve.engines.placement import Placement, choose_placement
 from vqaserve.engines.structured import GrammarCache
+from vqaserve.engines.vision_memo import VisionMemo, picture_ids, serving
 from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, NotFound, VQAError
 from vqaserve.settings import BUNDLED_MODELS, Settings, resolve_model_path
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, StreamDelta, Usage
@@ -92,6 +94,8 @@ class TransformersEngine(Engine):
         self._adapters: list[str] = []
         self._fingerprint = ""
         self._grammars: GrammarCache | None = None  # JSON-schema grammars for this tokenizer
+        self.vision_memo: VisionMemo | None = None  # vision-tower output per picture, for follow-ups
+        self._picture_ids: list[str] = []  # the images of the last _prepare (worker thread only)
         # request_id -> generated tokens, for diagnostics and tests (bounded)
         self.generated_tokens: OrderedDict[str, int] = OrderedDict()
 
@@ -143,6 +147,7 @@ class TransformersEngine(Engine):
         self._grammars = GrammarCache(tokenizer, int(model.get_output_embeddings().weight.shape[0]),
                                       stop_ids(model.generation_config.eos_token_id, GenerationParams()))
         self._load_adapters()
+        self.vision_memo = VisionMemo.install(self._model, llm.vision_memo_mb * 2**20, self._adapters)
         revision = getattr(model.config, "_commit_hash", None) or ""  # hub ids: the snapshot loaded
         adapter_dirs = [resolve_model_path(p) for p in self.settings.llm.adapters.values()]
         self._fingerprint = weights_fingerprint([source + revision, *adapter_dirs]
@@ -246,6 +251,8 @@ class TransformersEngine(Engine):
     def _free_memory(self) -> None:
         import torch
 
+        if self.vision_memo is not None:  # remembered features give way to the next answer
+            self.vision_memo.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -273,6 +280,7 @@ class TransformersEngine(Engine):
         aligned = all(im.width % factor == 0 and im.height % factor == 0 for im in images)
         kwargs: dict[str, Any] = {"do_resize": not aligned} if images else {}
         inputs = processor(text=prompts, images=images or None, return_tensors="pt", padding=True, **kwargs)
+        self._picture_ids = picture_ids(members, kwargs)  # the vision memo's keys, in image order
         inputs = inputs.to(self._model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
@@ -302,7 +310,8 @@ class TransformersEngine(Engine):
         if params.seed is not None and not params.greedy:
             torch.manual_seed(params.seed)
         grammar = self._grammars.processor([r.params.json_schema for r in live]) if self._grammars else None
-        with torch.inference_mode(), self._adapter_context(live[0].adapter):
+        with (torch.inference_mode(), self._adapter_context(live[0].adapter),
+              serving(self.vision_memo, live[0].adapter, self._picture_ids)):
             out = self._model.generate(**inputs, generation_config=gen_config, streamer=streamer,
                                        stopping_criteria=StoppingCriteriaList([stopper]),
                                        logits_processor=LogitsProcessorList([grammar] if grammar else []))
