@@ -20,18 +20,18 @@ Policy (one scheduler task per engine; the engine runs one batch at a time):
 - Faults: the engine returns one result or error per request, so one error fails one request. If
   generate() raises for the whole batch, the batch is bisected and re-run until the culprit fails
   alone and the rest complete.
-- Streaming: a stream takes a turn in the same FIFO (same admission, 429 and deadline rules). While
-  it has the turn, the scheduler pumps the engine's deltas into a buffer the client reads from, so
-  the turn lasts only as long as generation, never as long as a slow reader; batches queue behind
-  it for that time and go next. Running a stream *beside* a batch on the same model would only
-  share the same cores (and an adapter switch would corrupt the other), so it is not done.
+- Streaming: a stream is a row like any other (same admission, 429, deadline, grouping and batch
+  rules). A batch with streaming rows runs as one engine.generate_streams: each streaming row's
+  deltas go into a buffer its client reads from (a slow reader never holds the batch), and its
+  answer's rest, finish reason and usage close it. A reader that leaves or times out sets its
+  row's `cancel`: the engine stops that row only, and the others go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import functools
 import logging
 import math
 import time
@@ -43,7 +43,7 @@ from vqaserve.errors import DeadlineExceeded, EngineFailure, Overloaded, Shuttin
 from vqaserve.types import EngineRequest, EngineResult, StreamDelta
 
 if TYPE_CHECKING:
-    from vqaserve.engines.base import Engine
+    from vqaserve.engines.base import DeltaSink, Engine
     from vqaserve.settings import BatchSettings
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class _Ticket:
     tokens: int
     future: asyncio.Future[EngineResult]
     buffer: asyncio.Queue[object] | None = None  # set for streams: deltas, an error, then _END
+    sent: int = 0  # characters of the answer already in the buffer (streams)
     gap: float = math.inf  # seconds since the previous arrival
     abandoned: bool = False
 
@@ -102,7 +103,6 @@ class MicroBatcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._seq = itertools.count()
         self._last_arrival = -math.inf
 
     @classmethod
@@ -165,8 +165,7 @@ class MicroBatcher:
                              retry_after=retry)
         loop = asyncio.get_running_loop()
         self._ensure_scheduler(loop)
-        group: tuple[object, ...] = ("stream", next(self._seq)) if stream else (
-            model_key, request.adapter, request.params.batch_key())
+        group: tuple[object, ...] = (model_key, request.adapter, request.params.batch_key())
         now = time.monotonic()
         ticket = _Ticket(request=request, group=group, arrived=now,
                          tokens=visual_tokens(request), future=loop.create_future(),
@@ -213,12 +212,6 @@ class MicroBatcher:
                 continue
             try:
                 head = self._queue[0]
-                if head.buffer is not None:
-                    self._remove(head)
-                    self._running = [head]
-                    await self._run_stream(head)
-                    self._running = []
-                    continue
                 await self._gather(head)
                 if not self._queue:
                     continue
@@ -284,19 +277,37 @@ class MicroBatcher:
         for ticket in live:
             self._observe("queue_seconds", now - ticket.arrived)
         started = time.perf_counter()
-        results = await self._generate_isolating([t.request for t in live])
+        sinks = [None if t.buffer is None else functools.partial(self._deliver, t) for t in live]
+        results = await self._generate_isolating([t.request for t in live], sinks)
         seconds = time.perf_counter() - started
         for ticket, result in zip(live, results, strict=True):
             if isinstance(result, BaseException):
                 self._fail(ticket, result)
+            elif ticket.buffer is not None:
+                ticket.buffer.put_nowait(StreamDelta(text=result.text[ticket.sent:],
+                                                     finish_reason=result.finish_reason,
+                                                     usage=result.usage))
+                ticket.buffer.put_nowait(_END)
             elif not ticket.future.done():
                 ticket.future.set_result(result)
         self._record(len(live), seconds)
 
-    async def _generate_isolating(self, requests: Sequence[EngineRequest]) -> list[EngineResult | VQAError]:
-        """engine.generate; when it raises for the whole batch, bisect so only the culprit fails."""
+    @staticmethod
+    def _deliver(ticket: _Ticket, text: str) -> None:
+        """A streaming row's delta, on the event loop (after its reader left, nobody reads it)."""
+        assert ticket.buffer is not None
+        ticket.buffer.put_nowait(StreamDelta(text=text))
+        ticket.sent += len(text)
+
+    async def _generate_isolating(self, requests: Sequence[EngineRequest],
+                                  sinks: Sequence[DeltaSink | None]) -> list[EngineResult | VQAError]:
+        """engine.generate(_streams); when it raises for the whole batch, bisect so only the culprit
+        fails."""
         try:
-            results = await self.engine.generate(requests)
+            if any(sinks):
+                results = await self.engine.generate_streams(requests, sinks)
+            else:
+                results = await self.engine.generate(requests)
             if len(results) != len(requests):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(requests)} requests")
             return results
@@ -307,31 +318,8 @@ class MicroBatcher:
                 return [_as_client_error(exc)]
             log.warning("batch of %d failed (%s); re-running in halves", len(requests), type(exc).__name__)
             mid = len(requests) // 2
-            left = await self._generate_isolating(requests[:mid])
-            return left + await self._generate_isolating(requests[mid:])
-
-    async def _run_stream(self, ticket: _Ticket) -> None:
-        assert ticket.buffer is not None
-        if ticket.request.cancel.is_set():
-            ticket.buffer.put_nowait(_END)
-            return
-        self._observe("batch_size", 1)
-        self._observe("queue_seconds", time.monotonic() - ticket.arrived)
-        started = time.perf_counter()
-        gen = self.engine.stream(ticket.request)
-        try:
-            # Keep consuming after the reader left: the engine's own stopping criterion ends it.
-            async for delta in gen:
-                ticket.buffer.put_nowait(delta)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            ticket.buffer.put_nowait(_as_client_error(exc))
-        finally:
-            with contextlib.suppress(Exception):
-                await gen.aclose()  # type: ignore[attr-defined]
-            ticket.buffer.put_nowait(_END)
-        self._record(1, time.perf_counter() - started)
+            left = await self._generate_isolating(requests[:mid], sinks[:mid])
+            return left + await self._generate_isolating(requests[mid:], sinks[mid:])
 
     def _record(self, size: int, seconds: float) -> None:
         s = self.stats

@@ -245,7 +245,7 @@ async def test_fifo_across_groups(engine: ScriptedEngine) -> None:
     await batcher.close()
 
 
-async def test_streams_take_a_turn_and_a_disconnect_stops_them() -> None:
+async def test_a_stream_is_a_row_and_a_disconnect_stops_it() -> None:
     engine = ScriptedEngine(token_delay_s=0.05)
     batcher = MicroBatcher(engine, max_batch_size=8)
     deltas = [d async for d in batcher.open_stream(req("tell me", rid="s1"), "")]
@@ -257,8 +257,31 @@ async def test_streams_take_a_turn_and_a_disconnect_stops_them() -> None:
     assert first.text
     await reader.aclose()  # the client disconnected
     await wait_until(lambda: "s2" in engine.stopped)
-    # A batch queued behind the stream runs as soon as the stream's generation has ended.
     assert (await batcher.submit(req("after"), "")).text == "answer to: after"
+    await batcher.close()
+
+
+async def test_streams_and_answers_share_one_batch() -> None:
+    class Counting(ScriptedEngine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stream_batches: list[list[bool]] = []
+
+        async def generate_streams(self, batch, sinks):  # type: ignore[no-untyped-def]
+            self.stream_batches.append([s is not None for s in sinks])
+            return await super().generate_streams(batch, sinks)
+
+    engine = Counting()
+    batcher = MicroBatcher(engine, max_batch_size=4, max_wait_ms=200, adaptive_wait=False)
+    readers = [batcher.open_stream(req(f"s{i}", rid=f"s{i}"), "") for i in range(2)]
+    plain = asyncio.ensure_future(batcher.submit(req("p", rid="p"), ""))
+
+    async def text(reader) -> str:  # type: ignore[no-untyped-def]
+        return "".join([d.text async for d in reader])
+
+    assert await asyncio.gather(*(text(r) for r in readers)) == ["answer to: s0", "answer to: s1"]
+    assert (await plain).text == "answer to: p"
+    assert engine.stream_batches == [[True, True, False]]  # one batch, two of its rows streaming
     await batcher.close()
 
 

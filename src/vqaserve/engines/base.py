@@ -2,17 +2,22 @@
 
 Engines know nothing of HTTP, caches or safety. `generate` takes a batch and returns one result or
 one error per request, so a single bad request fails alone. `stream` yields text deltas for one
-request; engines without native streaming fall back to one whole delta.
+request; engines without native streaming fall back to one whole delta. `generate_streams` is
+`generate` for a batch in which some rows stream: their deltas go to per-row sinks as they come.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from vqaserve.errors import VQAError
-from vqaserve.types import EngineRequest, EngineResult, StreamDelta
+from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
+
+# Receives a streaming row's text deltas, on the event loop; together they are a prefix of its answer.
+DeltaSink = Callable[[str], None]
 
 
 @dataclass
@@ -51,6 +56,38 @@ class Engine(abc.ABC):
         if isinstance(result, VQAError):
             raise result
         yield StreamDelta(text=result.text, finish_reason=result.finish_reason, usage=result.usage)
+
+    async def generate_streams(self, batch: Sequence[EngineRequest],
+                               sinks: Sequence[DeltaSink | None]) -> list[EngineResult | VQAError]:
+        """`generate`, handing each row that has a sink its text deltas as they come.
+
+        This default streams each such row on its own (`stream`) beside one `generate` for the
+        rest; the in-process engine overrides it with one batched generate for all rows.
+        """
+        out: list[EngineResult | VQAError | None] = [None] * len(batch)
+        plain = [i for i, sink in enumerate(sinks) if sink is None]
+
+        async def rest() -> None:
+            if plain:
+                for i, result in zip(plain, await self.generate([batch[i] for i in plain]), strict=True):
+                    out[i] = result
+
+        async def one(i: int, sink: DeltaSink) -> None:
+            text, last = "", StreamDelta()
+            try:
+                async for delta in self.stream(batch[i]):
+                    if delta.text:
+                        sink(delta.text)
+                        text += delta.text
+                    last = delta
+            except VQAError as exc:
+                out[i] = exc
+                return
+            out[i] = EngineResult(text=text, finish_reason=last.finish_reason or "stop",
+                                  usage=last.usage or Usage())
+
+        await asyncio.gather(rest(), *(one(i, s) for i, s in enumerate(sinks) if s is not None))
+        return [r if r is not None else EngineResult("", "stop", Usage()) for r in out]
 
     async def health(self) -> dict[str, object]:
         """Extra state for /ready (e.g. an upstream's breaker)."""

@@ -4,7 +4,8 @@ All torch work runs on ONE dedicated worker thread (a model and its tokenizer ar
 the event loop only awaits it. A batch is split into groups that may share a forward pass (same
 adapter, same sampling settings); each group is one batched processor call (left padding) and one
 generate(); when a group fails, its members are retried one by one so only the bad one fails.
-A follow-up question about a picture reuses its vision-tower output (vision_memo.py).
+A follow-up question about a picture reuses its vision-tower output (vision_memo.py). Streaming
+rows ride in the same generate(): a per-row streamer hands each its own text (row_streams.py).
 """
 
 from __future__ import annotations
@@ -12,20 +13,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from vqaserve.engines.base import Engine, EngineInfo
+from vqaserve.engines.base import DeltaSink, Engine, EngineInfo
 from vqaserve.engines.fingerprint import weights_fingerprint
 from vqaserve.engines.hf_generation import (
     RowState,
     RowStopper,
-    cut_at_stop,
     finish_text,
     generation_kwargs,
     split_groups,
@@ -33,6 +32,7 @@ from vqaserve.engines.hf_generation import (
     to_messages,
 )
 from vqaserve.engines.placement import Placement, choose_placement
+from vqaserve.engines.row_streams import RowFeed, RowStreamer, RowText
 from vqaserve.engines.structured import GrammarCache
 from vqaserve.engines.vision_memo import VisionMemo, picture_ids, serving
 from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, NotFound, VQAError
@@ -40,7 +40,6 @@ from vqaserve.settings import BUNDLED_MODELS, Settings, resolve_model_path
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, StreamDelta, Usage
 
 log = logging.getLogger(__name__)
-_DONE = object()
 
 
 @functools.lru_cache(maxsize=256)  # info() is called several times per request: no stat() calls each time
@@ -211,21 +210,34 @@ class TransformersEngine(Engine):
     async def generate(self, batch: Sequence[EngineRequest]) -> list[EngineResult | VQAError]:
         if self._model is None:
             raise EngineFailure("the model is not loaded yet; retry in a moment", retry_after=5)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._generate_all,
-                                                                list(batch))
+        return await self.generate_streams(batch, [None] * len(batch))
 
-    def _generate_all(self, batch: list[EngineRequest]) -> list[EngineResult | VQAError]:
+    async def generate_streams(self, batch: Sequence[EngineRequest],
+                               sinks: Sequence[DeltaSink | None]) -> list[EngineResult | VQAError]:
+        """One batched generate per group; streaming rows get their text as it is decoded."""
+        if self._model is None:
+            raise EngineFailure("the model is not loaded yet; retry in a moment", retry_after=5)
+        loop = asyncio.get_running_loop()
+        feeds: list[RowFeed | None] = [None if sink is None else RowText(r.params, sink).feed(loop)
+                                        for r, sink in zip(batch, sinks, strict=True)]
+        # The feeds' callbacks are queued before the result's, so every delta lands before it.
+        return await loop.run_in_executor(self._executor, self._generate_all, list(batch), feeds)
+
+    def _generate_all(self, batch: list[EngineRequest],
+                      feeds: list[RowFeed | None]) -> list[EngineResult | VQAError]:
         results: list[EngineResult | VQAError | None] = [None] * len(batch)
         for group in split_groups(batch):
             members = [batch[i] for i in group]
-            for i, result in zip(group, self._run_isolated(members), strict=True):
+            for i, result in zip(group, self._run_isolated(members, [feeds[i] for i in group]), strict=True):
                 results[i] = result
         return [r if r is not None else EngineFailure("no result") for r in results]
 
-    def _run_isolated(self, members: list[EngineRequest]) -> list[EngineResult | VQAError]:
-        """One batched pass; if it fails, each member alone, so one bad request fails alone."""
+    def _run_isolated(self, members: list[EngineRequest],
+                      feeds: list[RowFeed | None]) -> list[EngineResult | VQAError]:
+        """One batched pass; if it fails, each member alone, so one bad request fails alone.
+        (A streaming row re-run alone re-sends its text from the start; RowText sends only new text.)"""
         try:
-            return self._generate_group(members)
+            return self._generate_group(members, feeds)
         except VQAError as exc:
             if len(members) == 1:
                 return [exc]
@@ -235,8 +247,8 @@ class TransformersEngine(Engine):
             log.warning("batch of %d failed (%s); retrying one by one", len(members), type(exc).__name__)
             self._free_memory()
         out: list[EngineResult | VQAError] = []
-        for member in members:
-            out.extend(self._run_isolated([member]))
+        for member, feed in zip(members, feeds, strict=True):
+            out.extend(self._run_isolated([member], [feed]))
         return out
 
     def _failure(self, exc: BaseException, request: EngineRequest) -> EngineFailure:
@@ -287,13 +299,14 @@ class TransformersEngine(Engine):
         return inputs
 
     def _generate_group(self, members: list[EngineRequest],
-                        streamer: Any = None) -> list[EngineResult | VQAError]:
+                        feeds: list[RowFeed | None]) -> list[EngineResult | VQAError]:
         """Generate for requests sharing adapter and sampling settings (runs on the worker thread)."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         early = [self._early_error(r) for r in members]
         live = [r for r, e in zip(members, early, strict=True) if e is None]
+        feeds = [f for f, e in zip(feeds, early, strict=True) if e is None]
         if not live:
             return [e for e in early if e is not None]
         inputs = self._prepare(live)
@@ -309,6 +322,7 @@ class TransformersEngine(Engine):
                              lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
         if params.seed is not None and not params.greedy:
             torch.manual_seed(params.seed)
+        streamer = RowStreamer(rows, feeds, stopper.decode) if any(feeds) else None
         grammar = self._grammars.processor([r.params.json_schema for r in live]) if self._grammars else None
         with (torch.inference_mode(), self._adapter_context(live[0].adapter),
               serving(self.vision_memo, live[0].adapter, self._picture_ids)):
@@ -354,88 +368,28 @@ class TransformersEngine(Engine):
 
     # --- streaming ---------------------------------------------------------------------------------
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
-        if self._model is None:
-            raise EngineFailure("the model is not loaded yet; retry in a moment", retry_after=5)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-
-        def push(item: Any) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        future = loop.run_in_executor(self._executor, self._stream_worker, request, push)
-        stops = tuple(s for s in request.params.stop if s)
-        hold = max((len(s) for s in stops), default=1) - 1  # a stop string may be split over pieces
-        text, sent = "", 0
+        """One streaming row (the batcher streams rows together through generate_streams)."""
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        task = asyncio.ensure_future(self.generate_streams([request], [queue.put_nowait]))
+        sent = 0
+        getter: asyncio.Future[str] | None = None
         try:
-            while True:
-                item = await queue.get()
-                if item is _DONE:
-                    break
-                text += item
-                safe = len(text) - hold
-                if stops and cut_at_stop(text, stops)[1]:
-                    continue  # the worker's stopper ends generation on this string
-                if safe > sent:
-                    yield StreamDelta(text=text[sent:safe])
-                    sent = safe
-            (result,) = await future
-            if isinstance(result, VQAError):
-                raise result
-            yield StreamDelta(text=result.text[sent:], finish_reason=result.finish_reason, usage=result.usage)
+            while not task.done() or not queue.empty():
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    piece = getter.result()
+                    sent += len(piece)
+                    yield StreamDelta(text=piece)
+                else:
+                    getter.cancel()
+            (result,) = task.result()
         finally:
-            if not future.done():  # the consumer went away: stop generating, wait for the worker
+            if getter is not None:
+                getter.cancel()
+            if not task.done():  # the consumer went away: stop generating, wait for the worker
                 request.cancel.set()
-                await asyncio.wait([future])
-
-    def _stream_worker(self, request: EngineRequest,
-                       push: Callable[[Any], None]) -> list[EngineResult | VQAError]:
-        params = request.params  # a stop token's text is left out of the answer, so out of the stream too
-        drop = frozenset(() if params.include_stop_str_in_output else params.stop_token_ids)
-        streamer = _PushStreamer(self._processor.tokenizer, push, drop)
-        try:
-            return self._run_isolated_stream(request, streamer)
-        finally:
-            push(_DONE)
-
-    def _run_isolated_stream(self, request: EngineRequest, streamer: Any) -> list[EngineResult | VQAError]:
-        try:
-            return self._generate_group([request], streamer=streamer)
-        except VQAError as exc:
-            return [exc]
-        except Exception as exc:  # noqa: BLE001 - becomes the stream's error
-            return [self._failure(exc, request)]
-
-
-def _push_streamer_class() -> type:
-    from transformers import TextStreamer
-
-    class PushStreamer(TextStreamer):
-        """TextStreamer that hands finished text pieces to the event loop instead of printing."""
-
-        def __init__(self, tokenizer: Any, push: Callable[[Any], None], drop: frozenset[int]) -> None:
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self._push, self._drop = push, drop
-
-        def put(self, value: Any) -> None:
-            if self._drop and not self.next_tokens_are_prompt and int(value.reshape(-1)[-1]) in self._drop:
-                return  # a stop_token_id: it ends the row and is not part of the answer
-            super().put(value)
-
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if text:
-                self._push(text)
-
-    return PushStreamer
-
-
-_lock = threading.Lock()
-_cls: type | None = None
-
-
-def _PushStreamer(tokenizer: Any, push: Callable[[Any], None],  # noqa: N802 - acts as a class
-                  drop: frozenset[int] = frozenset()) -> Any:
-    global _cls
-    with _lock:
-        if _cls is None:
-            _cls = _push_streamer_class()
-    return _cls(tokenizer, push, drop)
+                await asyncio.wait([task])
+        if isinstance(result, VQAError):
+            raise result
+        yield StreamDelta(text=result.text[sent:], finish_reason=result.finish_reason, usage=result.usage)
