@@ -28,16 +28,7 @@ from vqaserve.settings import load_settings
 from vqaserve.train import synthetic
 from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
 
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "category": {"enum": [c for c, _ in synthetic.CATEGORIES]},
-        "color": {"enum": [c for c, _ in synthetic.COLOURS]},
-        "pattern": {"enum": [p for p, _ in synthetic.PATTERNS]},
-        "occasions": {"type": "array", "items": {"enum": [o for o, _ in synthetic.OCCASIONS]},
-                      "minItems": 1, "maxItems": 2},
-    },
-    "required": ["category", "color", "pattern", "occasions"], "additionalProperties": False}
+SCHEMA: dict[str, Any] = synthetic.attribute_schema()
 QUESTION = "Describe this product as JSON."
 
 

@@ -21,10 +21,8 @@ from vqaserve.bench.vllm_server import BUNDLED, VllmServer
 ADAPTER = "shop-toy-sunglasses"
 
 
-@pytest.fixture(scope="session")
-def vllm() -> Iterator[VllmServer]:
-    """shop-toy and its bundled sunglasses adapter in a real vLLM (about a minute to start here)."""
-    server = VllmServer(BUNDLED / "shop-toy", adapters={ADAPTER: str(BUNDLED / ADAPTER)})
+def serving(server: VllmServer) -> Iterator[VllmServer]:
+    """Start a vLLM for a fixture (failing with vLLM's own words if it cannot), stop it after."""
     try:
         server.start()
     except Exception as exc:  # noqa: BLE001 - fail with vLLM's own words
@@ -32,6 +30,12 @@ def vllm() -> Iterator[VllmServer]:
         pytest.fail(f"vLLM did not start: {exc}\n{server.log_tail()}")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm() -> Iterator[VllmServer]:
+    """shop-toy and its bundled sunglasses adapter in a real vLLM (about a minute to start here)."""
+    yield from serving(VllmServer(BUNDLED / "shop-toy", adapters={ADAPTER: str(BUNDLED / ADAPTER)}))
 
 
 def fitted_png(image: Any, budget: tuple[int, int] = (16384, 25600)) -> bytes:

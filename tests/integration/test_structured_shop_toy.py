@@ -25,16 +25,7 @@ from vqaserve.types import EngineRequest, EngineResult, GenerationParams, Part, 
 
 pytestmark = pytest.mark.integration
 
-ATTRIBUTES: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "category": {"enum": [c for c, _ in synthetic.CATEGORIES]},
-        "color": {"enum": [c for c, _ in synthetic.COLOURS]},
-        "pattern": {"enum": [p for p, _ in synthetic.PATTERNS]},
-        "occasions": {"type": "array", "items": {"enum": [o for o, _ in synthetic.OCCASIONS]},
-                      "minItems": 1, "maxItems": 2},
-    },
-    "required": ["category", "color", "pattern", "occasions"], "additionalProperties": False}
+ATTRIBUTES: dict[str, Any] = synthetic.attribute_schema()
 SMALL: dict[str, Any] = {"type": "object", "properties": {"in_stock": {"type": "boolean"}},
                          "required": ["in_stock"], "additionalProperties": False}
 

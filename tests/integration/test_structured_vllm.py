@@ -26,16 +26,7 @@ from vqaserve.train import synthetic
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 MODEL = "shop-toy"
-ATTRIBUTES: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "category": {"enum": [c for c, _ in synthetic.CATEGORIES]},
-        "color": {"enum": [c for c, _ in synthetic.COLOURS]},
-        "pattern": {"enum": [p for p, _ in synthetic.PATTERNS]},
-        "occasions": {"type": "array", "items": {"enum": [o for o, _ in synthetic.OCCASIONS]},
-                      "minItems": 1, "maxItems": 2},
-    },
-    "required": ["category", "color", "pattern", "occasions"], "additionalProperties": False}
+ATTRIBUTES: dict[str, Any] = synthetic.attribute_schema()
 FORMAT = {"type": "json_schema", "json_schema": {"name": "attributes", "schema": ATTRIBUTES, "strict": True}}
 QUESTION = "Describe this product as JSON."
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.http_support import ServeProcess
-from tests.vllm_support import ask, catalogue, chat_body, content, gateway_env
+from tests.vllm_support import ask, catalogue, chat_body, content, gateway_env, serving
 from vqaserve.bench.vllm_server import BUNDLED, VllmServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
@@ -23,14 +23,7 @@ QUESTIONS = ["What is this product?", "What color is it?", "What pattern does it
 
 @pytest.fixture(scope="module")
 def plain_vllm() -> Iterator[VllmServer]:
-    server = VllmServer(BUNDLED / "shop-toy")
-    try:
-        server.start()
-    except Exception as exc:  # noqa: BLE001 - fail with vLLM's own words
-        server.stop()
-        pytest.fail(f"vLLM did not start: {exc}\n{server.log_tail()}")
-    yield server
-    server.stop()
+    yield from serving(VllmServer(BUNDLED / "shop-toy"))
 
 
 def test_follow_up_questions_hit_vllms_multimodal_cache(plain_vllm: VllmServer, tmp_path: Path) -> None:

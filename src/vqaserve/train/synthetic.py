@@ -47,6 +47,20 @@ LANGS: tuple[str, ...] = ("en", "zh")
 SPLITS: tuple[str, ...] = ("train", "test", "heldout", "adapter")
 Split = Literal["train", "test", "heldout", "adapter"]
 
+
+def attribute_schema() -> dict[str, object]:
+    """The JSON schema of a catalogue item's attributes (structured output: docs/api.md)."""
+    return {
+        "type": "object",
+        "properties": {
+            "category": {"enum": [c for c, _ in CATEGORIES]},
+            "color": {"enum": [c for c, _ in COLOURS]},
+            "pattern": {"enum": [p for p, _ in PATTERNS]},
+            "occasions": {"type": "array", "items": {"enum": [o for o, _ in OCCASIONS]},
+                          "minItems": 1, "maxItems": 2},
+        },
+        "required": ["category", "color", "pattern", "occasions"], "additionalProperties": False}
+
 # Each split draws from its own seed space, so `train` seed 0 and `test` seed 0 never share a picture.
 _SPLIT_SALT = {"train": 11, "test": 23, "heldout": 37, "adapter": 53}
 
