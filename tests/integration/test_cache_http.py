@@ -19,7 +19,6 @@ from cache_helpers import free_port, image_bytes
 from redis_fixture import RedisServer, redis_server  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # two service start-ups: ~25 s idle
-pytest.importorskip("vqaserve.server.app", reason="the HTTP server is not merged on this branch yet")
 SRC = Path(__file__).resolve().parents[2] / "src"
 PNG = image_bytes(size=(160, 96))
 

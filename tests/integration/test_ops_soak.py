@@ -28,7 +28,8 @@ LIMIT_MB = 50.0
 
 
 def test_rss_stays_flat_over_500_distinct_pictures(tmp_path: Path) -> None:
-    synthetic = pytest.importorskip("vqaserve.train.synthetic")
+    from vqaserve.train import synthetic
+
     with ServeProcess(tmp=tmp_path) as server:
         proc = psutil.Process(server.pid)
         samples: list[tuple[int, float]] = []

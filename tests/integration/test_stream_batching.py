@@ -78,14 +78,20 @@ async def test_concurrent_streams_share_one_generate(engine: TransformersEngine,
     await batcher.close()
 
 
-async def test_a_disconnected_stream_stops_alone(engine: TransformersEngine,
-                                                 pictures: list[NormalizedImage],
-                                                 calls: list[int]) -> None:
+async def long_rows(engine: TransformersEngine, pictures: list[NormalizedImage],
+                    calls: list[int]) -> tuple[list[str], MicroBatcher, list[EngineRequest]]:
+    """Each long row's answer alone, then a fresh batcher and the same rows again to stream together."""
     alone = [ok((await engine.generate([r]))[0]).text
              for r in requests(pictures, max_new_tokens=LONG, ignore_eos=True)]
     calls.clear()
-    batcher = MicroBatcher(engine, max_batch_size=8, max_wait_ms=200)
-    rows = requests(pictures, max_new_tokens=LONG, ignore_eos=True)
+    return alone, MicroBatcher(engine, max_batch_size=8, max_wait_ms=200), \
+        requests(pictures, max_new_tokens=LONG, ignore_eos=True)
+
+
+async def test_a_disconnected_stream_stops_alone(engine: TransformersEngine,
+                                                 pictures: list[NormalizedImage],
+                                                 calls: list[int]) -> None:
+    alone, batcher, rows = await long_rows(engine, pictures, calls)
     readers = [batcher.open_stream(r, "") for r in rows]
     others = asyncio.gather(*(drain(r) for r in readers[1:]))
     assert (await readers[0].__anext__()).text
@@ -102,11 +108,7 @@ async def test_a_disconnected_stream_stops_alone(engine: TransformersEngine,
 async def test_a_stream_past_its_deadline_fails_alone(engine: TransformersEngine,
                                                       pictures: list[NormalizedImage],
                                                       calls: list[int]) -> None:
-    alone = [ok((await engine.generate([r]))[0]).text
-             for r in requests(pictures, max_new_tokens=LONG, ignore_eos=True)]
-    calls.clear()
-    batcher = MicroBatcher(engine, max_batch_size=8, max_wait_ms=200)
-    rows = requests(pictures, max_new_tokens=LONG, ignore_eos=True)
+    alone, batcher, rows = await long_rows(engine, pictures, calls)
     late = rows[0]
     late.deadline = time.monotonic() + 60
     readers = [batcher.open_stream(r, "") for r in rows]

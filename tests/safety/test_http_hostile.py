@@ -16,9 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-
-pytest.importorskip("vqaserve.server.app")
-
 from fake_hosts import ThreadedHost, redirect, response  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from hostile_helpers import encoded, gif_frames, multipage_tiff, png_bomb  # noqa: E402

@@ -13,10 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-pytest.importorskip("vqaserve.server.app")
-pytest.importorskip("pillow_heif")
-
 from fake_hosts import ThreadedHost, response  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402

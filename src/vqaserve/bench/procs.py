@@ -36,6 +36,25 @@ def _stop(proc: subprocess.Popen[Any], grace_s: float = 15.0) -> None:
         proc.wait(5)
 
 
+def wait_http_ready(proc: subprocess.Popen[Any], url: str, timeout_s: float, exited: Any,
+                    every_s: float = 0.25) -> bool:
+    """Poll `url` until it answers 200 (True) or `timeout_s` passes (False); a child process that exits
+    meanwhile raises ConfigError with the message `exited()` builds."""
+    import httpx
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise ConfigError(exited())
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(every_s)
+    return False
+
+
 class ServerProcess:
     """`python -m vqaserve serve` on a free loopback port; settings go in as VQA_* variables."""
 
@@ -65,23 +84,14 @@ class ServerProcess:
         return self
 
     def _wait_ready(self) -> None:
-        import httpx
-
-        assert self.proc is not None
-        end = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise ConfigError(f"the benchmark server exited with code {self.proc.returncode}; "
-                                  f"its log: {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise ConfigError(f"the benchmark server was not ready within {self.ready_timeout_s:.0f} s; "
-                          f"its log: {self.log_path}")
+        proc = self.proc
+        assert proc is not None
+        if not wait_http_ready(proc, f"{self.url}/ready", self.ready_timeout_s,
+                               lambda: f"the benchmark server exited with code {proc.returncode}; "
+                                       f"its log: {self.log_path}"):
+            self.stop()
+            raise ConfigError(f"the benchmark server was not ready within {self.ready_timeout_s:.0f} s; "
+                              f"its log: {self.log_path}")
 
     def stop(self) -> None:
         if self.proc is not None:

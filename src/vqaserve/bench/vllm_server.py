@@ -12,10 +12,9 @@ import re
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from vqaserve.bench.procs import cpu_seconds, free_port
+from vqaserve.bench.procs import cpu_seconds, free_port, wait_http_ready
 from vqaserve.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -73,22 +72,13 @@ class VllmServer:
         return self
 
     def wait_ready(self) -> None:
-        import httpx
-
-        assert self.proc is not None
-        end = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise ConfigError(f"vLLM exited with code {self.proc.returncode} while starting; its log "
-                                  f"({self.log_path}) ends with:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/v1/models", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise ConfigError(f"vLLM was not ready within {self.ready_timeout_s:.0f} s; its log: {self.log_path}")
+        proc = self.proc
+        assert proc is not None
+        if not wait_http_ready(proc, f"{self.url}/v1/models", self.ready_timeout_s,
+                               lambda: f"vLLM exited with code {proc.returncode} while starting; its log "
+                                       f"({self.log_path}) ends with:\n{self.log_tail()}", every_s=0.5):
+            self.stop()
+            raise ConfigError(f"vLLM was not ready within {self.ready_timeout_s:.0f} s; its log: {self.log_path}")
 
     def stop(self, sig: int = signal.SIGTERM, grace_s: float = 20.0) -> None:
         """Stop the whole process group (API server and engine core)."""
