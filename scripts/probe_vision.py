@@ -1,4 +1,4 @@
-"""Can a small vision network learn the catalogue's categories from pictures? (docs/eval.md)
+"""Can a small vision network learn the catalogue's categories from pictures? (docs/eval-history.md)
 
 Trains one small image classifier on catalogue pictures (category only, 8 classes) and prints test
 accuracy every 100 steps. Three networks, all about the size of shop-toy's vision tower:

@@ -2,15 +2,47 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from tests.conftest import free_port, image_bytes  # noqa: F401 - re-exported for the cache tests
 from vqaserve.cache import CacheKeyBuilder, LRUCache, TieredCache
 from vqaserve.cache.redis_cache import RedisCache
+from vqaserve.components import Components
 from vqaserve.engines.scripted import ScriptedEngine
-from vqaserve.pipeline import Components, Pipeline
+from vqaserve.pipeline import Pipeline
 from vqaserve.settings import Settings
-from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
+from vqaserve.types import Answer, GenerationParams, ImageRef, Part, Question, Turn
 
 SMALL_IMAGES = {"min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 64}
+
+
+class DictCache:
+    """An AnswerCache in a dict, for tests of what the pipeline stores (not how a cache stores it).
+    A hit is a copy without the stored request's timings, as a real cache returns."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Answer] = {}
+        self.gets = 0
+
+    async def get(self, key: str) -> Answer | None:
+        self.gets += 1
+        hit = self.data.get(key)
+        return None if hit is None else dataclasses.replace(hit, timings={})
+
+    async def put(self, key: str, answer: Answer) -> None:
+        self.data[key] = answer
+
+    def note_coalesced(self) -> None:
+        """Counted by the real cache; these tests do not look at it."""
+
+
+class TextKey:
+    """A cache key of the policy, the question's text and its pictures' hashes (no model)."""
+
+    blocking = False
+
+    def __call__(self, q: Question, model: str, policy: str) -> str:
+        return f"{policy}|{q.last_user_text}|" + ",".join(i.content_hash for i in q.images)
 
 
 class BlockWord:

@@ -97,6 +97,11 @@ class LiveServer:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.02)
+        # The port opens before the model has loaded (server/startup.py): wait for the load too.
+        startup = self.server.config.app.state.startup
+        if not startup.done.wait(timeout=600) or startup.failed:
+            self.__exit__()
+            raise RuntimeError(f"the app did not start: {startup.status()}")
         return self
 
     def __exit__(self, *exc: object) -> None:

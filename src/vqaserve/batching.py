@@ -17,9 +17,10 @@ Policy (one scheduler task per engine; the engine runs one batch at a time):
   slot is free at once) and its `cancel` event is set so a running engine stops it.
 - Disconnects: a cancelled `submit` (the client went away) sets `request.cancel`; the engine's
   stopping criterion sees it. Queued requests that were cancelled never reach the engine.
-- Faults: the engine returns one result or error per request, so one error fails one request. If
-  generate() raises for the whole batch, the batch is bisected and re-run until the culprit fails
-  alone and the rest complete.
+- Faults: the engine returns one result or error per request, so one error fails one request (the
+  engine isolates a failing request itself: engines/base.py). An engine that raises for a whole
+  batch instead fails that batch's requests with a 503 and the scheduler goes on.
+- Admission and deadlines follow admission.py, the rules the concurrency gate (gate.py) shares.
 - Streaming: a stream is a row like any other (same admission, 429, deadline, grouping and batch
   rules). A batch with streaming rows runs as one engine.generate_streams: each streaming row's
   deltas go into a buffer its client reads from (a slow reader never holds the batch), and its
@@ -35,11 +36,12 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vqaserve.errors import DeadlineExceeded, EngineFailure, Overloaded, ShuttingDown, VQAError
+from vqaserve.admission import Admission, BatchObserver, within_deadline
+from vqaserve.errors import EngineFailure, ShuttingDown, VQAError
 from vqaserve.types import EngineRequest, EngineResult, StreamDelta
 
 if TYPE_CHECKING:
@@ -47,9 +49,6 @@ if TYPE_CHECKING:
     from vqaserve.settings import BatchSettings
 
 log = logging.getLogger(__name__)
-
-# (metric, value): "queue_depth", "batch_size", "batch_visual_tokens", "batch_seconds", "rejected"
-BatchObserver = Callable[[str, float], None]
 _END = object()  # end-of-stream marker in a stream ticket's buffer
 
 
@@ -76,7 +75,6 @@ class _Stats:
     company_expected: bool = False  # recent traffic was concurrent: worth waiting for company
     batches: int = 0
     requests: int = 0
-    rejected: int = 0
     sizes: list[int] = field(default_factory=list)
 
 
@@ -86,23 +84,21 @@ class MicroBatcher:
     def __init__(self, engine: Engine, *, max_batch_size: int = 16, max_wait_ms: float = 10.0,
                  queue_max: int = 256, max_batch_visual_tokens: int = 16384,
                  adaptive_wait: bool = True, observer: BatchObserver | None = None) -> None:
-        if max_batch_size < 1 or queue_max < 1:
-            raise ValueError("max_batch_size and queue_max must be >= 1 (VQA_BATCH_MAX_SIZE, VQA_QUEUE_MAX)")
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1 (VQA_BATCH_MAX_SIZE)")
         if max_wait_ms < 0 or max_batch_visual_tokens < 1:
             raise ValueError("max_wait_ms must be >= 0 and max_batch_visual_tokens >= 1")
         self.engine = engine
+        self.admission = Admission(queue_max, "queued", observer)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
-        self.queue_max = queue_max
         self.max_batch_visual_tokens = max_batch_visual_tokens
         self.adaptive_wait = adaptive_wait
-        self.observer = observer  # settable later (the metrics module wires itself in)
         self.stats = _Stats()
         self._queue: list[_Ticket] = []
         self._running: list[_Ticket] = []  # the batch (or stream) the engine has now
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._closed = False
         self._last_arrival = -math.inf
 
     @classmethod
@@ -121,15 +117,7 @@ class MicroBatcher:
 
     async def submit(self, request: EngineRequest, model_key: str) -> EngineResult:
         ticket = self._admit(request, model_key, stream=False)
-        try:
-            done, _ = await asyncio.wait({ticket.future}, timeout=self._remaining(request))
-        except asyncio.CancelledError:  # the client went away: stop generating for it
-            self._abandon(ticket)
-            raise
-        if not done:
-            self._abandon(ticket)
-            raise _deadline_error()
-        return ticket.future.result()
+        return await within_deadline(ticket.future, request, abandon=lambda: self._abandon(ticket))
 
     def open_stream(self, request: EngineRequest, model_key: str) -> AsyncIterator[StreamDelta]:
         """Admit a streaming request now (so a full queue is a 429, not a broken stream)."""
@@ -137,7 +125,7 @@ class MicroBatcher:
 
     async def close(self) -> None:
         """Refuse new work, fail what waits, stop the scheduler (the running batch is cancelled)."""
-        self._closed = True
+        self.admission.closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -151,18 +139,7 @@ class MicroBatcher:
 
     # --- admission -----------------------------------------------------------------------------
     def _admit(self, request: EngineRequest, model_key: str, *, stream: bool) -> _Ticket:
-        if self._closed:
-            raise ShuttingDown("the server is shutting down; retry on another instance")
-        if request.deadline is not None and request.deadline <= time.monotonic():
-            request.cancel.set()
-            raise _deadline_error()
-        if len(self._queue) >= self.queue_max:
-            self.stats.rejected += 1
-            self._observe("rejected", 1)
-            retry = self._retry_after()
-            raise Overloaded(f"the server is busy: {len(self._queue)} requests are already queued "
-                             f"(VQA_QUEUE_MAX={self.queue_max}); retry after {retry} s",
-                             retry_after=retry)
+        self.admission.check(request, len(self._queue), self._retry_after())
         loop = asyncio.get_running_loop()
         self._ensure_scheduler(loop)
         group: tuple[object, ...] = (model_key, request.adapter, request.params.batch_key())
@@ -197,10 +174,6 @@ class MicroBatcher:
         if ticket in self._queue:
             self._queue.remove(ticket)
             self._observe("queue_depth", len(self._queue))
-
-    @staticmethod
-    def _remaining(request: EngineRequest) -> float | None:
-        return None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
 
     # --- the scheduler -------------------------------------------------------------------------
     async def _schedule(self) -> None:
@@ -277,8 +250,7 @@ class MicroBatcher:
         for ticket in live:
             self._observe("queue_seconds", now - ticket.arrived)
         started = time.perf_counter()
-        sinks = [None if t.buffer is None else functools.partial(self._deliver, t) for t in live]
-        results = await self._generate_isolating([t.request for t in live], sinks)
+        results = await self._generate(live)
         seconds = time.perf_counter() - started
         for ticket, result in zip(live, results, strict=True):
             if isinstance(result, BaseException):
@@ -299,10 +271,12 @@ class MicroBatcher:
         ticket.buffer.put_nowait(StreamDelta(text=text))
         ticket.sent += len(text)
 
-    async def _generate_isolating(self, requests: Sequence[EngineRequest],
-                                  sinks: Sequence[DeltaSink | None]) -> list[EngineResult | VQAError]:
-        """engine.generate(_streams); when it raises for the whole batch, bisect so only the culprit
-        fails."""
+    async def _generate(self, batch: list[_Ticket]) -> Sequence[EngineResult | VQAError]:
+        """engine.generate(_streams): one result or error per request. An engine that raises for the
+        whole batch broke that contract: each of its requests gets the error (logged once)."""
+        requests = [t.request for t in batch]
+        sinks: list[DeltaSink | None] = [
+            None if t.buffer is None else functools.partial(self._deliver, t) for t in batch]
         try:
             if any(sinks):
                 results = await self.engine.generate_streams(requests, sinks)
@@ -314,12 +288,7 @@ class MicroBatcher:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if len(requests) == 1:
-                return [_as_client_error(exc)]
-            log.warning("batch of %d failed (%s); re-running in halves", len(requests), type(exc).__name__)
-            mid = len(requests) // 2
-            left = await self._generate_isolating(requests[:mid], sinks[:mid])
-            return left + await self._generate_isolating(requests[mid:], sinks[mid:])
+            return [_as_client_error(exc)] * len(requests)
 
     def _record(self, size: int, seconds: float) -> None:
         s = self.stats
@@ -331,6 +300,9 @@ class MicroBatcher:
         s.company_expected = size > 1 or bool(self._queue)
         self._observe("batch_seconds", seconds)
 
+    def _observe(self, metric: str, value: float) -> None:
+        self.admission.observe(metric, value)
+
     def _fail(self, ticket: _Ticket, error: BaseException) -> None:
         if ticket.buffer is not None:
             ticket.buffer.put_nowait(error)
@@ -340,12 +312,6 @@ class MicroBatcher:
             return
         ticket.future.set_exception(error)
 
-    def _observe(self, metric: str, value: float) -> None:
-        if self.observer is not None:
-            try:
-                self.observer(metric, value)
-            except Exception:  # metrics must never break serving
-                log.exception("batch observer failed")
 
 
 class _StreamReader:
@@ -363,15 +329,7 @@ class _StreamReader:
         if self._finished:
             raise StopAsyncIteration
         assert self._ticket.buffer is not None
-        try:
-            item = await asyncio.wait_for(self._ticket.buffer.get(),
-                                          MicroBatcher._remaining(self._ticket.request))
-        except TimeoutError:
-            await self.aclose()
-            raise _deadline_error() from None
-        except asyncio.CancelledError:
-            await self.aclose()
-            raise
+        item = await within_deadline(self._ticket.buffer.get(), self._ticket.request, abandon=self._leave)
         if item is _END:
             self._finished = True
             raise StopAsyncIteration
@@ -382,15 +340,13 @@ class _StreamReader:
         return item
 
     async def aclose(self) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
         """The reader is gone (finished, disconnected or timed out): stop generating for it."""
         if not self._finished:
             self._finished = True
             self._batcher._abandon(self._ticket)
-
-
-def _deadline_error() -> DeadlineExceeded:
-    return DeadlineExceeded("the answer took longer than the request deadline; retry, "
-                            "or raise VQA_REQUEST_TIMEOUT_S")
 
 
 def _as_client_error(exc: BaseException) -> VQAError:

@@ -107,10 +107,10 @@ def check_versions(report: Report) -> None:
                        "torchvision==0.29.1)")
     tf = _minor(v["transformers"])
     if tf is None:
-        report.problem("transformers is not installed", "pip install 'transformers>=4.57'")
-    elif tf < (4, 57):
-        report.problem(f"transformers {v['transformers']} predates Qwen3-VL",
-                       "pip install -U 'transformers>=4.57'")
+        report.problem("transformers is not installed", "pip install 'transformers>=5.18,<6'")
+    elif tf < (5, 18):  # Qwen3-VL came in 4.57; the vision memo needs 5.18's image-feature API
+        report.problem(f"transformers {v['transformers']} is older than 5.18, which vqaserve needs",
+                       "pip install -U 'transformers>=5.18,<6'")
     if v["peft"] is None:
         report.warn("peft is not installed: LoRA adapters cannot be served", "pip install peft")
 

@@ -116,6 +116,11 @@ class DeadlineExceeded(VQAError):
     type = "timeout_error"
     code = "deadline_exceeded"
 
+    def __init__(self, message: str = "the answer took longer than the request deadline; retry, or raise "
+                                      "VQA_REQUEST_TIMEOUT_S", **kwargs: object) -> None:
+        # The one wording of a passed request deadline, wherever it is noticed (queue, gate, engine).
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+
 
 class EngineFailure(VQAError):
     status = 503

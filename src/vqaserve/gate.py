@@ -11,12 +11,12 @@ Wiring: engines that declare `batches_itself = True` get a ConcurrencyGate inste
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from vqaserve.errors import DeadlineExceeded, Overloaded, VQAError
+from vqaserve.admission import Admission, BatchObserver, within_deadline
+from vqaserve.errors import VQAError
 from vqaserve.types import EngineRequest, EngineResult, StreamDelta
 
 if TYPE_CHECKING:
@@ -25,71 +25,74 @@ if TYPE_CHECKING:
 
 
 class ConcurrencyGate:
-    def __init__(self, engine: Engine, max_in_flight: int = 256) -> None:
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be >= 1 (VQA_QUEUE_MAX)")
+    """The pipeline's Submitter for engines that batch themselves: admission and deadlines only."""
+
+    def __init__(self, engine: Engine, max_in_flight: int = 256, observer: BatchObserver | None = None) -> None:
         self.engine = engine
-        self.max_in_flight = max_in_flight
+        self.admission = Admission(max_in_flight, "in flight", observer)
         self.in_flight = 0
-        self.rejected = 0
 
     @classmethod
-    def from_settings(cls, engine: Engine, batching: BatchSettings) -> ConcurrencyGate:
-        return cls(engine, max_in_flight=batching.queue_max)
+    def from_settings(cls, engine: Engine, batching: BatchSettings,
+                      observer: BatchObserver | None = None) -> ConcurrencyGate:
+        return cls(engine, max_in_flight=batching.queue_max, observer=observer)
 
+    @property
     def depth(self) -> int:
+        """Requests admitted and not yet answered (they wait on the model server, not here)."""
         return self.in_flight
 
-    def _admit(self) -> None:
-        if self.in_flight >= self.max_in_flight:
-            self.rejected += 1
-            raise Overloaded(f"too many requests in flight ({self.max_in_flight}); retry shortly or raise "
-                             "VQA_QUEUE_MAX", retry_after=1.0)
+    def _admit(self, request: EngineRequest) -> None:
+        self.admission.check(request, self.in_flight, retry_after=1)
         self.in_flight += 1
+        # The batcher's figures, for a queue of zero wait and batches of one request (the model
+        # server forms the real batches): dashboards read the same names whichever engine serves.
+        self.admission.observe("queue_depth", self.in_flight)
+        self.admission.observe("queue_seconds", 0.0)
+        self.admission.observe("batch_size", 1)
+        self.admission.observe("batch_visual_tokens", sum(i.visual_tokens for i in request.images))
 
-    def _release(self) -> None:
+    def _release(self, started: float) -> None:
         self.in_flight = max(0, self.in_flight - 1)
+        self.admission.observe("queue_depth", self.in_flight)
+        self.admission.observe("batch_seconds", time.perf_counter() - started)
 
     async def submit(self, request: EngineRequest, model_key: str) -> EngineResult:
-        self._admit()
-        remaining = None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
+        self._admit(request)
+        started = time.perf_counter()
         try:
-            (result,) = await asyncio.wait_for(self.engine.generate([request]), remaining)
-        except TimeoutError:
-            request.cancel.set()
-            raise DeadlineExceeded("the answer took longer than the request deadline; retry, or raise "
-                                   "VQA_REQUEST_TIMEOUT_S") from None
-        except asyncio.CancelledError:  # the client went away
-            request.cancel.set()
-            raise
+            (result,) = await within_deadline(self.engine.generate([request]), request)
         finally:
-            self._release()
+            self._release(started)
         if isinstance(result, VQAError):
             raise result
         return result
 
     def open_stream(self, request: EngineRequest, model_key: str) -> AsyncIterator[StreamDelta]:
         """Admit now (a full gate is a 429 before any byte is sent), stream concurrently."""
-        self._admit()
+        self._admit(request)
         return _GatedStream(self, request)
 
     async def close(self) -> None:
-        """Nothing queues here: in-flight requests end with their upstream calls."""
+        """Refuse new work; in-flight requests end with their upstream calls."""
+        self.admission.closed = True
 
 
 class _GatedStream:
-    """The engine's stream, holding one gate slot until it ends, fails or is closed (even unstarted)."""
+    """The engine's stream under the request's deadline, holding one gate slot until it ends, fails
+    or is closed (even unstarted)."""
 
     def __init__(self, gate: ConcurrencyGate, request: EngineRequest) -> None:
         self.gate = gate
         self.request = request
-        self._inner: Any = None
+        self._inner: AsyncIterator[StreamDelta] | None = None
+        self._started = time.perf_counter()
         self._released = False
 
     def _release(self) -> None:
         if not self._released:
             self._released = True
-            self.gate._release()
+            self.gate._release(self._started)
 
     def __aiter__(self) -> _GatedStream:
         return self
@@ -100,15 +103,15 @@ class _GatedStream:
         if self._inner is None:
             self._inner = self.gate.engine.stream(self.request)
         try:
-            return await self._inner.__anext__()
-        except BaseException:  # end, error or cancellation: the slot is free again
+            return await within_deadline(self._inner.__anext__(), self.request)
+        except BaseException:  # end, error, deadline or cancellation: the slot is free again
             self._release()
             raise
 
     async def aclose(self) -> None:
         self._release()
         if self._inner is not None:
-            await self._inner.aclose()
+            await self._inner.aclose()  # type: ignore[attr-defined]  # an async generator
 
     def __del__(self) -> None:  # a stream dropped without being closed must not leak its slot
         self._release()

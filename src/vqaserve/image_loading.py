@@ -15,11 +15,11 @@ import asyncio
 import dataclasses
 import hashlib
 import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from vqaserve import images as imgs
+from vqaserve.bounded_lru import BoundedLRU
 from vqaserve.settings import Settings
 from vqaserve.types import ImageRef, NormalizedImage, Part
 
@@ -34,12 +34,11 @@ class DecodedImageMemo:
 
     def __init__(self, entries: int = 128, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.entries = entries
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[bytes, NormalizedImage] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._items: BoundedLRU[bytes, NormalizedImage] = BoundedLRU(
+            entries, max_bytes=max_bytes, size=lambda _, image: image.memory_bytes)
         self.hits = 0
         self.misses = 0
+        self._count_lock = threading.Lock()  # the image pool's threads share the memo
 
     def key(self, source: bytes | str, min_pixels: int, max_pixels: int,
             max_image_pixels: int) -> bytes | None:
@@ -52,26 +51,18 @@ class DecodedImageMemo:
         return kind + hashlib.blake2b(raw, digest_size=16).digest() + budget
 
     def get(self, key: bytes, name: str = "image") -> NormalizedImage | None:
-        with self._lock:
-            found = self._items.get(key)
-            if found is None:
-                return None
-            self._items.move_to_end(key)
+        found = self._items.get(key)
+        if found is None:
+            return None
+        with self._count_lock:
             self.hits += 1
         # The pixels are shared (nothing downstream writes to them); the name is this request's.
         return found if found.source == name else dataclasses.replace(found, source=name)
 
     def put(self, key: bytes, image: NormalizedImage) -> None:
-        size = image.memory_bytes
-        with self._lock:
+        with self._count_lock:
             self.misses += 1
-            if size > self.max_bytes or key in self._items:
-                return
-            self._items[key] = image
-            self._bytes += size
-            while len(self._items) > self.entries or self._bytes > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= old.memory_bytes
+        self._items.put(key, image)  # a racing decode of the same input replaces it with equal pixels
 
     def normalize(self, data: bytes, min_pixels: int, max_pixels: int, max_image_pixels: int,
                   name: str = "image") -> NormalizedImage:

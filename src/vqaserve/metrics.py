@@ -1,8 +1,9 @@
 """Prometheus metrics, one `Metrics` object (with its own CollectorRegistry) per app.
 
-Several apps in one process (tests) must not clash, so nothing is registered globally. The app
+Several apps in one process (tests) must not clash, so nothing is registered globally (in the
+multiprocess mode below, one app per process). The app
 creates one `Metrics`, exposes it as `app.state.metrics` and passes it to `wiring.build_pipeline`,
-which puts it in `Components.extra["metrics"]` and wires `Components.observe` to `observe_stage`.
+which wires `Components.observe` to `observe_stage` and the batcher's observer to `observe_batch`.
 
 Helpers other modules call (all cheap, thread-safe):
     metrics.observe_stage(stage, seconds)   latency of a pipeline stage: decode, safety, cache,
@@ -17,14 +18,28 @@ Helpers other modules call (all cheap, thread-safe):
     metrics.count_tokens(prompt, completion)
     metrics.safety_blocks.labels(stage="input"|"output").inc()
     metrics.engine_errors.labels(code="engine_failure"|...).inc()
+    metrics.add_collector(collector)        a collector read at scrape time (wiring: the cache's stats)
+    metrics.watch_breakers({name: breaker}) vqa_breaker_state{backend} (0 closed, 1 open, 2 half-open)
+                                            and vqa_breaker_opens_total{backend} (wiring: the engine's)
     vqa_vision_tower_images_total{result="hit"|"miss"}  pictures whose vision-tower output was reused
                                             or computed (read from engines.vision_memo at scrape time)
 Request counts and latencies per route are recorded by the app's access middleware.
+
+Several worker processes (`vqa serve --workers N`): each has its own app and Metrics, so a scrape
+would see only the worker that answered it. `vqa serve` sets PROMETHEUS_MULTIPROC_DIR to a fresh
+folder before the workers start; prometheus_client then keeps every value in a file there per
+process, and `render()` adds up all of them (MultiProcessCollector). Collectors that read state at
+scrape time (`add_collector`: the cache's stats, the vision memo) can only see their own process:
+there they carry a `worker` label (the pid) instead of pretending to be the total.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import glob
+import os
+import re
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,7 +49,17 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from vqaserve.breaker import CircuitBreaker
+
+# prometheus_client reads these when it is imported; the multiprocess mode follows the same test.
+MULTIPROC_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
 
 # Stage latencies span ~0.1 ms (L1 cache) to minutes (CPU generation).
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -46,7 +71,10 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, namespace: str = "vqa") -> None:
+        self.multiprocess_dir = next((os.environ[k] for k in MULTIPROC_ENV if os.environ.get(k)), None)
+        self.namespace = namespace
         self.registry = CollectorRegistry(auto_describe=True)
+        self._scrape_time: list[Collector] = []
         r, ns = self.registry, namespace
         self.requests = Counter("requests", "HTTP requests by route and status",
                                 ["route", "method", "status"], namespace=ns, registry=r)
@@ -64,8 +92,12 @@ class Metrics:
                                        registry=r, buckets=STAGE_BUCKETS)
         self.queue_rejections = Counter("queue_rejections", "Requests refused because the queue was full",
                                         namespace=ns, registry=r)
+        # Gauges with several workers: each worker has its own queue and connections, so the
+        # service's figure is the sum over the workers alive ("livesum": a dead worker's last value
+        # must not linger). Compare with N x VQA_QUEUE_MAX / VQA_MAX_CONNECTIONS, the caps being
+        # per worker. (A single process ignores multiprocess_mode.)
         self.queue_depth = Gauge("queue_depth", "Requests waiting for the engine", namespace=ns,
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livesum")
         self.cache = Counter("cache_lookups", "Answer cache results", ["result"], namespace=ns,
                              registry=r)
         self.safety_blocks = Counter("safety_blocks", "Requests or answers blocked by safety checks",
@@ -73,8 +105,18 @@ class Metrics:
         self.engine_errors = Counter("engine_errors", "Engine failures by error code", ["code"],
                                      namespace=ns, registry=r)
         self.in_flight = Gauge("requests_in_flight", "HTTP requests being handled", namespace=ns,
-                               registry=r)
-        r.register(_VisionTowerCollector(ns))
+                               registry=r, multiprocess_mode="livesum")
+        self.add_collector(_VisionTowerCollector(ns))
+
+    def add_collector(self, collector: Collector) -> None:
+        """A collector that reads its process's state at scrape time (cache stats, vision memo)."""
+        self._scrape_time.append(collector)
+        self.registry.register(collector)
+
+    def watch_breakers(self, breakers: Mapping[str, CircuitBreaker]) -> None:
+        """Export circuit breakers (wiring: the engine's, e.g. the upstream model server's)."""
+        if breakers:
+            self.add_collector(_BreakerCollector(self.namespace, dict(breakers)))
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage_latency.labels(stage=stage).observe(seconds)
@@ -106,7 +148,50 @@ class Metrics:
         self.request_latency.labels(route=route).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        _forget_dead_workers(self.multiprocess_dir)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)  # every worker's files, added up
+        for collector in self._scrape_time:
+            registry.register(_ThisWorker(collector))
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """At the app's shutdown: this worker's live gauges leave the sums (counters stay counted)."""
+        if self.multiprocess_dir is not None:
+            mark_process_dead(os.getpid(), self.multiprocess_dir)
+
+
+def _forget_dead_workers(path: str) -> None:
+    """A worker that was killed never ran `close()`: drop its live gauges, or its last in-flight and
+    queue figures would stay in the sums until the service restarts."""
+    for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        match = _LIVE_GAUGE_FILE.search(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, path)
+        except PermissionError:  # alive, under another user
+            continue
+
+
+class _ThisWorker:
+    """A scrape-time collector's families with a `worker` label: its figures are one process's."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+
+    def collect(self) -> Iterator[Metric]:
+        worker = str(os.getpid())
+        for family in self.collector.collect():
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            for s in family.samples:
+                out.add_sample(s.name, {**s.labels, "worker": worker}, s.value, s.timestamp, s.exemplar)
+            yield out
 
 
 class _VisionTowerCollector:
@@ -126,3 +211,25 @@ class _VisionTowerCollector:
         for result, n in totals().items():
             family.add_metric([result], n)
         yield family
+
+
+class _BreakerCollector:
+    """Circuit breakers' state and opens, read at scrape time (breaker.py knows nothing of metrics)."""
+
+    def __init__(self, namespace: str, breakers: dict[str, CircuitBreaker]) -> None:
+        self.namespace = namespace
+        self.breakers = breakers
+
+    def describe(self) -> list[object]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(f"{self.namespace}_breaker_state", "Circuit breaker of a backend: "
+                                  "0 closed, 1 open (failing fast), 2 half-open (probing)", labels=["backend"])
+        opens = CounterMetricFamily(f"{self.namespace}_breaker_opens", "Times a backend's circuit "
+                                    "breaker opened", labels=["backend"])
+        for name, breaker in self.breakers.items():
+            state.add_metric([name], breaker.state_number)
+            opens.add_metric([name], breaker.opens)
+        yield state
+        yield opens

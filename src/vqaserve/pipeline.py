@@ -6,6 +6,9 @@
 
 Routes, the CLI, `vqa eval` and the web page all call `Pipeline.answer` / `Pipeline.open_stream`.
 Each stage is a component passed in; a missing component means that stage is skipped ("bypass").
+A stream is an answer whose pieces the client sees as they come: the same moderation (a blocked
+answer ends with the refusal text), the same cache-write rule (`_conclude`), the same deadline rule
+(admission.py) and the same coalescing (while it generates, identical requests wait for its answer).
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import asyncio
 import dataclasses
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from vqaserve.admission import within_deadline
 from vqaserve.cache.coalesce import Coalescer
+from vqaserve.components import Components
 from vqaserve.engines.base import Engine
 from vqaserve.errors import DeadlineExceeded, InvalidRequest, NotFound, VQAError
 from vqaserve.image_loading import PictureLoader
@@ -29,73 +34,10 @@ from vqaserve.types import (
     CacheStatus,
     EngineRequest,
     EngineResult,
-    NormalizedImage,
     Question,
     StreamDelta,
     Usage,
 )
-
-
-# --- the seams (implemented in safety.py, cache.py, batching.py, fetch.py, metrics.py) -------------
-class ImageChecker(Protocol):
-    def check(self, image: NormalizedImage) -> None:
-        """Raise BlockedInput when the image must be refused."""
-
-
-class OutputFilter(Protocol):
-    version: str
-
-    def is_blocked(self, text: str) -> bool: ...
-
-    def refusal(self, question_text: str) -> str: ...
-
-    def stream_guard(self) -> StreamGuard: ...
-
-
-class StreamGuard(Protocol):
-    def feed(self, delta: str) -> tuple[str, bool]:
-        """Text that is safe to send now, and whether a blocked term was found."""
-
-    def flush(self) -> tuple[str, bool]:
-        """The held-back tail at the end of the stream, and whether it was blocked."""
-
-
-class PromptGuard(Protocol):
-    def clean(self, text: str, field: str) -> str:
-        """Neutralise control-token spellings; raise InvalidRequest for over-long text."""
-
-
-class AnswerCache(Protocol):
-    async def get(self, key: str) -> Answer | None: ...
-
-    async def put(self, key: str, answer: Answer) -> None: ...
-
-
-class KeyBuilder(Protocol):
-    def __call__(self, question: Question, model_id: str, policy: str) -> str: ...
-
-
-class Submitter(Protocol):
-    """The batcher: admits a request (or raises Overloaded) and returns its engine result."""
-
-    async def submit(self, request: EngineRequest, model_key: str) -> EngineResult: ...
-
-
-class ImageLoader(Protocol):
-    async def load(self, ref: Any) -> bytes: ...
-
-
-@dataclass
-class Components:
-    image_checker: ImageChecker | None = None
-    output_filter: OutputFilter | None = None
-    prompt_guard: PromptGuard | None = None
-    cache: AnswerCache | None = None
-    cache_key: KeyBuilder | None = None
-    batcher: Submitter | None = None
-    fetcher: ImageLoader | None = None
-    observe: Callable[[str, float], None] | None = None  # (stage, seconds) -> metrics
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,7 +61,7 @@ class Pipeline:
         # Decoding and resizing are CPU work with the GIL mostly released (Pillow): keep it off the loop.
         self.image_pool = image_pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="vqa-img")
         # Concurrent identical cacheable misses share one generation (see cache/coalesce.py).
-        self.inflight: Coalescer[Answer] = Coalescer(getattr(self.c.cache, "note_coalesced", None))
+        self.inflight: Coalescer[Answer] = Coalescer(self.c.cache.note_coalesced if self.c.cache else None)
         # Fetch, decode, fit and hash; the same upload again (a cache hit's usual case) skips decoding.
         self.pictures = PictureLoader(settings, self.image_pool)
 
@@ -141,9 +83,7 @@ class Pipeline:
             cached.request_id = question.request_id
             return cached
         if key is None:
-            answer = self._moderate(question, await self._generate(question, timer), timer)
-            answer.cache = "bypass"
-            return answer
+            return await self._answer_fresh(question, None, timer)
         answer, shared = await self.inflight.run(key, lambda: self._answer_fresh(question, key, timer))
         if shared:  # the leader's Answer object: give this request its own copy
             answer = dataclasses.replace(answer, usage=dataclasses.replace(answer.usage),
@@ -151,12 +91,10 @@ class Pipeline:
                                          model=question.model or self.model_id)
         return answer
 
-    async def _answer_fresh(self, question: Question, key: str, timer: Timer) -> Answer:
+    async def _answer_fresh(self, question: Question, key: str | None, timer: Timer) -> Answer:
         """Generate, moderate and store one answer; runs once per key however many requests wait."""
         answer = self._moderate(question, await self._generate(question, timer), timer)
-        answer.cache = "miss"
-        if self._storable(question, answer):
-            await self._cache_put(key, answer, timer)
+        await self._conclude(question, key, answer, timer)
         return answer
 
     async def open_stream(self, question: Question) -> tuple[CacheStatus, AsyncIterator[StreamDelta]]:
@@ -171,7 +109,16 @@ class Pipeline:
             return "miss", self._replay_shared(question, key, timer)
         request = self._engine_request(question)
         source = self._open_engine_stream(request, question)  # admitted now: a full queue is a 429
-        return ("miss" if key else "bypass"), self._stream_fresh(question, key, timer, request, source)
+        deltas: asyncio.Queue[StreamDelta] = asyncio.Queue()
+
+        def generate() -> Awaitable[Answer]:
+            return self._generate_stream(question, key, timer, request, source, deltas.put_nowait)
+
+        if key is None:
+            return "bypass", self._relay(asyncio.ensure_future(generate()), deltas)
+        # No await since the in_flight check: this stream leads the flight others join.
+        flight, _ = self.inflight.flight(key, generate)
+        return "miss", self._relay(asyncio.ensure_future(self.inflight.wait(flight)), deltas)
 
     # --- stages ------------------------------------------------------------------------------------
     def budget(self) -> tuple[int, int]:
@@ -219,7 +166,7 @@ class Pipeline:
                        param="model")
 
     def _policy(self) -> str:
-        return getattr(self.c.output_filter, "version", "none")
+        return self.c.output_filter.version if self.c.output_filter else "none"
 
     def _model_identity(self) -> str:
         """The model id plus the engine's weights fingerprint, when it reports one (a retrained
@@ -231,7 +178,7 @@ class Pipeline:
         if not (self.c.cache and self.c.cache_key and q.cache and q.params.deterministic):
             return None
         builder, identity, policy = self.c.cache_key, self._model_identity(), self._policy()
-        if getattr(builder, "blocking", False):  # e.g. near-duplicate hashing: milliseconds of numpy
+        if builder.blocking:  # e.g. near-duplicate hashing: milliseconds of numpy
             return await asyncio.get_running_loop().run_in_executor(
                 self.image_pool, builder, q, identity, policy)
         return builder(q, identity, policy)
@@ -254,8 +201,12 @@ class Pipeline:
         await self.c.cache.put(key, answer)
         timer.add("cache", t0)
 
-    def _storable(self, q: Question, a: Answer) -> bool:
-        return q.params.deterministic and a.finish_reason != "content_filter"
+    async def _conclude(self, q: Question, key: str | None, answer: Answer, timer: Timer) -> None:
+        """The one cache-write rule, for answers and streams: a keyed, deterministic, allowed
+        answer is stored."""
+        answer.cache = "bypass" if key is None else "miss"
+        if key is not None and q.params.deterministic and answer.finish_reason != "content_filter":
+            await self._cache_put(key, answer, timer)
 
     def _engine_request(self, q: Question) -> EngineRequest:
         return EngineRequest(turns=q.turns, params=q.params, adapter=q.adapter,
@@ -264,37 +215,32 @@ class Pipeline:
     async def _generate(self, q: Question, timer: Timer) -> EngineResult:
         request = self._engine_request(q)
         t0 = time.perf_counter()
-        try:
-            if self.c.batcher is not None:
-                result = await self.c.batcher.submit(request, q.adapter or "")
-            else:
-                (result,) = await self._within_deadline(self.engine.generate([request]), request)
-        except asyncio.CancelledError:
-            request.cancel.set()  # the client went away: stop generating for it
-            raise
+        result: EngineResult | VQAError
+        if self.c.batcher is not None:
+            result = await self.c.batcher.submit(request, q.adapter or "")
+        else:
+            (result,) = await within_deadline(self.engine.generate([request]), request)
         timer.add("generate", t0)
         if isinstance(result, VQAError):
             raise result
         return result
 
-    async def _within_deadline(self, coro: Any, request: EngineRequest) -> Any:
-        remaining = None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
-        try:
-            return await asyncio.wait_for(coro, remaining)
-        except TimeoutError:
-            request.cancel.set()
-            raise DeadlineExceeded("the answer took longer than the request deadline; "
-                                   "retry, or raise VQA_REQUEST_TIMEOUT_S") from None
-
     def _moderate(self, q: Question, result: EngineResult, timer: Timer) -> Answer:
-        text, finish = result.text, result.finish_reason
+        """A finished answer through the output filter: a blocked one becomes the refusal."""
+        t0 = time.perf_counter()
+        blocked = self.c.output_filter is not None and self.c.output_filter.is_blocked(result.text)
         if self.c.output_filter is not None:
-            t0 = time.perf_counter()
-            if self.c.output_filter.is_blocked(text):
-                text, finish = self.c.output_filter.refusal(q.last_user_text), "content_filter"
             timer.add("safety_out", t0)
+        return self._answer_of(q, self._refusal(q) if blocked else result.text,
+                               "content_filter" if blocked else result.finish_reason, result.usage, timer)
+
+    def _refusal(self, q: Question) -> str:
+        assert self.c.output_filter is not None
+        return self.c.output_filter.refusal(q.last_user_text)
+
+    def _answer_of(self, q: Question, text: str, finish: Any, usage: Usage | None, timer: Timer) -> Answer:
         return Answer(text=text, model=q.model or self.model_id, finish_reason=finish,
-                      usage=result.usage, timings=timer.timings, request_id=q.request_id)
+                      usage=usage or Usage(), timings=timer.timings, request_id=q.request_id)
 
     async def _replay(self, answer: Answer) -> AsyncIterator[StreamDelta]:
         """A finished answer as a stream, word by word (the pieces join to exactly the text)."""
@@ -309,65 +255,88 @@ class Pipeline:
         async for delta in self._replay(answer):
             yield delta
 
-    def _open_engine_stream(self, request: EngineRequest, q: Question) -> Any:
-        """The engine's stream, through the batcher's queue when there is one (same turn-taking)."""
-        opener = getattr(self.c.batcher, "open_stream", None)
-        if opener is not None:
-            return opener(request, q.adapter or "")
+    def _open_engine_stream(self, request: EngineRequest, q: Question) -> AsyncIterator[StreamDelta]:
+        """The engine's stream, through the Submitter when there is one (same admission and turns)."""
+        if self.c.batcher is not None:
+            return self.c.batcher.open_stream(request, q.adapter or "")
         return self.engine.stream(request)
 
-    async def _stream_fresh(self, q: Question, key: str | None, timer: Timer, request: EngineRequest,
-                            gen: Any) -> AsyncIterator[StreamDelta]:
+    async def _relay(self, work: asyncio.Future[Any],
+                     deltas: asyncio.Queue[StreamDelta]) -> AsyncIterator[StreamDelta]:
+        """The client's side of a generating stream: its deltas as they come, then its error if it
+        failed. A client that leaves cancels `work` (the generation, or its wait in a flight that
+        others may still be waiting on)."""
+        getter: asyncio.Future[StreamDelta] | None = None
+        try:
+            while not (work.done() and deltas.empty()):
+                getter = asyncio.ensure_future(deltas.get())
+                await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            work.result()  # the generation's error, after every delta it sent
+        finally:
+            if getter is not None:
+                getter.cancel()
+            if not work.done():
+                work.cancel()
+                await asyncio.wait({work})
+
+    async def _generate_stream(self, q: Question, key: str | None, timer: Timer, request: EngineRequest,
+                               source: AsyncIterator[StreamDelta], emit: Callable[[StreamDelta], None]) -> Answer:
+        """Run one engine stream to its end: its text through the output guard to `emit`, the answer
+        concluded (stored by the one rule) before its last delta, so a client that leaves right
+        after that delta still counts. Returns the answer, for requests that joined the flight."""
         guard = self.c.output_filter.stream_guard() if self.c.output_filter else None
         pieces: list[str] = []
         final: StreamDelta | None = None
         t0 = time.perf_counter()
         try:
-            async for delta in gen:
-                if request.should_stop() and request.deadline and time.monotonic() > request.deadline:
-                    raise DeadlineExceeded("the answer took longer than the request deadline")
-                text = delta.text
-                if guard is not None:
-                    text, blocked = guard.feed(text)
-                    if blocked:
-                        request.cancel.set()
-                        assert self.c.output_filter is not None
-                        yield StreamDelta(text="", finish_reason="content_filter", usage=delta.usage)
-                        return
+            async for delta in source:
+                if request.past_deadline():
+                    raise DeadlineExceeded()
+                text, blocked = guard.feed(delta.text) if guard is not None else (delta.text, False)
+                if delta.finish_reason is not None and guard is not None and not blocked:
+                    tail, blocked = guard.flush()
+                    text += tail
+                if blocked:
+                    return await self._refuse_stream(q, key, timer, request, delta, pieces, emit)
                 pieces.append(text)
                 if delta.finish_reason is not None:
                     final = delta
-                    if guard is not None:
-                        tail, blocked = guard.flush()
-                        if blocked:
-                            yield StreamDelta(text="", finish_reason="content_filter", usage=delta.usage)
-                            return
-                        text += tail
-                        pieces.append(tail)
-                    # Store before the last yield: a client that leaves right after it still counts.
-                    if (key and self.c.cache is not None and q.params.deterministic
-                            and delta.finish_reason != "content_filter"):
-                        await self._cache_put(key, Answer(
-                            text="".join(pieces), model=q.model or self.model_id,
-                            finish_reason=delta.finish_reason, usage=delta.usage or Usage()), timer)
-                    yield StreamDelta(text=text, finish_reason=delta.finish_reason, usage=delta.usage)
                     break
                 if text:
-                    yield StreamDelta(text=text)
+                    emit(StreamDelta(text=text))
             else:
-                # The engine ended without a finish_reason: the held-back tail must still be released
-                # (or blocked), and the client still needs a final chunk.
-                if not request.should_stop():
-                    tail, blocked = guard.flush() if guard is not None else ("", False)
-                    final = StreamDelta(text="" if blocked else tail,
-                                        finish_reason="content_filter" if blocked else "stop")
-                    yield final
-                    if blocked:
-                        return
-                    pieces.append(tail)
+                # The engine ended without a finish_reason: the held-back tail is still released (or
+                # blocked), and the client still gets a final chunk.
+                if request.past_deadline():
+                    raise DeadlineExceeded()
+                tail, blocked = guard.flush() if guard is not None else ("", False)
+                final = StreamDelta(finish_reason="stop")
+                if blocked:
+                    return await self._refuse_stream(q, key, timer, request, final, pieces, emit)
+                pieces.append(tail)
+                text = tail
+            answer = self._answer_of(q, "".join(pieces), final.finish_reason, final.usage, timer)
+            await self._conclude(q, key, answer, timer)
+            emit(StreamDelta(text=text, finish_reason=final.finish_reason, usage=final.usage))
+            return answer
         finally:
-            # A client that disconnects closes this generator: tell the engine to stop.
-            if final is None:
+            if final is None:  # failed, blocked or abandoned: tell the engine to stop
                 request.cancel.set()
-            await gen.aclose()
-        timer.add("generate", t0)
+            await source.aclose()  # type: ignore[attr-defined]  # async generators and stream readers
+            timer.add("generate", t0)
+
+    async def _refuse_stream(self, q: Question, key: str | None, timer: Timer, request: EngineRequest,
+                             last: StreamDelta, sent: list[str], emit: Callable[[StreamDelta], None]) -> Answer:
+        """A stream the output guard blocked ends with the refusal text (the guard held the blocked
+        words back, so only safe text preceded it); the answer is the refusal, as for `answer`."""
+        request.cancel.set()  # stop generating what will not be shown
+        refusal = self._refusal(q)
+        answer = self._answer_of(q, refusal, "content_filter", last.usage, timer)
+        await self._conclude(q, key, answer, timer)
+        emit(StreamDelta(text=("\n" if "".join(sent).strip() else "") + refusal,
+                         finish_reason="content_filter", usage=last.usage))
+        return answer

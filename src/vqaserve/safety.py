@@ -14,10 +14,10 @@ Heavy imports (onnxruntime, nudenet, cv2, torch, transformers) happen on first u
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from vqaserve.bounded_lru import BoundedLRU
 from vqaserve.errors import BlockedInput, ConfigError
 
 if TYPE_CHECKING:
@@ -174,20 +174,13 @@ class RememberPassed:
 
     def __init__(self, inner: NudeNetChecker | HFImageChecker, entries: int = 4096) -> None:
         self.inner = inner
-        self.entries = entries
-        self._passed: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
+        self._passed: BoundedLRU[str, bool] = BoundedLRU(entries)
 
     def check(self, image: NormalizedImage) -> None:
-        with self._lock:
-            if image.content_hash in self._passed:
-                self._passed.move_to_end(image.content_hash)
-                return
+        if self._passed.get(image.content_hash):
+            return
         self.inner.check(image)  # raises BlockedInput for a refused picture
-        with self._lock:
-            self._passed[image.content_hash] = None
-            while len(self._passed) > self.entries:
-                self._passed.popitem(last=False)
+        self._passed.put(image.content_hash, True)
 
 
 def build_image_checker(settings: Settings) -> RememberPassed | MarkerChecker | None:

@@ -233,7 +233,14 @@ class EngineRequest:
         return [p.image for t in self.turns for p in t.parts if p.image is not None]
 
     def should_stop(self) -> bool:
-        return self.cancel.is_set() or (self.deadline is not None and time.monotonic() > self.deadline)
+        return self.cancel.is_set() or self.past_deadline()
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (0 once passed); None without a deadline."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
 
 @dataclass

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from vqaserve.components import Components
 from vqaserve.engines.base import Engine
 from vqaserve.errors import ConfigError
-from vqaserve.pipeline import Components, Pipeline
+from vqaserve.pipeline import Pipeline
 from vqaserve.settings import Settings
 
 
@@ -30,26 +31,24 @@ def build_engine(settings: Settings) -> Engine:
 def build_components(settings: Settings, engine: Engine, metrics: Any = None) -> Components:
     """Safety, cache, batching and fetching, each from its own module, configured by settings.
 
-    `metrics` (a vqaserve.metrics.Metrics, given by the server) is in `extra["metrics"]` for
-    components that report (batch sizes, queue depth); stage timings flow through `observe`.
+    `metrics` (a vqaserve.metrics.Metrics, given by the server) gets the stage timings (`observe`),
+    the batcher's figures, the cache's stats and the engine's circuit breakers.
     """
     components = Components()
     if metrics is not None:
         components.observe = metrics.observe_stage
-        components.extra["metrics"] = metrics
+        metrics.watch_breakers(engine.breakers())
     _add_safety(settings, components)
     if settings.cache.enabled:
         from vqaserve.cache import build_cache
 
         components.cache, components.cache_key = build_cache(settings)
-        # /ready reports each probe under its name; "status": "degraded" makes /ready say degraded.
-        components.extra.setdefault("health", {})["cache"] = components.cache.health
-        components.extra["cache"] = components.cache
-        components.extra.setdefault("aclose", []).append(components.cache.aclose)  # lifespan shutdown
+        components.health["cache"] = components.cache.health
+        components.closers.append(components.cache.aclose)
         if metrics is not None:
             from vqaserve.cache.metrics import CacheCollector
 
-            metrics.registry.register(CacheCollector(components.cache))
+            metrics.add_collector(CacheCollector(components.cache))  # per worker: see metrics.py
     _add_batcher(settings, engine, components, metrics)
     return components
 
@@ -60,16 +59,16 @@ def _add_batcher(settings: Settings, engine: Engine, components: Components, met
     In-process engines get the micro-batcher (max_size=1 = batching off); a model server that
     batches continuously itself (vLLM) gets admission only, each request sent at once.
     """
-    if getattr(engine, "batches_itself", False):
+    observer = metrics.observe_batch if metrics is not None else None
+    if engine.batches_itself:
         from vqaserve.gate import ConcurrencyGate
 
-        components.batcher = ConcurrencyGate.from_settings(engine, settings.batching)
+        components.batcher = ConcurrencyGate.from_settings(engine, settings.batching, observer=observer)
     else:
         from vqaserve.batching import MicroBatcher
 
-        observer = metrics.observe_batch if metrics is not None else None
         components.batcher = MicroBatcher.from_settings(engine, settings.batching, observer=observer)
-    components.extra.setdefault("aclose", []).append(components.batcher.close)  # server shutdown hook
+    components.closers.insert(0, components.batcher.close)  # first: fail what waits, then free the rest
 
 
 def _add_safety(settings: Settings, components: Components) -> None:

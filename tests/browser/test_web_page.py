@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import image_bytes
+from tests.conftest import REPO, image_bytes
 from tests.http_support import (
     LiveServer,
     RecordingEngine,
@@ -21,6 +23,7 @@ from tests.http_support import (
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
+SAMPLES = REPO / "src" / "vqaserve" / "server" / "static" / "samples"
 XSS = '<img src=x onerror="window.__pwned = 1"><script>window.__pwned = 2</script>'
 
 
@@ -147,6 +150,50 @@ def test_the_bundled_model_answers_a_catalogue_picture_on_the_page(browser: Any,
         page.set_default_timeout(120_000)  # CPU generation on a busy machine
         assert ask(page, picture, question).strip().lower() == answer
         page.screenshot(path=str(tmp_path / "shop_toy_page.png"), full_page=True)
+        context.close()
+
+
+def test_another_model_gets_no_demo_line_and_no_samples(page: Any) -> None:
+    # The scripted engine stands for any model that is not the bundled demo (the HTTP side of a real
+    # model of the user's own: tests/integration/test_web_page_info.py).
+    with page.expect_response(lambda r: r.url.endswith("/static/page.json")) as info:
+        page.reload()
+    assert info.value.ok  # the page asked; what it was told is checked by test_web_page_info.py
+    page.wait_for_load_state("networkidle")  # app.js has handled the answer
+    assert page.is_hidden("#demo-note") and page.is_hidden("#samples")
+    assert page.eval_on_selector_all("#samples button", "els => els.length") == 0
+
+
+@pytest.mark.slow
+def test_the_bundled_model_says_what_it_knows_and_offers_samples(browser: Any, tmp_path: Path) -> None:
+    samples = json.loads((SAMPLES / "samples.json").read_text())
+    with ServeProcess(tmp_path / "serve.log") as server:  # no --model: the default, shop-toy
+        context = browser.new_context(bypass_csp=True)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.set_default_timeout(120_000)  # CPU generation on a busy machine
+        page.goto(server.url + "/")
+        page.wait_for_selector("#demo-note", state="visible")
+        note = page.inner_text("#demo-note")  # as rendered: source line breaks collapsed
+        assert "only the synthetic shop catalogue" in note and "--model" in note
+        assert page.eval_on_selector_all("#samples img", "els => els.map(e => e.alt)") == [
+            s["alt"] for s in samples]
+        page.wait_for_function(  # every thumbnail really loaded (not a broken-image icon)
+            "[...document.querySelectorAll('#samples img')].every(i => i.complete && i.naturalWidth > 0)")
+        # shop-toy names this handbag on every seed tried (scripts/make_page_samples.py picked seeds).
+        handbag = next(s for s in samples if s["category"] == "handbag")
+        page.click(f"#samples img[alt='{handbag['alt']}']")
+        page.wait_for_selector("#preview:not([hidden])", state="attached")
+        preview = page.get_attribute("#preview", "src")
+        assert preview.startswith("data:image/png;base64,")  # loaded as a dropped file is
+        assert base64.b64decode(preview.split(",", 1)[1]) == (SAMPLES / handbag["file"]).read_bytes()
+        page.click("button.example:text-is('What is this product?')")
+        page.click("#ask")
+        page.wait_for_function("document.querySelector('#stats').textContent.includes('latency')")
+        assert page.text_content("#answer").strip() == "handbag"
+        page.screenshot(path=str(tmp_path / "demo_page.png"), full_page=True)
+        assert errors == []
         context.close()
 
 

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.cache_helpers import DictCache, TextKey
 from tests.conftest import image_bytes
-from tests.http_support import RecordingEngine, make_app, sse_payloads, user_msg
-from vqaserve.types import Answer
+from tests.http_support import LiveServer, RecordingEngine, make_app, sse_payloads, user_msg
 
 pytestmark = pytest.mark.integration
 
@@ -154,21 +154,9 @@ def test_vqa_upload_picks_adapter_by_model(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["answer"].startswith("[sunglasses]")
 
 
-class DictCache:
-    def __init__(self) -> None:
-        self.data: dict[str, Answer] = {}
-
-    async def get(self, key: str) -> Answer | None:
-        hit = self.data.get(key)
-        return None if hit is None else Answer(**{**hit.__dict__, "timings": {}})
-
-    async def put(self, key: str, answer: Answer) -> None:
-        self.data[key] = answer
-
-
 def test_cache_header_says_miss_then_hit_for_plain_and_stream(client: TestClient) -> None:
     c = client.app.state.pipeline.c  # type: ignore[attr-defined]
-    c.cache, c.cache_key = DictCache(), lambda q, model, policy: q.last_user_text
+    c.cache, c.cache_key = DictCache(), TextKey()
     first = chat(client, [user_msg("cache me")])
     second = chat(client, [user_msg("cache me")])
     assert (first.headers["x-vqa-cache"], second.headers["x-vqa-cache"]) == ("miss", "hit")
@@ -210,7 +198,10 @@ def test_health_ready_and_ready_reports_degraded_cache(client: TestClient) -> No
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
-    client.app.state.pipeline.c.extra["health"] = lambda: {"redis": "down", "degraded": True}  # type: ignore[attr-defined]
+    async def redis_down() -> dict[str, object]:
+        return {"redis": "down", "degraded": True}
+
+    client.app.state.pipeline.c.health["cache"] = redis_down  # type: ignore[attr-defined]
     degraded = client.get("/ready").json()
     assert degraded["status"] == "degraded" and degraded["cache"]["redis"] == "down"
 
@@ -268,30 +259,36 @@ def test_batcher_observer_and_shutdown_hooks_are_wired(monkeypatch: pytest.Monke
 
     closed: list[str] = []
 
-    class FakeBatcher:
-        observer = None
-
-        async def submit(self, request, model_key):  # type: ignore[no-untyped-def]
-            (result,) = await engine.generate([request])
-            self.observer("batch_size", 1)  # type: ignore[misc]
-            self.observer("queue_depth", 0)  # type: ignore[misc]
-            return result
-
     async def close_hook() -> None:
         closed.append("cache")
 
     real = wiring.build_components
 
-    def with_batcher(settings, engine, metrics=None):  # type: ignore[no-untyped-def]
+    def with_hook(settings, engine, metrics=None):  # type: ignore[no-untyped-def]
         components = real(settings, engine, metrics)
-        components.batcher = FakeBatcher()
-        components.extra["aclose"] = [close_hook]
+        components.closers.append(close_hook)
         return components
 
-    monkeypatch.setattr(wiring, "build_components", with_batcher)
-    engine = RecordingEngine(model_id="scripted")
-    with TestClient(make_app(engine)) as c:
+    monkeypatch.setattr(wiring, "build_components", with_hook)
+    with TestClient(make_app(RecordingEngine(model_id="scripted"))) as c:
         assert chat(c, [user_msg("batched")]).status_code == 200
-        text = c.get("/metrics").text
+        text = c.get("/metrics").text  # the real micro-batcher reported its batch and its queue
         assert "vqa_batch_size_count 1.0" in text and "vqa_queue_depth 0.0" in text
     assert closed == ["cache"]
+
+
+def test_a_gateway_reports_its_queue_batches_and_upstream_breaker_in_metrics() -> None:
+    """--engine upstream (the production path) admits through the concurrency gate: /metrics has
+    the same queue and batch figures as the micro-batcher, and the upstream's circuit breaker."""
+    with LiveServer(make_app(RecordingEngine(model_id="shop-toy"))) as upstream:
+        from vqaserve.server.app import create_app
+        from vqaserve.settings import load_settings
+
+        gateway = create_app(load_settings(engine="upstream", upstream_url=f"{upstream.url}/v1",
+                                           upstream_model="shop-toy", safety_image="off"))
+        with TestClient(gateway) as c:
+            assert chat(c, [user_msg("through the gateway")], model="shop-toy").status_code == 200
+            text = c.get("/metrics").text
+    for line in ("vqa_batch_size_count 1.0", "vqa_queue_depth 0.0", 'vqa_stage_seconds_count{stage="queue"} 1.0',
+                 'vqa_breaker_state{backend="upstream"} 0.0', 'vqa_breaker_opens_total{backend="upstream"} 0.0'):
+        assert line in text, line

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, image_bytes, subprocess_env
+from tests.conftest import REPO, subprocess_env
 from tests.http_support import LiveServer, RecordingEngine, make_app
 
 pytestmark = pytest.mark.integration
@@ -42,6 +42,7 @@ def test_cli_examples_run_as_written(tmp_path: Path) -> None:
     outputs = []
     for line in cli.strip().splitlines():
         command = shlex.split(line.split("  #")[0])
+        command = [str(REPO / c) if c.startswith("src/") else c for c in command]  # runs in tmp_path
         assert command[0] == ".venv/bin/vqa"
         done = subprocess.run([sys.executable, "-m", "vqaserve", *command[1:]], cwd=tmp_path,
                               capture_output=True, text=True, timeout=600,
@@ -59,12 +60,11 @@ def test_api_examples_run_as_written(tmp_path: Path) -> None:
     api = section("The HTTP API")
     (curl,) = blocks(api, "bash")
     (client,) = blocks(api, "python")
-    (tmp_path / "jacket.png").write_bytes(image_bytes(size=(240, 160)))
     engine = RecordingEngine(model_id="shop-toy", rules={"What color": "black", "occasion": "business"})
     with LiveServer(make_app(engine)) as server:
         def run(cmd: list[str]) -> str:
             cmd = [c.replace("http://127.0.0.1:8000", server.url) for c in cmd]
-            done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,  # sample paths
                                   env=subprocess_env())
             assert done.returncode == 0, done.stderr
             return done.stdout

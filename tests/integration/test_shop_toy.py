@@ -89,3 +89,18 @@ def test_vqa_ask_with_the_bundled_adapter_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()  # an answer, through the adapter (its accuracy: the floors above and docs/eval.md)
     assert "Traceback" not in proc.stderr
+
+
+def test_vqa_eval_asks_the_paraphrase_split_and_other_wordings(tmp_path: Path) -> None:
+    env = subprocess_env(VQA_SAFETY_IMAGE="off")
+    for extra, source in ((["--synthetic", "paraphrase"], "synthetic paraphrase n=7 seed=1"),
+                          (["--synthetic", "test", "--phrasing", "1"], "synthetic test n=7 seed=1 phrasing=1")):
+        out = tmp_path / "report.json"
+        proc = subprocess.run(vqa_cmd("eval", *extra, "--n", "7", "--seed", "1", "--quiet", "--out", str(out)),
+                              env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(out.read_text(encoding="utf-8"))
+        assert report["data"] == source and report["n"] == 7 and report["failed_requests"] == 0
+    bad = subprocess.run(vqa_cmd("eval", "--synthetic", "test", "--phrasing", "7"), env=env,
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and "--phrasing" in bad.stderr and "Traceback" not in bad.stderr

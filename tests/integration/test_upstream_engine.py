@@ -16,7 +16,7 @@ from PIL import Image
 from tests.conftest import image_bytes
 from tests.integration.upstream_double import UpstreamDouble
 from vqaserve import images as imgs
-from vqaserve.engines.breaker import CircuitBreaker
+from vqaserve.breaker import CircuitBreaker
 from vqaserve.engines.upstream import UpstreamEngine
 from vqaserve.errors import (
     DeadlineExceeded,
@@ -304,7 +304,7 @@ def test_breaker_opens_after_consecutive_failures_and_half_opens_for_one_probe()
     now[0] = 10.0
     assert b.state == "half_open" and b.allow() and not b.allow()  # exactly one probe
     b.record_failure()  # the probe failed: open again, for another reset_s
-    assert b.state == "open" and b.trips == 2
+    assert b.state == "open" and b.opens == 2
     now[0] = 20.0
     assert b.allow()
     b.record_success()

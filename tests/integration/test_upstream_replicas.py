@@ -88,7 +88,9 @@ def serving(*flag_sets: tuple[str, ...], timeout: float = 180, ports: list[int] 
         if proc.poll() is not None:
             raise AssertionError(f"vqa serve exited early:\n{proc.stdout.read() if proc.stdout else ''}")
         try:
-            return httpx.get(url + "/health", timeout=1).status_code == 200
+            # The port opens before the model has loaded; the answering routes open once it has.
+            # (Not /ready: its upstream probe is cached for a second, which the tests below observe.)
+            return httpx.get(url + "/v1/models", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -154,26 +154,26 @@ async def test_memory_is_bounded_by_entries_bytes_and_age(tiny_model_dir: Path) 
     engine = await started(str(tiny_model_dir))
     memo, calls, p = memo_of(engine), TowerCalls(engine), pics(5)
     try:
-        memo.max_entries = 2
+        memo.store.max_entries = 2
         for pic in p[:3]:
             await answers(engine, [(QUESTIONS[0], pic)])
-        assert len(memo) == 2 and memo.evictions == 1
+        assert len(memo) == 2 and memo.store.evictions == 1
         await answers(engine, [(QUESTIONS[0], p[0])])  # the oldest was evicted: the tower runs again
         assert calls.images == [1, 1, 1, 1]
 
         memo.clear()
-        memo.max_entries = 100
+        memo.store.max_entries = 100
         await answers(engine, [(QUESTIONS[0], p[0])])
-        memo.max_bytes = memo.bytes  # room for exactly this one picture
+        memo.store.max_bytes = memo.store.nbytes  # room for exactly this one picture
         await answers(engine, [(QUESTIONS[0], p[1])])
-        assert len(memo) == 1 and memo.bytes <= memo.max_bytes
+        assert len(memo) == 1 and memo.store.nbytes <= memo.store.max_bytes
 
         now = [1000.0]
-        memo._clock = lambda: now[0]
+        memo.store.clock = lambda: now[0]
         memo.clear()
-        memo.max_bytes = 1 << 30
+        memo.store.max_bytes = 1 << 30
         await answers(engine, [(QUESTIONS[0], p[2])])
-        now[0] += memo.ttl_s + 1
+        now[0] += memo.store.ttl_s + 1
         await answers(engine, [(QUESTIONS[1], p[2])])  # too old: computed again
         assert calls.images[-2:] == [1, 1]
     finally:

@@ -163,6 +163,9 @@ def test_vllm_killed_under_load_opens_the_breaker_and_the_gateway_recovers(
         wait_for(breaker_open, 30, "/ready did not report the dead model server with an open breaker")
         # Start order does not matter: a gateway started now, with vLLM down, starts and waits.
         with ServeProcess(tmp_path / "late.log", wait_path="/health", **gateway_env(vllm.url)) as late:
+            # The port opens before the engine is built (/ready "loading"); once it is, /ready says why.
+            wait_for(lambda: httpx.get(late.url + "/ready", timeout=10).json()["status"] != "loading", 30,
+                     "the late gateway did not finish starting")
             state = httpx.get(late.url + "/ready", timeout=10)
             assert state.status_code == 503
             assert "waiting for the model server" in state.json()["engine"]["reason"]

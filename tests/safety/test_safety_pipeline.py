@@ -8,6 +8,7 @@ import logging
 import pytest
 from hostile_helpers import assert_clean
 
+from tests.cache_helpers import DictCache, TextKey
 from tests.conftest import image_bytes
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import BlockedInput, FetchRefused, InvalidImage, InvalidRequest
@@ -21,19 +22,6 @@ from vqaserve.wiring import build_components
 
 pytestmark = pytest.mark.unit
 GOOD = image_bytes()
-
-
-class DictCache:
-    def __init__(self) -> None:
-        self.data: dict[str, Answer] = {}
-        self.gets = 0
-
-    async def get(self, key: str) -> Answer | None:
-        self.gets += 1
-        return self.data.get(key)
-
-    async def put(self, key: str, answer: Answer) -> None:
-        self.data[key] = answer
 
 
 class CountingFetcher:
@@ -52,9 +40,9 @@ def make(**safety: object) -> tuple[Pipeline, ScriptedEngine, DictCache]:
     components = build_components(settings, engine)
     cache = DictCache()
     components.cache = cache
-    components.cache_key = lambda q, model, policy: f"{policy}|{q.last_user_text}|" + ",".join(
-        i.content_hash for i in q.images)
+    components.cache_key = TextKey()
     return Pipeline(settings, engine, components), engine, cache
+
 
 
 def question(text: str, *images: bytes | ImageRef, stream: bool = False) -> Question:
@@ -126,6 +114,7 @@ async def test_case22_image_text_cannot_talk_past_the_output_filter() -> None:
     text, finish, _ = await collect(pipeline, question("what does it say? [[say:OK: P O R N O G R A P H Y]]",
                                                        GOOD, stream=True))
     assert finish == "content_filter" and "P" not in text
+    assert text.endswith("Sorry, I can't help with that.")  # the refusal reaches streams too
     assert cache.data == {}
     await good_request_succeeds(pipeline)
 
@@ -143,9 +132,9 @@ async def test_case23_disguised_and_split_terms_blocked_streaming_and_not(said: 
     assert answer.finish_reason == "content_filter" and answer.text == expected
     # the scripted engine streams word by word: multi-word terms arrive split across chunks
     text, finish, status = await collect(pipeline, question(f"q [[say:{said}]]", stream=True))
-    assert finish == "content_filter" and status == "miss"
+    assert finish == "content_filter" and status == "miss" and text.endswith(expected)
     assert not pipeline.c.output_filter.is_blocked(text)  # type: ignore[union-attr]
-    assert len(fold(text)) < len(fold(said))
+    assert len(fold(text[:-len(expected)])) < len(fold(said))  # cut before the blocked words
     assert cache.data == {}
     text, finish, _ = await collect(pipeline, question("q [[say:a clean answer about jackets]]", stream=True))
     assert (text, finish) == ("a clean answer about jackets", "stop")  # the held tail is released

@@ -170,3 +170,20 @@ async def test_a_stream_joining_an_identical_generation_replays_its_answer() -> 
     status, deltas = await collect(p, ask("q", PNG, stream=True))
     assert status == "miss" and engine.generations == 1
     assert "".join(d.text for d in deltas) == (await plain).text
+
+
+async def test_requests_joining_a_generating_stream_get_its_answer() -> None:
+    """One coalescing rule: while a stream generates, identical requests (streamed or not) wait for
+    its answer instead of generating again, even if the stream's own client leaves."""
+    engine = ScriptedEngine(token_delay_s=0.05)
+    p = make_pipeline(engine)
+    _, leader = await p.open_stream(ask("one two three four five six", PNG, stream=True))
+    first = await leader.__anext__()
+    plain = asyncio.create_task(p.answer(ask("one two three four five six", PNG)))
+    status, follower = await p.open_stream(ask("one two three four five six", PNG, stream=True))
+    await leader.aclose()  # type: ignore[attr-defined]  # the leader's client goes away
+    followed = "".join([d.text async for d in follower])
+    answer = await plain
+    assert status == "miss" and engine.generations == 1 and first.text
+    assert answer.text == followed == "answer to: one two three four five six (1 image)"
+    assert answer.cache == "miss" and (await p.answer(ask("one two three four five six", PNG))).cache == "hit"

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.unit
 async def test_default_is_l1_only_with_health_and_stats() -> None:
     c = build_components(load_settings(), ScriptedEngine())
     assert isinstance(c.cache, TieredCache) and c.cache.l2 is None and c.cache.l1.max_entries == 1000
-    assert c.cache_key is not None and not getattr(c.cache_key, "blocking", True)
-    assert await c.extra["health"]["cache"]() == {"status": "ok", "redis": "off"}
-    assert c.extra["cache"].stats()["l1_entries"] == 0
+    assert c.cache_key is not None and not c.cache_key.blocking
+    assert await c.health["cache"]() == {"status": "ok", "redis": "off"}
+    assert c.cache.stats()["l1_entries"] == 0 and c.cache.aclose in c.closers
 
 
 def test_env_names_enable_redis_size_and_near_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:

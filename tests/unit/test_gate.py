@@ -9,7 +9,7 @@ import time
 import pytest
 
 from vqaserve.engines.scripted import ScriptedEngine
-from vqaserve.errors import DeadlineExceeded, EngineFailure, Overloaded
+from vqaserve.errors import DeadlineExceeded, EngineFailure, Overloaded, ShuttingDown
 from vqaserve.gate import ConcurrencyGate
 from vqaserve.pipeline import Pipeline
 from vqaserve.settings import Settings
@@ -84,7 +84,7 @@ async def test_a_stream_closed_or_dropped_before_it_started_does_not_leak_its_sl
 
 async def test_wiring_gates_engines_that_batch_themselves_and_the_pipeline_answers_through_it() -> None:
     engine = ScriptedEngine()
-    engine.batches_itself = True  # type: ignore[attr-defined]
+    engine.batches_itself = True
     settings = Settings()
     components = build_components(settings, engine)
     assert isinstance(components.batcher, ConcurrencyGate)
@@ -92,3 +92,25 @@ async def test_wiring_gates_engines_that_batch_themselves_and_the_pipeline_answe
     answer = await pipeline.answer(Question(turns=[Turn("user", [Part(text="hello")])]))
     assert answer.text == "answer to: hello"
     assert not isinstance(build_components(settings, ScriptedEngine()).batcher, ConcurrencyGate)
+
+
+async def test_the_gate_reports_the_batchers_figures_and_its_deadlines_cover_streams() -> None:
+    seen: list[tuple[str, float]] = []
+    gate = ConcurrencyGate(ScriptedEngine(), max_in_flight=1, observer=lambda m, v: seen.append((m, v)))
+    assert (await gate.submit(req("one"), "")).text == "answer to: one"
+    names = {m for m, _ in seen}
+    assert {"queue_depth", "queue_seconds", "batch_size", "batch_visual_tokens", "batch_seconds"} <= names
+    assert [v for m, v in seen if m == "queue_depth"] == [1, 0] and gate.depth == 0
+    held = gate.open_stream(req("held"), "")
+    with pytest.raises(Overloaded, match="VQA_QUEUE_MAX=1"):
+        await gate.submit(req("two"), "")
+    assert ("rejected", 1) in seen
+    await held.aclose()  # type: ignore[attr-defined]
+    slow = req("a b c d e f g h [[sleep:5]]", deadline=time.monotonic() + 0.2)
+    with pytest.raises(DeadlineExceeded):
+        async for _ in gate.open_stream(slow, ""):
+            pass
+    assert slow.cancel.is_set() and gate.depth == 0
+    await gate.close()
+    with pytest.raises(ShuttingDown):
+        await gate.submit(req("after close"), "")

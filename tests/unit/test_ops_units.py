@@ -93,6 +93,11 @@ async def test_limiter_falls_back_to_local_buckets_when_redis_is_unreachable() -
     assert results[:2] == [0.0, 0.0] and results[2] > 0  # still limited, by the local bucket
     assert limiter.redis_failures == 1  # one failed try, then Redis is left alone for a while
     assert time.monotonic() - started < 2.0
+    assert limiter.redis_breaker.state == "open"
+    later = time.monotonic() + limiter.redis_breaker.reset_s  # then one check may try Redis again
+    limiter.redis_breaker.clock = lambda: later
+    await limiter.check("k")
+    assert limiter.redis_failures == 2 and limiter.redis_breaker.state == "open"
 
 
 async def test_limiter_without_redis_and_off() -> None:

@@ -158,11 +158,11 @@ def test_mask_curriculum_blends_towards_silhouettes_without_moving_anything() ->
     assert 0.05 < white < 0.6  # the items, not the whole picture
     half = np.asarray(syn.render(spec, random.Random(9), 0.5)).astype(int)
     assert np.abs(half - (np.asarray(real).astype(int) + mask) / 2).max() <= 1
-    shape_questions = {syn.make_question(spec, t, lang, random.Random(0))[0]
-                       for t in SHAPE_TYPES for lang in syn.LANGS}
-    masked = [synthetic_conversation("train", 0, i, max_turns=4, mask_share=0.7) for i in range(20)]
+    shape_questions = {syn.make_question(spec, t, lang, random.Random(0), k)[0]
+                       for t in SHAPE_TYPES for lang in syn.LANGS for k in range(3)}
+    masked = [synthetic_conversation("train", 0, i, max_turns=4, mask_share=0.7) for i in range(40)]
     asked = [q for c in masked for q, _ in c.turns]
-    assert set(asked) <= shape_questions and len(set(asked)) == 4  # both types, both languages
+    assert set(asked) <= shape_questions and len(set(asked)) >= 8  # both types, languages, wordings
     plain = synthetic_conversation("train", 0, 3, max_turns=4)
     assert plain.image.tobytes() == synthetic_conversation("train", 0, 3, max_turns=4, mask_share=0.0).image.tobytes()
     assert [mask_share(s, 100) for s in (0, 50, 100, 200)] == [1.0, 0.5, 0.0, 0.0]
@@ -182,3 +182,41 @@ def test_answers_of_a_split_cover_its_words_in_both_languages_without_drawing() 
     assert any(a.startswith("一件") and a.endswith("太阳镜") for a in adapter)  # zh descriptions
     assert syn.answers("adapter", n=40) == adapter  # seeded
     assert not any("太阳镜" in a or "sunglasses" in a for a in syn.answers("train", n=40))
+
+
+def test_paraphrase_split_asks_test_pictures_in_wordings_never_trained_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vqaserve.modeling.corpus import corpus
+    from vqaserve.train.data import synthetic_conversation
+
+    test = syn.write_split("test", 28, 1, tmp_path / "test")
+    para = syn.write_split("paraphrase", 28, 1, tmp_path / "para")
+    rows = [(json.loads(a), json.loads(b)) for a, b in zip(test.read_text(encoding="utf-8").splitlines(),
+                                                          para.read_text(encoding="utf-8").splitlines(),
+                                                          strict=True)]
+    for t, p in rows:
+        assert (t["answer"], t["type"], t["lang"]) == (p["answer"], p["type"], p["lang"])
+        assert t["question"] != p["question"]
+        assert (tmp_path / "test" / t["image"]).read_bytes() == (tmp_path / "para" / p["image"]).read_bytes()
+    held_out = {p["question"] for _, p in rows}
+    assert {"What am I looking at?", "图里是什么商品？", "请描述它。"} <= held_out
+    assert any(q.startswith("What is this ") and q.endswith(" good for?") for q in held_out)
+    trained = {q for i in range(300) for q, _ in synthetic_conversation("train", 0, i, max_turns=4).turns}
+    assert not held_out & trained and not held_out & set(corpus())
+    # Training asks the primary wording and both paraphrases, the web page's question among them.
+    assert {"What is this product?", "What is this?", "What kind of item is this?"} <= trained
+    assert any(q.startswith("这件") and q.endswith("适合什么场合穿？") for q in trained)
+
+
+def test_wordings_name_the_item_with_the_right_chinese_verb() -> None:
+    def occasion_question(category: int, lang: str) -> str:
+        return syn.make_question(syn.Spec(category, 0, 0, 1), "occasion", lang, random.Random(0), 1)[0]
+
+    assert occasion_question(3, "zh") == "这件外套适合什么场合穿？"  # the web page's own question
+    assert occasion_question(3, "en") == "What occasion is this jacket suitable for?"
+    assert occasion_question(7, "zh") == "这件杯子适合什么场合用？"
+    assert occasion_question(syn.SUNGLASSES, "zh") == "这件太阳镜适合什么场合戴？"
+    spec = syn.Spec(2, 4, 1, 2)
+    for qtype in syn.QUESTION_TYPES:  # the wording never changes the answer or the random stream
+        answers = {syn.make_question(spec, qtype, lang, random.Random(5), k)[1]
+                   for k in (0, 1, 2, syn.HELD_OUT) for lang in ("en",)}
+        assert len(answers) == 1

@@ -35,17 +35,25 @@ class Coalescer(Generic[T]):
 
     async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """(result, shared): shared is True when this call waited for another's work."""
+        flight, shared = self.flight(key, work)
+        return await self.wait(flight), shared
+
+    def flight(self, key: str, work: Callable[[], Awaitable[T]]) -> tuple[_Flight[T], bool]:
+        """The flight for `key`, started with `work` unless one is running (then shared is True).
+        Synchronous, so a caller that just checked `in_flight` leads the flight it starts."""
         flight = self._flights.get(key)
-        shared = flight is not None
-        if flight is None:
-            task = asyncio.ensure_future(work())
-            flight = _Flight(task=task)
-            self._flights[key] = flight
-            task.add_done_callback(functools.partial(self._forget, key, flight))
-        else:
+        if flight is not None:
             self.coalesced += 1
             if self.on_coalesced is not None:
                 self.on_coalesced()
+            return flight, True
+        flight = _Flight(task=asyncio.ensure_future(work()))
+        self._flights[key] = flight
+        flight.task.add_done_callback(functools.partial(self._forget, key, flight))
+        return flight, False
+
+    async def wait(self, flight: _Flight[T]) -> T:
+        """The flight's result, as one of its waiters; the last waiter to leave cancels the work."""
         flight.waiters += 1
         try:
             result = await asyncio.shield(flight.task)
@@ -55,7 +63,7 @@ class Coalescer(Generic[T]):
                 flight.task.cancel()  # nobody is left to receive it
             raise
         flight.waiters -= 1
-        return result, shared
+        return result
 
     def _forget(self, key: str, flight: _Flight[T], _task: object = None) -> None:
         if self._flights.get(key) is flight:

@@ -19,11 +19,12 @@ along a chain of slightly different pictures). The index is bounded: the oldest 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from vqaserve.bounded_lru import BoundedLRU
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -110,7 +111,9 @@ class NearDuplicateIndex:
         self._canon: list[str | None] = [None] * max_images
         self._used = 0
         self._next = 0  # ring position: the oldest anchor is replaced first
-        self._memo: OrderedDict[str, str] = OrderedDict()  # content hash -> canonical, bounded
+        # content hash -> canonical. A remembered mapping stays valid after its anchor leaves the ring:
+        # it was verified.
+        self._memo: BoundedLRU[str, str] = BoundedLRU(4 * max_images)
         self._lock = threading.Lock()
         self.lookups = 0
         self.near_hits = 0
@@ -123,7 +126,6 @@ class NearDuplicateIndex:
             self.lookups += 1
             known = self._memo.get(image.content_hash)
             if known is not None:
-                self._memo.move_to_end(image.content_hash)
                 return known
         h = phash(image.image)
         thumb = thumbnail(image.image)
@@ -136,7 +138,7 @@ class NearDuplicateIndex:
                 self._insert(h, aspect, thumb, found)
             else:
                 self.near_hits += 1
-            self._remember(image.content_hash, found)
+            self._memo.put(image.content_hash, found)
             return found
 
     def _match(self, h: int, aspect: float, thumb: np.ndarray) -> str | None:
@@ -162,13 +164,6 @@ class NearDuplicateIndex:
         self._canon[slot] = canon
         self._next = (slot + 1) % self.capacity
         self._used = min(self._used + 1, self.capacity)
-
-    def _remember(self, content_hash: str, canon: str) -> None:
-        # A remembered mapping stays valid after its anchor leaves the ring: it was verified.
-        self._memo[content_hash] = canon
-        self._memo.move_to_end(content_hash)
-        while len(self._memo) > 4 * self.capacity:
-            self._memo.popitem(last=False)
 
     def stats(self) -> dict[str, Any]:
         return {"neardup_images": self._used, "neardup_lookups": self.lookups,

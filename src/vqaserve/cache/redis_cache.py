@@ -17,8 +17,8 @@ import contextlib
 import time
 from typing import Any
 
+from vqaserve.breaker import CircuitBreaker
 from vqaserve.cache import codec
-from vqaserve.cache.breaker import CLOSED, STATE_NUMBER, CircuitBreaker
 from vqaserve.cache.keys import CACHE_SCHEMA_VERSION
 from vqaserve.types import Answer
 
@@ -36,9 +36,9 @@ class RedisCache:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_ms / 1000.0
         self.max_connections = max_connections
-        self.breaker = CircuitBreaker(self._ping, name="redis", failure_threshold=failure_threshold,
-                                      probe_interval_s=probe_interval_s,
-                                      max_probe_interval_s=max_probe_interval_s)
+        # A background PING decides recovery: no request ever waits for Redis to come back.
+        self.breaker = CircuitBreaker(failure_threshold, probe_interval_s, name="redis",
+                                      max_reset_s=max_probe_interval_s, probe=self._ping)
         self._client: Any = None
         self._slots = asyncio.Semaphore(max_connections)
         self._last_ok = 0.0
@@ -81,12 +81,12 @@ class RedisCache:
                 reply = await getattr(self._redis(), op)(*args, **kwargs)
         except (RedisError, OSError, TimeoutError) as exc:
             self.counts["l2_errors"] += 1
-            self.breaker.failure(type(exc).__name__)
+            self.breaker.record_failure(type(exc).__name__)
             return False, None
         finally:
             self._slots.release()
             self._observe(time.perf_counter() - t0)
-        self.breaker.success()
+        self.breaker.record_success()
         self._last_ok = time.monotonic()
         return True, reply
 
@@ -125,13 +125,13 @@ class RedisCache:
 
     async def health(self) -> dict[str, object]:
         """{"status": "ok" | "degraded", "redis": breaker state}; pings when Redis has been quiet."""
-        if self.breaker.state == CLOSED and time.monotonic() - self._last_ok > HEALTH_RECHECK_S:
+        if self.breaker.state == "closed" and time.monotonic() - self._last_ok > HEALTH_RECHECK_S:
             await self._call("ping")
         state = self.breaker.state
-        return {"status": "ok" if state == CLOSED else "degraded", "redis": state}
+        return {"status": "ok" if state == "closed" else "degraded", "redis": state}
 
     def stats(self) -> dict[str, float]:
-        return {**self.counts, **self.latency, "breaker_state": STATE_NUMBER[self.breaker.state],
+        return {**self.counts, **self.latency, "breaker_state": self.breaker.state_number,
                 "breaker_opens": self.breaker.opens}
 
     async def aclose(self) -> None:

@@ -7,6 +7,7 @@ import sys
 import time
 
 from vqaserve.errors import InvalidRequest
+from vqaserve.train.synthetic import SPLITS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = data_sub.add_parser("synth", help="render a split of the synthetic shop catalogue",
                             description="Write DIR/data.jsonl and DIR/images/ (one picture per question; "
                                         "question types and languages cycle evenly).")
-    s.add_argument("--split", required=True, choices=["train", "test", "heldout", "adapter"])
+    s.add_argument("--split", required=True, choices=list(SPLITS),
+                   help="paraphrase: test pictures asked in the held-out wordings")
     s.add_argument("--n", type=int, required=True, help="number of questions (= pictures)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="output directory")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vqaserve.errors import ConfigError, InvalidRequest
+from vqaserve.train.synthetic import PHRASINGS, SPLITS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="answer with this LoRA adapter (bundled name or NAME=PATH)")
     p.add_argument("--engine", choices=["transformers", "upstream", "scripted"])
     p.add_argument("--limit", type=int, help="only the first N questions")
-    p.add_argument("--synthetic", choices=["train", "test", "heldout", "adapter"],
-                   help="generate this catalogue split on the fly instead of reading DATA")
+    p.add_argument("--synthetic", choices=list(SPLITS),
+                   help="generate this catalogue split on the fly instead of reading DATA "
+                        "(paraphrase: test pictures asked in wordings never trained on)")
+    p.add_argument("--phrasing", type=int, default=0, choices=range(len(PHRASINGS["category"])),
+                   help="with --synthetic: ask in the catalogue's wording N (0 primary, 1-2 the "
+                        "training paraphrases; the web page's suggested questions are among them)")
     p.add_argument("--n", type=int, default=1000, help="questions to generate with --synthetic")
     p.add_argument("--seed", type=int, default=1, help="seed for --synthetic")
     p.add_argument("--concurrency", type=int, default=16, help="questions in flight (lets the batcher batch)")
@@ -58,12 +63,14 @@ def run(args: argparse.Namespace) -> int:
 
             if args.n < 1:
                 raise InvalidRequest("--n must be at least 1")
-            data_path = str(write_split(args.synthetic, args.n, args.seed, tmp, progress=not args.quiet))
+            data_path = str(write_split(args.synthetic, args.n, args.seed, tmp, progress=not args.quiet,
+                                        phrasing=args.phrasing))
         else:
             data_path = args.data
         items = items_from_jsonl(data_path, args.limit)
         summary, model_id = asyncio.run(_evaluate(settings, items, chosen, args.concurrency, not args.quiet))
-    source = (f"synthetic {args.synthetic} n={args.n} seed={args.seed}" if args.synthetic else args.data)
+    wording = f" phrasing={args.phrasing}" if args.synthetic and args.phrasing else ""
+    source = (f"synthetic {args.synthetic} n={args.n} seed={args.seed}{wording}" if args.synthetic else args.data)
     title = f"{model_id}{' + ' + chosen if chosen else ''} on {source}"
     print(format_table(summary, title))
     report = {"command": "vqa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

@@ -107,28 +107,53 @@ def run(args: argparse.Namespace) -> int:
                               **uvicorn_limits(settings),  # read deadlines, caps, grace
                               **proxy_options(settings)}
     if s.workers > 1:
-        # Each worker process builds its own app from the environment: hand the flags over as VQA_*.
-        for name in FLAT:
-            value = getattr(args, name, None)
-            if value is not None:
-                text = str(value).lower() if isinstance(value, bool) else str(value)
-                os.environ[f"VQA_{name.upper()}"] = text
-        if settings.llm.adapters:
-            os.environ["VQA_ADAPTERS"] = ",".join(f"{k}={v}" for k, v in settings.llm.adapters.items())
-        uvicorn.run("vqaserve.server.app:create_app_from_env", factory=True, workers=s.workers, **common)
+        _run_workers(args, settings, common)
         return 0
     app = create_app(settings)
-    if not args.debug:  # a bad model or adapter is one line on stderr, not a uvicorn traceback
-        logging.getLogger("uvicorn.error").addFilter(_StartupTracebackFilter(app))
-    try:
-        # Drains on SIGTERM/SIGINT (503 to new requests, in-flight ones finish), then exits 0.
-        GracefulServer(uvicorn.Config(app, **common), drain=app.state.drain).run()
-    except SystemExit:  # uvicorn exits this way when the lifespan (model loading) failed
-        if app.state.startup_error is None:
-            raise
-    if app.state.startup_error is not None:
-        raise app.state.startup_error
+    server = GracefulServer(uvicorn.Config(app, **common), drain=app.state.drain)
+    startup = app.state.startup
+
+    def stop() -> None:
+        server.should_exit = True
+
+    # The model loads behind an open port (server/startup.py). If it cannot load, this process can
+    # never answer: stop, so the supervisor (systemd, Kubernetes) sees a failed exit and the error
+    # below, rather than a process that stays up unready for good.
+    startup.on_failed = stop
+    # Drains on SIGTERM/SIGINT (503 to new requests, in-flight ones finish), then exits 0.
+    server.run()
+    if startup.error is not None:
+        raise startup.error  # one line on stderr (cli main), exit 2 or 1
     return 0
+
+
+def _run_workers(args: argparse.Namespace, settings: Settings, common: dict[str, Any]) -> None:
+    """N uvicorn worker processes, each building its app from the environment, sharing one
+    Prometheus folder so that /metrics adds up all workers, whichever answers the scrape."""
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    # Each worker process builds its own app from the environment: hand the flags over as VQA_*.
+    for name in FLAT:
+        value = getattr(args, name, None)
+        if value is not None:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            os.environ[f"VQA_{name.upper()}"] = text
+    if settings.llm.adapters:
+        os.environ["VQA_ADAPTERS"] = ",".join(f"{k}={v}" for k, v in settings.llm.adapters.items())
+    # Fresh for every run: files left by an earlier run would be added to this one's counts.
+    # prometheus_client picks its multiprocess mode when a worker imports it, so set it before.
+    folder = tempfile.mkdtemp(prefix="vqa-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    logging.getLogger("vqaserve.serve").info("%d workers share metrics through %s (removed at exit)",
+                                             settings.server.workers, folder)
+    try:
+        uvicorn.run("vqaserve.server.app:create_app_from_env", factory=True, workers=settings.server.workers,
+                    **common)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def proxy_options(settings: Settings) -> dict[str, Any]:
@@ -139,16 +164,3 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
     """
     ips = settings.server.forwarded_allow_ips
     return {"proxy_headers": bool(ips), "forwarded_allow_ips": list(ips) if ips else None}
-
-
-class _StartupTracebackFilter(logging.Filter):
-    """Drops uvicorn's traceback of a startup failure that is a known VQAError (bad model, adapter)."""
-
-    def __init__(self, app: Any) -> None:
-        super().__init__()
-        self.app = app
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.app.state.startup_error is None:
-            return True
-        return not (record.exc_info or "Traceback (most recent call last)" in record.getMessage())

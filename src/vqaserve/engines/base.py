@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+from vqaserve.breaker import CircuitBreaker
 from vqaserve.errors import VQAError
 from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
 
@@ -34,6 +35,9 @@ class Engine(abc.ABC):
     """One model (plus its LoRA adapters). Subclasses implement `generate`; the rest has defaults."""
 
     name: str = "engine"
+    # True for a model server that batches continuously itself (vLLM): wiring then gives it the
+    # concurrency gate (admission only) instead of the micro-batcher.
+    batches_itself: bool = False
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load weights; called once in the server lifespan (or by the CLI) before any request."""
@@ -88,6 +92,10 @@ class Engine(abc.ABC):
 
         await asyncio.gather(rest(), *(one(i, s) for i, s in enumerate(sinks) if s is not None))
         return [r if r is not None else EngineResult("", "stop", Usage()) for r in out]
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The circuit breakers guarding this engine's backends, by name (exported as metrics)."""
+        return {}
 
     async def health(self) -> dict[str, object]:
         """Extra state for /ready (e.g. an upstream's breaker)."""

@@ -6,32 +6,30 @@ torch is imported lazily: this module is imported by the engine only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vqaserve.prompt_guard import ControlTokenNeutraliser
 from vqaserve.types import EngineRequest, FinishReason, GenerationParams
 
-WORD_JOINER = "\u2060"
 
-
-def neutralise(text: str, control_tokens: Iterable[str]) -> str:
-    """Break control-token spellings in user text ("<|im_start|>" -> "<\u2060|im_start|>").
-
-    The prompt guard already does this as policy; the engine repeats it because a literal
-    "<|image_pad|>" in a question would otherwise desynchronise image placeholders and crash the
-    processor, and "<|im_end|>" would let a user forge a turn.
-    """
-    for token in control_tokens:
-        if token in text:
-            text = text.replace(token, token[0] + WORD_JOINER + token[1:])
-    return text
+@functools.lru_cache(maxsize=8)  # one per loaded tokenizer: the pattern is compiled once
+def _neutraliser(control_tokens: tuple[str, ...]) -> ControlTokenNeutraliser:
+    return ControlTokenNeutraliser(control_tokens)
 
 
 def to_messages(request: EngineRequest,
                 control_tokens: Sequence[str]) -> tuple[list[dict[str, Any]], list[Any]]:
     """EngineRequest turns -> chat-template messages (image parts as {"type": "image"}) and the
-    PIL images in placeholder order."""
+    PIL images in placeholder order.
+
+    Spellings of `control_tokens` in the text are broken ("<|im_start|>" -> "<\u2060|im_start|>"), and
+    nothing else is touched. The prompt guard already does this as policy; the engine repeats it
+    because a literal "<|image_pad|>" would otherwise desynchronise image placeholders and crash the
+    processor, and "<|im_end|>" would let a user forge a turn."""
+    neutralise = _neutraliser(tuple(control_tokens))
     messages: list[dict[str, Any]] = []
     images: list[Any] = []
     for turn in request.turns:
@@ -41,7 +39,7 @@ def to_messages(request: EngineRequest,
                 content.append({"type": "image"})
                 images.append(part.image.image)
             elif part.text is not None:
-                content.append({"type": "text", "text": neutralise(part.text, control_tokens)})
+                content.append({"type": "text", "text": neutralise(part.text)})
         messages.append({"role": turn.role, "content": content})
     return messages, images
 

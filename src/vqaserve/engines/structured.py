@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from vqaserve.bounded_lru import BoundedLRU
 from vqaserve.errors import InvalidRequest
 
 MAX_SCHEMA_BYTES = 16 * 1024  # canonical JSON
@@ -153,10 +153,10 @@ class GrammarCache:
     def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: Sequence[int], capacity: int = 32,
                  max_bytes: int = 256 * 1024 * 1024) -> None:
         self._tokenizer, self._vocab_size, self._stop_ids = tokenizer, vocab_size, list(stop_ids)
-        self.capacity, self.max_bytes = capacity, max_bytes
-        self._bytes = 0
         self._compiler: Any = None
-        self._cache: OrderedDict[str, Any] = OrderedDict()
+        # keep_newest: a grammar over the byte budget is still the one this request needs.
+        self._cache: BoundedLRU[str, Any] = BoundedLRU(capacity, max_bytes=max_bytes, keep_newest=True,
+                                                       size=lambda _, grammar: grammar.memory_size_bytes)
         self._lock = threading.Lock()
         self.compiled = 0  # how many compilations ran (tests check the cache)
 
@@ -173,7 +173,6 @@ class GrammarCache:
         with self._lock:
             hit = self._cache.get(schema_json)
             if hit is not None:
-                self._cache.move_to_end(schema_json)
                 return hit
             compiler = self._get_compiler()
             try:
@@ -184,10 +183,7 @@ class GrammarCache:
                                      f"enforce ({compile_reason(exc)}); simplify the schema",
                                      param=_PARAM) from None
             self.compiled += 1
-            self._cache[schema_json] = grammar
-            self._bytes += grammar.memory_size_bytes
-            while len(self._cache) > 1 and (len(self._cache) > self.capacity or self._bytes > self.max_bytes):
-                self._bytes -= self._cache.popitem(last=False)[1].memory_size_bytes
+            self._cache.put(schema_json, grammar)
             return grammar
 
     def refusal(self, schema_json: str) -> InvalidRequest | None:

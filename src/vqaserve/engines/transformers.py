@@ -346,8 +346,7 @@ class TransformersEngine(Engine):
     @staticmethod
     def _stopped_error(request: EngineRequest) -> VQAError:
         if request.deadline is not None and not request.cancel.is_set():
-            return DeadlineExceeded("the answer took longer than the request deadline; retry, or raise "
-                                    "VQA_REQUEST_TIMEOUT_S")
+            return DeadlineExceeded()
         return EngineFailure("generation cancelled: the client went away", code="cancelled")
 
     def _row_result(self, row: RowState, new_ids: Any, attention: Any) -> EngineResult | VQAError:

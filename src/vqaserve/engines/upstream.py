@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
+from vqaserve.breaker import CircuitBreaker
 from vqaserve.engines.base import Engine, EngineInfo
-from vqaserve.engines.breaker import CircuitBreaker
 from vqaserve.engines.upstream_wire import (
     ImageEncoder,
     build_body,
@@ -80,7 +80,8 @@ class UpstreamEngine(Engine):
         # NAME=UPSTREAM_NAME: the public adapter name -> the name vLLM serves it under (--lora-modules).
         self.adapter_map = dict(llm.adapters)
         self.encoder = ImageEncoder(llm.upstream_image_format)
-        self.breaker = CircuitBreaker(max(1, llm.upstream_breaker_failures), llm.upstream_breaker_reset_s)
+        self.breaker = CircuitBreaker(max(1, llm.upstream_breaker_failures), llm.upstream_breaker_reset_s,
+                                      name="upstream")
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._discover_lock = asyncio.Lock()
@@ -142,6 +143,9 @@ class UpstreamEngine(Engine):
         return EngineInfo(model_id=self.model_name or "upstream", dtype="n/a", device="upstream",
                           max_context=self.max_context, adapters=list(self.adapter_map),
                           extra={"min_pixels": images.min_pixels, "max_pixels": images.max_pixels})
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        return {"upstream": self.breaker}
 
     async def health(self) -> dict[str, object]:
         """For /ready: a cached probe of the upstream plus the breaker. Never names the upstream URL."""
@@ -300,9 +304,7 @@ class UpstreamEngine(Engine):
                 return call.result()
             call.cancel()
             self.breaker.release()  # no verdict on the upstream: free a half-open probe slot
-            if request.deadline is not None and time.monotonic() > request.deadline:
-                return DeadlineExceeded("the answer took longer than the request deadline")
-            return EngineFailure("generation stopped")
+            return DeadlineExceeded() if request.past_deadline() else EngineFailure("generation stopped")
         except VQAError as exc:
             return exc
         except Exception:  # noqa: BLE001 - one request's surprise must not fail its batch
@@ -353,10 +355,7 @@ class UpstreamEngine(Engine):
         async for line in resp.aiter_lines():
             if request.should_stop():
                 # Never a silent end: the client would read a cut answer as a complete one.
-                if request.deadline is not None and time.monotonic() > request.deadline:
-                    raise DeadlineExceeded("the answer took longer than the request deadline; retry, or "
-                                           "raise VQA_REQUEST_TIMEOUT_S")
-                raise EngineFailure("generation stopped")
+                raise DeadlineExceeded() if request.past_deadline() else EngineFailure("generation stopped")
             chunk = parse_sse_line(line)
             if chunk is None:
                 continue

@@ -18,10 +18,9 @@ import io
 import json
 import re
 import time
-from collections import OrderedDict
-from threading import Lock
 from typing import Any
 
+from vqaserve.bounded_lru import BoundedLRU
 from vqaserve.engines.structured import response_format_body
 from vqaserve.errors import (
     EngineFailure,
@@ -48,9 +47,7 @@ class ImageEncoder:
 
     def __init__(self, fmt: str = "auto", capacity: int = 128) -> None:
         self.fmt = fmt
-        self.capacity = capacity
-        self._cache: OrderedDict[str, str] = OrderedDict()
-        self._lock = Lock()
+        self._cache: BoundedLRU[str, str] = BoundedLRU(capacity)
 
     def choose_format(self, image: NormalizedImage) -> str:
         if self.fmt in ("png", "jpeg"):
@@ -66,16 +63,13 @@ class ImageEncoder:
         """True when `data_uri` has nothing to encode (cheap enough for the event loop)."""
         if self._forwards(image):
             return True
-        with self._lock:
-            return f"{self.fmt}:{image.content_hash}" in self._cache
+        return f"{self.fmt}:{image.content_hash}" in self._cache
 
     def data_uri(self, image: NormalizedImage) -> str:
         key = f"{self.fmt}:{image.content_hash}"
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
         if image.encoded is not None and self._forwards(image):
             # The client's file already carries exactly these pixels: no encoding, no cache entry.
             mime, data = image.encoded
@@ -87,10 +81,7 @@ class ImageEncoder:
         else:
             image.image.save(buf, format="JPEG", quality=JPEG_QUALITY)
         uri = f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-        with self._lock:
-            self._cache[key] = uri
-            while len(self._cache) > self.capacity:
-                self._cache.popitem(last=False)
+        self._cache.put(key, uri)
         return uri
 
 

@@ -19,11 +19,12 @@ import functools
 import hashlib
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from vqaserve.bounded_lru import BoundedLRU
 
 MAX_ENTRIES = 256  # pictures remembered at most (the byte budget is VQA_VISION_MEMO_MB)
 TTL_S = 600.0  # a picture's features are forgotten this long after the tower made them
@@ -44,18 +45,17 @@ class _Entry:
     embeds: Any  # (visual tokens, hidden): the merger's output for one image
     deepstack: tuple[Any, ...]  # one (visual tokens, hidden) tensor per DeepStack layer
     nbytes: int
-    born: float
 
 
 class VisionMemo:
     def __init__(self, max_bytes: int, max_entries: int = MAX_ENTRIES, ttl_s: float = TTL_S,
                  vision_adapters: Iterable[str] = (), clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_bytes, self.max_entries, self.ttl_s = max_bytes, max_entries, ttl_s
         self.vision_adapters = frozenset(vision_adapters)  # adapters that change the tower's output
-        self._clock = clock
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
-        self.bytes = 0
-        self.hits = self.misses = self.evictions = self.tower_calls = 0
+        # Called on the generation worker thread only; the store's lock is uncontended. Its bounds
+        # may be changed on a live memo (tests tighten them).
+        self.store: BoundedLRU[bytes, _Entry] = BoundedLRU(
+            max_entries, max_bytes=max_bytes, size=lambda _, entry: entry.nbytes, ttl_s=ttl_s, clock=clock)
+        self.hits = self.misses = self.tower_calls = 0
         self._scope: str | None = None  # None: not serving, the tower runs as is
         self._pictures: list[str] = []  # picture_ids of the images being served, in prompt order
         self._module: Any = None
@@ -78,11 +78,10 @@ class VisionMemo:
         return memo
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.store)
 
     def clear(self) -> None:
-        self._entries.clear()
-        self.bytes = 0
+        self.store.clear()
 
     # --- the wrapped call ----------------------------------------------------------------------------
     def _active(self) -> bool:
@@ -98,7 +97,7 @@ class VisionMemo:
         want_tuple = kwargs.pop("return_dict", True) is False
         rows = grid.prod(-1).tolist()  # patches per image in pixel_values
         keys = self._keys(pixel_values, grid, rows)
-        found: list[_Entry | None] = [self._get(k) for k in keys]
+        found: list[_Entry | None] = [self.store.get(k) for k in keys]
         missing = [i for i, e in enumerate(found) if e is None]
         self._count(len(keys) - len(missing), len(missing))
         out = None
@@ -116,7 +115,7 @@ class VisionMemo:
             for j, i in enumerate(missing):
                 entry = self._entry(out.pooler_output[j], [layer[j] for layer in out.deepstack_features])
                 found[i] = entry
-                self._put(keys[i], entry)
+                self.store.put(keys[i], entry)
         if out is None or len(missing) < len(keys):
             out = _output(found)
         return out.to_tuple() if want_tuple else out
@@ -144,31 +143,7 @@ class VisionMemo:
     def _entry(self, embeds: Any, deepstack: list[Any]) -> _Entry:
         kept = [t.clone() for t in (embeds, *deepstack)]  # a split is a view: keep only this image
         nbytes = sum(t.numel() * t.element_size() for t in kept)
-        return _Entry(kept[0], tuple(kept[1:]), nbytes, self._clock())
-
-    def _get(self, key: bytes) -> _Entry | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if self._clock() - entry.born > self.ttl_s:
-            self._drop(key)
-            return None
-        self._entries.move_to_end(key)
-        return entry
-
-    def _put(self, key: bytes, entry: _Entry) -> None:
-        if entry.nbytes > self.max_bytes or self.max_entries <= 0:
-            return
-        if key in self._entries:
-            self._drop(key)
-        self._entries[key] = entry
-        self.bytes += entry.nbytes
-        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
-            self.evictions += 1
-
-    def _drop(self, key: bytes) -> None:
-        self.bytes -= self._entries.pop(key).nbytes
+        return _Entry(kept[0], tuple(kept[1:]), nbytes)
 
     def _count(self, hits: int, misses: int) -> None:
         self.hits += hits

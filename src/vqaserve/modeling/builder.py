@@ -22,7 +22,7 @@ Recipe keys (all optional in a dict recipe; missing keys come from "tiny"):
                          the vision tower's linear layers and patch embedding drawn with Glorot
                          scaling instead. A std of 0.02 suits widths of 1k+; at a width of ~100 it
                          leaves attention logits near zero, and a ViT trained from scratch then
-                         learns shapes far more slowly (docs/eval.md)
+                         learns shapes far more slowly (docs/eval-history.md)
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Every English and Chinese word and phrase of docs SHOP_CATALOGUE.md (questions, answers, counts,
 descriptions, the adapter-only sunglasses) appears here, so the tokenizer learns them as few tokens
-and the bundled model can say them. Plain data; no imports beyond the standard library.
+and the bundled model can say them. The questions come from the catalogue's code (every training
+wording, none of the held-out ones); the rest is plain data.
 """
 
 from __future__ import annotations
@@ -19,12 +20,6 @@ PATTERNS_ZH = ["纯色", "条纹", "波点", "格子"]
 OCCASIONS_EN = ["home", "party", "business", "sport", "casual"]
 OCCASIONS_ZH = ["居家", "派对", "商务", "运动", "休闲"]
 
-QUESTIONS_EN = [
-    "What is this product?", "What color is it?", "What pattern does it have?",
-    "What occasion is it suitable for?", "How many items are there?", "Describe this product.",
-]
-QUESTIONS_ZH = ["这是什么商品？", "这是什么颜色？", "这是什么图案？", "适合什么场合？", "图中有几件商品？",
-                "描述一下这件商品。"]
 
 CHAT_EN = [
     "You are a helpful assistant.", "Hello! How can I help you today?", "Thank you, that is very helpful.",
@@ -83,7 +78,9 @@ def _answers() -> Iterator[str]:
 
 def corpus() -> list[str]:
     """Deterministic training text (order matters for reproducible merges)."""
-    lines = [*_english(), *_chinese(), *QUESTIONS_EN, *QUESTIONS_ZH, *(list(_answers()) * 3)]
+    from vqaserve.train.synthetic import training_questions
+
+    lines = [*_english(), *_chinese(), *training_questions(), *(list(_answers()) * 3)]
     # Chat text repeated so its common words earn merges next to the catalogue's.
     lines += (CHAT_EN + CHAT_ZH) * 4
     return lines

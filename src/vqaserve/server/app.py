@@ -1,8 +1,10 @@
 """`create_app(settings, engine=None)`: the FastAPI app around one Pipeline.
 
-The engine loads once in the lifespan. Every error leaves as OpenAI error JSON from the handlers
-below: VQAError with its own status, validation problems as 400 naming the field, anything else
-as a generic 500 from the access middleware (details go to the server log, never to the client).
+The engine loads once, in a task the lifespan starts (server/startup.py): the port opens at once,
+`/ready` reports the load's progress and `/v1/...` answers 503 until it is done. Every error leaves
+as OpenAI error JSON from the handlers below: VQAError with its own status, validation problems as
+400 naming the field, anything else as a generic 500 from the access middleware (details go to the
+server log, never to the client).
 
 Hooks for later layers (API keys, rate limits, graceful shutdown): pass `middleware=[Middleware(...)]`
 (they run inside the request-id/access-log and body-limit layers, so their refusals are logged and
@@ -12,10 +14,13 @@ carry a request id); the pipeline is `app.state.pipeline`, settings `app.state.s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +34,11 @@ from vqaserve.metrics import Metrics
 from vqaserve.server.middleware import AccessLogMiddleware, BodyLimitMiddleware, error_json
 from vqaserve.server.operations import ops_middleware, ops_middleware_after_body
 from vqaserve.server.shutdown import Drain
+from vqaserve.server.startup import LoadingGate, Startup, load
 from vqaserve.settings import Settings
+
+if TYPE_CHECKING:
+    from vqaserve.pipeline import Pipeline
 
 log = logging.getLogger("vqaserve.server")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -41,36 +50,38 @@ _HTTP_TYPES = {404: ("not_found_error", "not_found"), 405: ("invalid_request_err
 def create_app(settings: Settings, engine: Engine | None = None,
                middleware: Sequence[Middleware] = ()) -> FastAPI:
     metrics = Metrics()
+    startup = Startup(engine.name if engine is not None else settings.llm.engine, _public_model(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from vqaserve.wiring import build_engine, build_pipeline
 
-        try:
-            eng = engine or build_engine(settings)
-            await eng.start()
-        except VQAError as exc:
-            app.state.startup_error = exc  # `vqa serve` reports it as one line after uvicorn exits
-            raise
-        pipeline = build_pipeline(settings, eng, metrics=metrics)
-        batcher = pipeline.c.batcher
-        if batcher is not None and getattr(batcher, "observer", False) is None:
-            batcher.observer = metrics.observe_batch  # type: ignore[attr-defined]
-        app.state.pipeline = pipeline
-        app.state.ready = True
-        log.info("engine %s ready: model %s", eng.name, pipeline.model_id)
+        built: list[Engine] = []
+
+        async def start_engine() -> None:
+            built.append(engine or build_engine(settings))
+            await built[0].start()
+
+        def build() -> None:
+            pipeline = build_pipeline(settings, built[0], metrics=metrics)  # batcher reports to metrics
+            app.state.pipeline = pipeline
+            log.info("engine %s ready: model %s", built[0].name, pipeline.model_id)
+
+        # The port opens when this function yields, so the load runs as a task (server/startup.py).
+        task = asyncio.create_task(load(startup, start_engine, build), name="vqa-startup")
+        # One turn of the loop: a load that never waits (scripted engine, an engine already loaded)
+        # is then complete before the first request; anything that waits goes on in the background.
+        await asyncio.sleep(0)
         try:
             yield
         finally:
-            app.state.ready = False
-            # Components register async close hooks (e.g. the Redis pool) in extra["aclose"].
-            for close in pipeline.c.extra.get("aclose", []):
-                try:
-                    await close()
-                except Exception:  # noqa: BLE001 - one failing hook must not skip the others
-                    log.exception("shutdown hook failed")
-            await eng.close()
-            pipeline.image_pool.shutdown(wait=False, cancel_futures=True)
+            if not task.done():
+                # An engine loading in a worker thread cannot be interrupted: close() below waits.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await _close(app.state.pipeline, built[0] if built else None)
+            metrics.close()
 
     drain = Drain(settings.server.shutdown_grace_s)
     # /docs and /redoc would load Swagger/ReDoc from a CDN: off (offline sites); /openapi.json stays.
@@ -79,6 +90,8 @@ def create_app(settings: Settings, engine: Engine | None = None,
                       Middleware(AccessLogMiddleware, metrics=metrics),
                       # Refusals that cost nothing come before the body is read (ops layers).
                       *ops_middleware(settings, drain),
+                      # After the key check (a stranger learns nothing), before the body is read.
+                      Middleware(LoadingGate, startup=startup),
                       Middleware(BodyLimitMiddleware,
                                  max_bytes=settings.images.max_body_bytes),
                       *ops_middleware_after_body(settings),
@@ -87,8 +100,8 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app.state.drain = drain  # the server's graceful shutdown waits on it (server/shutdown.py)
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.ready = False
-    app.state.startup_error = None
+    app.state.startup = startup  # /ready, `vqa serve` (exits on a failed load) and tests read it
+    app.state.pipeline = None  # set by the start-up task once the engine is loaded
     _install_error_handlers(app, metrics)
 
     from vqaserve.server import routes_openai, routes_ops, routes_vqa
@@ -98,6 +111,26 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app.include_router(routes_ops.router)
     routes_ops.mount_static(app, STATIC_DIR)
     return app
+
+
+async def _close(pipeline: Pipeline | None, engine: Engine | None) -> None:
+    if pipeline is not None:
+        for close in pipeline.c.closers:
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - one failing hook must not skip the others
+                log.exception("shutdown hook failed")
+    if engine is not None:
+        await engine.close()
+    if pipeline is not None:
+        pipeline.image_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _public_model(settings: Settings) -> str:
+    """The model /ready names while loading: a local directory by its last part, never its path."""
+    llm = settings.llm
+    name = (llm.upstream_model or "(asked from the model server)") if llm.engine == "upstream" else llm.model
+    return Path(name).name if name.startswith(("/", "~", ".")) else name
 
 
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:

@@ -3,7 +3,8 @@
 With VQA_REDIS_URL the buckets live in Redis and are shared by every worker and instance: one Lua
 script refills and takes from both buckets atomically, on Redis' own clock. Redis calls have short
 timeouts; when Redis is down or slow the limiter falls back to in-process buckets (per process, so
-briefly more generous) and tries Redis again after a pause. The service never stops for Redis.
+briefly more generous) and a circuit breaker leaves Redis alone for a while, then lets one check try
+it again. The service never stops for Redis.
 
 Only the API (`/v1/...`) is limited; probes, metrics and the page are not. The caller is the API
 key (its digest) or, with no keys configured, the client address.
@@ -12,7 +13,6 @@ key (its digest) or, with no keys configured, the client address.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -20,9 +20,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vqaserve.breaker import CircuitBreaker
 from vqaserve.server.middleware import error_json
 
-log = logging.getLogger("vqaserve.ratelimit")
 REDIS_RETRY_S = 5.0  # after a Redis failure, use local buckets this long before trying again
 MAX_LOCAL_BUCKETS = 10_000  # pruned beyond this (only full, i.e. idle, buckets are dropped)
 
@@ -103,7 +103,8 @@ class RateLimiter:
         self.timeout_s = max(0.01, timeout_ms / 1000.0)
         self._redis_url = redis_url
         self._script: Any = None
-        self._redis_down_until = 0.0
+        # One failure is enough: the local buckets are a fine answer meanwhile.
+        self.redis_breaker = CircuitBreaker(1, REDIS_RETRY_S, name="rate limits: Redis")
         self.redis_failures = 0
 
     @property
@@ -123,14 +124,18 @@ class RateLimiter:
         wanted = self._wanted(caller, images)
         if not wanted:
             return 0.0
-        if self._redis_url and time.monotonic() >= self._redis_down_until:
+        if self._redis_url and self.redis_breaker.allow():
             try:
-                return await self._take_redis(wanted)
+                wait = await self._take_redis(wanted)
             except Exception as exc:  # noqa: BLE001 - any Redis trouble: degrade to local buckets
                 self.redis_failures += 1
-                self._redis_down_until = time.monotonic() + REDIS_RETRY_S
-                log.warning("rate limits: Redis unavailable (%s); using in-process buckets for %.0f s",
-                            type(exc).__name__, REDIS_RETRY_S)
+                self.redis_breaker.record_failure(type(exc).__name__)
+            except BaseException:  # cancelled (the client left): no verdict on Redis
+                self.redis_breaker.release()
+                raise
+            else:
+                self.redis_breaker.record_success()
+                return wait
         return self.local.take(wanted)
 
     async def _take_redis(self, wanted: list[tuple[str, Limit, int]]) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +20,6 @@ from vqaserve.server.protocol import (
     ChatCompletionChunk,
     ChunkChoice,
     Delta,
-    ErrorResponse,
     ModelCard,
     ModelList,
     UsageModel,
@@ -27,12 +27,34 @@ from vqaserve.server.protocol import (
     parse_chat_request,
     to_question,
 )
+from vqaserve.server.schemas import CACHE_HEADER, CHAT_EXAMPLE, chat_request_schema, error_responses
 from vqaserve.types import StreamDelta, Usage
 
 router = APIRouter()
 log = logging.getLogger("vqaserve.server")
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 429, 500, 503, 504)}
+ERRORS = error_responses(400, 401, 404, 413, 415, 429, 500, 502, 503, 504)
+# The body is read by parse_chat_request (its error texts are the API's), so FastAPI is given the
+# request schema for /openapi.json only, and the SSE variant of the 200 next to the JSON one. Before
+# OpenAPI 3.2 (itemSchema) an event stream's `schema` describes one event, as tools read it.
+SSE_EVENT = {
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "a chat.completion.chunk as JSON; the last "
+                                                             "event is the text [DONE]"}},
+}
+CHAT_OPENAPI: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {
+        "schema": chat_request_schema(), "examples": {
+            "answer": {"summary": "one photo, one question", "value": CHAT_EXAMPLE},
+            "stream": {"summary": "the same, streamed with usage",
+                       "value": {**CHAT_EXAMPLE, "stream": True, "stream_options": {"include_usage": True}}}}}}},
+    "responses": {"200": {
+        "description": "`stream: false`: a chat.completion; `stream: true`: server-sent events, each "
+                       "`data: <chat.completion.chunk JSON>` (role chunk, text chunks, a final chunk with "
+                       "finish_reason, a usage chunk if stream_options.include_usage), then `data: [DONE]`; "
+                       "an error after the stream started is `data: {\"error\": {...}}` then `data: [DONE]`",
+        "headers": CACHE_HEADER,
+        "content": {"text/event-stream": {"schema": SSE_EVENT}}}},
+}
 
 
 def pipeline_of(request: Request) -> Pipeline:
@@ -49,6 +71,34 @@ def record_answer(metrics: Metrics, cache: str, usage: Usage, finish_reason: str
         metrics.safety_blocks.labels(stage="output").inc()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # how one is written in JSON
+
+
+def lone_surrogate(data: Any) -> str | None:
+    """Where a JSON value holds an unpaired UTF-16 surrogate (`"\\ud800"` alone), or None.
+
+    json.loads accepts such escapes, but the text cannot be encoded as UTF-8 later (tokenizer, cache
+    key, the error reply itself), so it is refused up front with the place named.
+    """
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return where or "body"
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                # the key goes into `param`, so it is written with the surrogate escaped
+                name = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                if name != key:
+                    return f"{where}.{name}" if where else name
+                stack.append((f"{where}.{key}" if where else key, value))
+        elif isinstance(node, list):
+            stack.extend((f"{where}[{i}]", value) for i, value in enumerate(node))
+    return None
+
+
 async def read_json(request: Request) -> Any:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
@@ -59,16 +109,23 @@ async def read_json(request: Request) -> Any:
     if not body.strip():
         raise InvalidRequest("the request body is empty; send a JSON object with messages", param="body")
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
                              param="body") from None
     except (UnicodeDecodeError, RecursionError):
         raise InvalidRequest("malformed JSON: the body must be UTF-8 JSON of sensible depth",
                              param="body") from None
+    # Only a \uD800-\uDFFF escape can make one, so most bodies (image data included) skip the walk.
+    where = lone_surrogate(data) if _SURROGATE_ESCAPE.search(body) else None
+    if where is not None:
+        raise InvalidRequest(f"{where}: the text holds an unpaired UTF-16 surrogate (a \\ud800-\\udfff escape "
+                             "without its pair); send valid Unicode", param=where)
+    return data
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS, openapi_extra=CHAT_OPENAPI,
+             summary="OpenAI chat completions (JSON or server-sent events)")
 async def chat_completions(request: Request) -> Any:
     settings = request.app.state.settings
     chat = parse_chat_request(await read_json(request))
@@ -145,7 +202,7 @@ async def sse_events(deltas: AsyncIterator[StreamDelta], *, model: str, cache: s
     yield "data: [DONE]\n\n"
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses=error_responses(401, 429, 500, 503))
 async def list_models(request: Request) -> ModelList:
     pipeline = pipeline_of(request)
     base = pipeline.model_id

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
+from vqaserve.metrics import Metrics
+from vqaserve.server.startup import RETRY_AFTER_S, Startup
 from vqaserve.server.static_files import SafeStaticFiles
+
+if TYPE_CHECKING:
+    from vqaserve.pipeline import Pipeline
 
 router = APIRouter()
 
 
 @router.get("/health")
 async def health() -> dict[str, str]:
-    """The process is alive and its event loop answers (even while the model is busy)."""
+    """The process is alive and its event loop answers (while the model loads or is busy)."""
     return {"status": "ok"}
 
 
@@ -36,28 +41,31 @@ def _degraded(state: dict[str, Any]) -> bool:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """200 once the engine is loaded ("degraded" when e.g. Redis is down but answers still flow)."""
-    pipeline = getattr(request.app.state, "pipeline", None)
-    if pipeline is None or not request.app.state.ready:
-        return JSONResponse({"status": "loading"}, status_code=503)
+    """200 once the engine is loaded ("degraded" when e.g. Redis is down but answers still flow).
+
+    503 before: `loading` with the phase and seconds so far, or `failed` with the reason.
+    """
+    startup: Startup = request.app.state.startup
+    if not startup.ready:
+        headers = {} if startup.failed else {"Retry-After": str(RETRY_AFTER_S)}
+        return JSONResponse(startup.status(), status_code=503, headers=headers)
+    pipeline: Pipeline = request.app.state.pipeline
     engine_state = await _call(pipeline.engine.health)
     body: dict[str, Any] = {"model": pipeline.model_id, "adapters": pipeline.engine.adapters(),
                             "engine": engine_state}
-    # Other components register probes here: a callable (reported as "cache"), or {name: callable}.
-    probes = pipeline.c.extra.get("health")
-    if callable(probes):
-        probes = {"cache": probes}
-    for name, probe in (probes or {}).items():
+    for name, probe in pipeline.c.health.items():  # each component's probe (wiring: the cache)
         body[name] = await _call(probe)
     if engine_state.get("ok") is False:
         return JSONResponse({"status": "unavailable", **body}, status_code=503)
-    degraded = any(_degraded(body[name]) for name in (probes or {}))
+    degraded = any(_degraded(body[name]) for name in pipeline.c.health)
     return JSONResponse({"status": "degraded" if degraded else "ready", **body})
 
 
-@router.get("/metrics")
+# Prometheus text, not JSON: say so in the OpenAPI schema (the default would be application/json).
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
 async def metrics(request: Request) -> Response:
-    m = request.app.state.metrics
+    m: Metrics = request.app.state.metrics
     return Response(m.render(), media_type=m.content_type)
 
 

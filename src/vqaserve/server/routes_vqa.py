@@ -17,14 +17,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vqaserve.engines.structured import schema_from_text
 from vqaserve.errors import InvalidRequest, UnsupportedMediaType
-from vqaserve.server.protocol import ErrorResponse
+from vqaserve.server.protocol import UsageModel
 from vqaserve.server.routes_openai import pipeline_of, record_answer
+from vqaserve.server.schemas import CACHE_HEADER, UPLOAD_FORM_SCHEMA, VQAResponse, error_responses
 from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
 
 router = APIRouter()
 FIELDS = ("image", "question", "model", "max_tokens", "temperature", "seed", "schema")
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 429, 500, 503, 504)}
+ERRORS = error_responses(400, 401, 404, 413, 415, 429, 500, 503, 504)
+# The form is read below (its error texts are the API's), so FastAPI gets its schema for /openapi.json only.
+UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": UPLOAD_FORM_SCHEMA, "encoding": {"image": {"contentType": "image/*, application/octet-stream"}}}}},
+    "responses": {"200": {"headers": CACHE_HEADER}},
+}
 
 
 def _text(form: Any, name: str) -> str | None:
@@ -63,7 +69,8 @@ async def _schema(form: Any) -> str:
     return schema_from_text(value, "schema") if value.strip() else ""
 
 
-@router.post("/v1/vqa", responses=ERRORS)
+@router.post("/v1/vqa", response_model=VQAResponse, responses=ERRORS, openapi_extra=UPLOAD_OPENAPI,
+             summary="One photo and one question as a multipart form")
 async def vqa(request: Request) -> JSONResponse:
     started = time.perf_counter()
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -114,7 +121,7 @@ async def vqa(request: Request) -> JSONResponse:
     record_answer(request.app.state.metrics, answer.cache, answer.usage, answer.finish_reason)
     timings = {k: round(v, 2) for k, v in answer.timings.items()}
     timings["total"] = round((time.perf_counter() - started) * 1000.0, 2)
-    body = {"answer": answer.text, "model": answer.model, "cached": answer.cached,
-            "finish_reason": answer.finish_reason, "usage": answer.usage.to_dict(), "timings": timings,
-            "request_id": q.request_id}
-    return JSONResponse(body, headers={"x-vqa-cache": answer.cache})
+    body = VQAResponse(answer=answer.text, model=answer.model, cached=answer.cached,
+                       finish_reason=answer.finish_reason, usage=UsageModel.of(answer.usage), timings=timings,
+                       request_id=q.request_id)
+    return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache})

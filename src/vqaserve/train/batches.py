@@ -12,7 +12,7 @@ from typing import Any
 def mask_share(step: int, curriculum_steps: int) -> float:
     """How far a step's synthetic pictures are blended towards their silhouettes: 1 at step 0, falling
     linearly to 0 at `curriculum_steps` (0: off). A small ViT learns shapes from masks long before it
-    learns them through random colours (docs/eval.md)."""
+    learns them through random colours (docs/eval-history.md)."""
     if curriculum_steps <= 0:
         return 0.0
     return max(0.0, 1.0 - step / curriculum_steps)

@@ -154,7 +154,7 @@ def synthetic_conversation(split: str, seed: int, index: int, max_turns: int = 3
     for qtype in chosen:
         if rng.random() < 0.25:
             lang = rng.choice(syn.LANGS)  # mixed-language conversations happen too
-        turns.append(syn.make_question(spec, qtype, lang, rng))
+        turns.append(syn.make_question(spec, qtype, lang, rng, syn.training_phrasing(rng)))
     return Conversation(image, tuple(turns))
 
 

@@ -1,7 +1,7 @@
 """Named architecture recipes for `vqa train --recipe NAME`: a Qwen3-VL config plus how to train it.
 
 shop-toy is sized for a 2-core CPU: ~100 ViT patches (25 visual tokens) per picture, a 3-layer
-vision tower and a 4-layer text decoder. What mattered (see docs/eval.md): enough pixels that a
+vision tower and a 4-layer text decoder. What mattered (see docs/eval-history.md): enough pixels that a
 pattern period spans about one 16 px patch and three items never share a visual token; several
 questions per picture so the vision tower's work is shared; occasion-balanced training pictures.
 """
@@ -27,12 +27,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         "min_pixels": 128 * 128,
         "max_pixels": 160 * 160,
         "train": {
-            # The time budget is what ends the bundled run (5,133 steps in 56 min on the 2-core CPU,
-            # run 11); `steps` only caps a faster machine. The first 450 steps blend silhouettes into
-            # pictures (docs/eval.md, run 5): category 18.9% -> 47.5%, count 52.4% -> 81.1%.
-            "synthetic": "train:1.0", "steps": 6000, "batch_size": 32, "lr": 1e-3, "warmup": 60,
+            # A fixed step count, not a time budget, so the committed model is reproducible on any
+            # machine: 13,000 steps of 32 pictures take ~150 min on this 2-core CPU when it is idle
+            # (issue 23's budget; the 56-minute run 11 made 5,133 and accuracy was still rising with
+            # steps). The first 450 steps blend silhouettes into pictures (docs/eval-history.md, run 5):
+            # category 18.9% -> 47.5%, count 52.4% -> 81.1%. Questions use the catalogue's primary
+            # wording half the time and its two training paraphrases otherwise.
+            "synthetic": "train:1.0", "steps": 13000, "batch_size": 32, "lr": 1e-3, "warmup": 60,
             "vision_lr_scale": 0.5, "mask_curriculum_steps": 450,
-            "weight_decay": 0.01, "max_turns": 4, "time_budget_min": 56.0, "seed": 0,
+            "weight_decay": 0.01, "max_turns": 4, "time_budget_min": 0.0, "seed": 0,
         },
     },
     # A seconds-long model for tests: the same architecture family, tiny sizes.

@@ -44,8 +44,8 @@ OCCASIONS: list[tuple[str, str]] = [
 ]
 QUESTION_TYPES: tuple[str, ...] = ("category", "color", "pattern", "yesno", "occasion", "count", "describe")
 LANGS: tuple[str, ...] = ("en", "zh")
-SPLITS: tuple[str, ...] = ("train", "test", "heldout", "adapter")
-Split = Literal["train", "test", "heldout", "adapter"]
+SPLITS: tuple[str, ...] = ("train", "test", "heldout", "adapter", "paraphrase")
+Split = Literal["train", "test", "heldout", "adapter", "paraphrase"]
 
 
 def attribute_schema() -> dict[str, object]:
@@ -115,31 +115,93 @@ def describe(spec: Spec, lang: str) -> str:
     return "一件" + col[1] + (pat[1] if spec.pattern else "") + cat[1]
 
 
-def make_question(spec: Spec, qtype: str, lang: str, rng: random.Random) -> tuple[str, str]:
-    """(question, exact answer) for one question type and language, as the catalogue page says."""
+# Question wordings per type, (English, Chinese): index 0 is the primary phrasing (what the test,
+# heldout and adapter splits ask), 1 and 2 the training paraphrases of the catalogue page. `{cat}`
+# is the item's category, `{c}` the colour asked about, `{verb}` the Chinese verb for using the item.
+PHRASINGS: dict[str, list[tuple[str, str]]] = {
+    "category": [("What is this product?", "这是什么商品？"), ("What is this?", "这是什么？"),
+                 ("What kind of item is this?", "这是什么东西？")],
+    "color": [("What color is it?", "这是什么颜色？"), ("What colour is this?", "它是什么颜色的？"),
+              ("Which color is this item?", "这件商品是什么颜色？")],
+    "pattern": [("What pattern does it have?", "这是什么图案？"), ("What is the pattern?", "上面是什么花纹？"),
+                ("What pattern is on this item?", "它是什么图案的？")],
+    "yesno": [("Is it {c}?", "它是{c}的吗？"), ("Is this {c}?", "这是{c}的吗？"),
+              ("Is the item {c}?", "这件商品是{c}的吗？")],
+    "occasion": [("What occasion is it suitable for?", "适合什么场合？"),
+                 ("What occasion is this {cat} suitable for?", "这件{cat}适合什么场合{verb}？"),
+                 ("What occasions does this suit?", "适合在什么场合使用？")],
+    "count": [("How many items are there?", "图中有几件商品？"), ("How many are there?", "一共有几件？"),
+              ("How many products are in the picture?", "有多少件商品？")],
+    "describe": [("Describe this product.", "描述一下这件商品。"), ("Describe it.", "描述一下。"),
+                 ("Give a short description of this product.", "简单描述这件商品。")],
+}
+# Held-out phrasings (the `paraphrase` split): never in training, nor in the tokenizer's corpus.
+HELD_OUT_PHRASINGS: dict[str, tuple[str, str]] = {
+    "category": ("What am I looking at?", "图里是什么商品？"),
+    "color": ("What is the color of this product?", "颜色是什么？"),
+    "pattern": ("Which pattern does it have?", "图案是什么？"),
+    "yesno": ("Is this product {c}?", "是{c}的吗？"),
+    "occasion": ("What is this {cat} good for?", "这件{cat}适合哪种场合？"),
+    "count": ("How many items do you see?", "数一数有几件？"),
+    "describe": ("Please describe it.", "请描述它。"),
+}
+HELD_OUT = -1  # `phrasing` value that asks the held-out wording
+_WEARABLES = ("t-shirt", "trousers", "dress", "jacket", "hat", "shoe")
+
+
+def training_questions() -> list[str]:
+    """Every training wording, filled in for every category and colour (for the tokenizer's corpus)."""
+    out: dict[str, None] = {}
+    for qtype, wordings in PHRASINGS.items():
+        for phrasing in range(len(wordings)):
+            for lang in LANGS:
+                for category in range(len(ALL_CATEGORIES)):
+                    for colour in range(len(COLOURS)):
+                        out[_wording(qtype, lang, phrasing, category, colour)] = None
+    return list(out)
+
+
+def training_phrasing(rng: random.Random) -> int:
+    """The wording a training question uses: the primary one half the time, else a paraphrase."""
+    return 0 if rng.random() < 0.5 else rng.randint(1, len(PHRASINGS["category"]) - 1)
+
+
+def _wording(qtype: str, lang: str, phrasing: int, category: int, colour: int | None = None) -> str:
     i = 0 if lang == "en" else 1
-    if qtype == "category":
-        return ("What is this product?", "这是什么商品？")[i], ALL_CATEGORIES[spec.category][i]
-    if qtype == "color":
-        return ("What color is it?", "这是什么颜色？")[i], COLOURS[spec.colour][i]
-    if qtype == "pattern":
-        return ("What pattern does it have?", "这是什么图案？")[i], PATTERNS[spec.pattern][i]
+    template = HELD_OUT_PHRASINGS[qtype][i] if phrasing == HELD_OUT else PHRASINGS[qtype][phrasing][i]
+    cat = ALL_CATEGORIES[category]
+    verb = "穿" if cat[0] in _WEARABLES else ("戴" if cat[0] == "sunglasses" else "用")
+    return template.format(cat=cat[i], c="" if colour is None else COLOURS[colour][i], verb=verb)
+
+
+def make_question(spec: Spec, qtype: str, lang: str, rng: random.Random, phrasing: int = 0) -> tuple[str, str]:
+    """(question, exact answer) for one question type and language, as the catalogue page says.
+
+    `phrasing` picks the wording (PHRASINGS index, or HELD_OUT); it never changes the answer, nor what
+    is drawn from `rng`, so a sample asked another way is the same picture with the same answer."""
+    if qtype not in PHRASINGS:
+        raise ValueError(f"unknown question type {qtype!r}; use one of {', '.join(QUESTION_TYPES)}")
+    i = 0 if lang == "en" else 1
+    asked = None
     if qtype == "yesno":
         # Half the time ask about the true colour, so "yes" and "no" are equally likely.
         asked = spec.colour if rng.random() < 0.5 else rng.choice([c for c in range(10) if c != spec.colour])
-        yes = asked == spec.colour
-        if lang == "en":
-            return f"Is it {COLOURS[asked][0]}?", "yes" if yes else "no"
-        return f"它是{COLOURS[asked][1]}的吗？", "是" if yes else "不是"
-    if qtype == "occasion":
-        occ = OCCASIONS[occasion(spec.category, spec.colour, spec.pattern)]
-        return ("What occasion is it suitable for?", "适合什么场合？")[i], occ[i]
-    if qtype == "count":
-        count = str(spec.count) + ("" if i == 0 else "件")
-        return ("How many items are there?", "图中有几件商品？")[i], count
-    if qtype == "describe":
-        return ("Describe this product.", "描述一下这件商品。")[i], describe(spec, lang)
-    raise ValueError(f"unknown question type {qtype!r}; use one of {', '.join(QUESTION_TYPES)}")
+    question = _wording(qtype, lang, phrasing, spec.category, asked)
+    if qtype == "category":
+        answer = ALL_CATEGORIES[spec.category][i]
+    elif qtype == "color":
+        answer = COLOURS[spec.colour][i]
+    elif qtype == "pattern":
+        answer = PATTERNS[spec.pattern][i]
+    elif qtype == "yesno":
+        answer = ("yes", "是")[i] if asked == spec.colour else ("no", "不是")[i]
+    elif qtype == "occasion":
+        answer = OCCASIONS[occasion(spec.category, spec.colour, spec.pattern)][i]
+    elif qtype == "count":
+        answer = str(spec.count) + ("" if i == 0 else "件")
+    else:
+        answer = describe(spec, lang)
+    return question, answer
 
 
 # --- silhouettes: polygons and ellipses in a unit box ----------------------------------------------
@@ -336,13 +398,17 @@ def sample_spec(split: str, rng: random.Random, balance_occasions: float = 0.0) 
 
 
 def make_sample(split: str, seed: int, index: int, qtype: str | None = None, lang: str | None = None,
-                balance_occasions: float = 0.0) -> Sample:
-    """Sample `index` of a split: by default question types and languages cycle evenly."""
+                balance_occasions: float = 0.0, phrasing: int = 0) -> Sample:
+    """Sample `index` of a split: by default question types and languages cycle evenly.
+
+    `paraphrase` is the `test` sample asked with the held-out wording: same picture, same answer."""
+    if split == "paraphrase":
+        split, phrasing = "test", HELD_OUT
     rng = _rng(split, seed, index)
     spec = sample_spec(split, rng, balance_occasions)
     qtype = qtype or QUESTION_TYPES[index % len(QUESTION_TYPES)]
     lang = lang or LANGS[(index // len(QUESTION_TYPES)) % len(LANGS)]
-    question, answer = make_question(spec, qtype, lang, rng)
+    question, answer = make_question(spec, qtype, lang, rng, phrasing)
     return Sample(render(spec, rng), question, answer, qtype, lang, spec)
 
 
@@ -361,19 +427,21 @@ def answers(split: str, n: int = 300, seed: int = 0) -> list[str]:
             for qtype in QUESTION_TYPES for lang in LANGS]
 
 
-def iter_samples(split: str, n: int, seed: int) -> Iterator[Sample]:
+def iter_samples(split: str, n: int, seed: int, phrasing: int = 0) -> Iterator[Sample]:
     for index in range(n):
-        yield make_sample(split, seed, index)
+        yield make_sample(split, seed, index, phrasing=phrasing)
 
 
-def write_split(split: str, n: int, seed: int, out: str | Path, progress: bool = False) -> Path:
-    """Write `out/data.jsonl` and `out/images/` (one picture per question). Returns the jsonl path."""
+def write_split(split: str, n: int, seed: int, out: str | Path, progress: bool = False,
+                phrasing: int = 0) -> Path:
+    """Write `out/data.jsonl` and `out/images/` (one picture per question). Returns the jsonl path.
+    `phrasing` asks every question in that wording (PHRASINGS index); `paraphrase` sets its own."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     path = out / "data.jsonl"
-    samples = iter_samples(split, n, seed)
+    samples = iter_samples(split, n, seed, phrasing)
     if progress:
         from tqdm import tqdm
 

@@ -62,6 +62,49 @@ function useFile(file) {
   reader.readAsDataURL(file);
 }
 
+// The bundled demo model knows only the synthetic catalogue: the server says so in /static/page.json,
+// and the page then says it to the user and offers catalogue pictures to try. A model of the user's
+// own gets neither.
+async function loadPageInfo() {
+  let info;
+  try {
+    const response = await fetch("/static/page.json", { cache: "no-store" });
+    if (!response.ok) return;  // the page works without the hints
+    info = await response.json();
+  } catch (e) {
+    return;  // loadModels reports an unreachable server
+  }
+  if (!info.bundled_demo) return;
+  const row = $("samples");
+  row.replaceChildren();
+  for (const sample of info.samples) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "sample";
+    button.title = sample.alt;
+    const img = document.createElement("img");
+    img.src = sample.url;
+    img.alt = sample.alt;
+    button.appendChild(img);
+    button.addEventListener("click", () => useSample(sample));
+    row.appendChild(button);
+  }
+  $("demo-note").hidden = false;
+  row.hidden = info.samples.length === 0;
+}
+
+// A sample is loaded exactly like a dropped file, so what is asked is the same picture a user could send.
+async function useSample(sample) {
+  try {
+    const response = await fetch(sample.url);
+    if (!response.ok) { showError("could not load the sample picture (HTTP " + response.status + ")"); return; }
+    const blob = await response.blob();
+    useFile(new File([blob], sample.url.split("/").pop(), { type: blob.type || "image/png" }));
+  } catch (e) {
+    showError("could not load the sample picture: " + e.message);
+  }
+}
+
 // Server-sent events arrive in arbitrary network pieces: keep the unfinished tail between reads.
 async function* sseEvents(response) {
   const reader = response.body.getReader();
@@ -168,6 +211,7 @@ function init() {
   });
   $("api-key").addEventListener("change", loadModels);
   loadModels();
+  loadPageInfo();
 }
 
 document.addEventListener("DOMContentLoaded", init);
