@@ -64,9 +64,17 @@ async def within_deadline(awaitable: Awaitable[T], request: EngineRequest,
     """Await on the request's behalf; past its deadline or when the caller is cancelled, abandon it
     (default: set its stop signal) first."""
     give_up = abandon or request.cancel.set
+    # asyncio.timeout, not wait_for: the awaitable runs in the caller's task. wait_for would run it
+    # in a task of its own, and a stream's next chunk read that way leaves httpx/anyio cancel scopes
+    # entered in one task and exited in another, so a client that leaves might not close the
+    # upstream connection (vLLM would generate on for nobody).
+    timer = asyncio.timeout(request.remaining())
     try:
-        return await asyncio.wait_for(awaitable, request.remaining())
+        async with timer:
+            return await awaitable
     except TimeoutError:
+        if not timer.expired():
+            raise  # the awaited work's own timeout, not the request's deadline
         give_up()
         raise DeadlineExceeded() from None
     except asyncio.CancelledError:  # the client went away

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from vqaserve.errors import EngineFailure, InvalidRequest, UnsupportedMediaType, VQAError
 from vqaserve.metrics import Metrics
@@ -141,9 +142,22 @@ async def chat_completions(request: Request) -> Any:
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
     events = sse_events(deltas, model=question.model or pipeline.model_id, cache=status,
                         include_usage=include_usage, metrics=metrics, count=pipeline.engine.count_tokens)
-    return StreamingResponse(events, media_type="text/event-stream",
+    return ClosingStreamingResponse(events, media_type="text/event-stream",
                              headers={"x-vqa-cache": status, "cache-control": "no-cache",
                                       "x-accel-buffering": "no"})
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its events however the response ends. Starlette cancels a stream whose client left,
+    but if that happens while a chunk is being sent, the generator is left suspended at its `yield`
+    and only garbage collection would close it: until then the pipeline would not learn that the
+    client left, and the engine (or vLLM upstream) would generate on for nobody."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]  # sse_events: an async generator
 
 
 def _event(payload: dict[str, Any]) -> str:
