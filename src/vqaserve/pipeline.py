@@ -34,6 +34,7 @@ from vqaserve.types import (
     CacheStatus,
     EngineRequest,
     EngineResult,
+    FinishReason,
     Question,
     StreamDelta,
     Usage,
@@ -238,7 +239,8 @@ class Pipeline:
         assert self.c.output_filter is not None
         return self.c.output_filter.refusal(q.last_user_text)
 
-    def _answer_of(self, q: Question, text: str, finish: Any, usage: Usage | None, timer: Timer) -> Answer:
+    def _answer_of(self, q: Question, text: str, finish: FinishReason, usage: Usage | None,
+                   timer: Timer) -> Answer:
         return Answer(text=text, model=q.model or self.model_id, finish_reason=finish,
                       usage=usage or Usage(), timings=timer.timings, request_id=q.request_id)
 
@@ -319,9 +321,10 @@ class Pipeline:
                     return await self._refuse_stream(q, key, timer, request, final, pieces, emit)
                 pieces.append(tail)
                 text = tail
-            answer = self._answer_of(q, "".join(pieces), final.finish_reason, final.usage, timer)
+            finish = final.finish_reason or "stop"  # set on both paths above; the type cannot say so
+            answer = self._answer_of(q, "".join(pieces), finish, final.usage, timer)
             await self._conclude(q, key, answer, timer)
-            emit(StreamDelta(text=text, finish_reason=final.finish_reason, usage=final.usage))
+            emit(StreamDelta(text=text, finish_reason=finish, usage=final.usage))
             return answer
         finally:
             if final is None:  # failed, blocked or abandoned: tell the engine to stop
