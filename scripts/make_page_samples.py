@@ -18,7 +18,8 @@ import json
 import random
 from pathlib import Path
 
-from vqaserve.train.synthetic import CATEGORIES, COLOURS, PATTERNS, Spec, is_held_out, render
+from vqaserve.train.catalogue import CATEGORIES, COLOURS, PATTERNS, Spec, is_held_out
+from vqaserve.train.synthetic import render
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "vqaserve" / "server" / "static" / "samples"
 MANIFEST = "samples.json"

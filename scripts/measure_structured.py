@@ -25,17 +25,17 @@ from typing import Any
 
 from vqaserve.engines.structured import canonical, response_format_body, violation
 from vqaserve.settings import load_settings
-from vqaserve.train import synthetic
+from vqaserve.train import catalogue, synthetic
 from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
 
-SCHEMA: dict[str, Any] = synthetic.attribute_schema()
+SCHEMA: dict[str, Any] = catalogue.attribute_schema()
 QUESTION = "Describe this product as JSON."
 
 
-def gold(spec: synthetic.Spec) -> dict[str, str]:
-    return {"category": synthetic.ALL_CATEGORIES[spec.category][0], "color": synthetic.COLOURS[spec.colour][0],
-            "pattern": synthetic.PATTERNS[spec.pattern][0],
-            "occasion": synthetic.OCCASIONS[synthetic.occasion(spec.category, spec.colour, spec.pattern)][0]}
+def gold(spec: catalogue.Spec) -> dict[str, str]:
+    return {"category": catalogue.ALL_CATEGORIES[spec.category][0], "color": catalogue.COLOURS[spec.colour][0],
+            "pattern": catalogue.PATTERNS[spec.pattern][0],
+            "occasion": catalogue.OCCASIONS[catalogue.occasion(spec.category, spec.colour, spec.pattern)][0]}
 
 
 @dataclass
@@ -112,7 +112,7 @@ async def run(asker: Any, pictures: list[bytes], question: str, schema: str, max
     return answers, time.perf_counter() - started
 
 
-def score(answers: list[Any], specs: list[synthetic.Spec]) -> dict[str, Any]:
+def score(answers: list[Any], specs: list[catalogue.Spec]) -> dict[str, Any]:
     valid, right = 0, dict.fromkeys(("category", "color", "pattern", "occasion"), 0)
     bad: list[str] = []
     for answer, spec in zip(answers, specs, strict=True):

@@ -20,12 +20,12 @@ from vqaserve import images as imgs
 from vqaserve.engines.structured import canonical, violation
 from vqaserve.engines.transformers import TransformersEngine
 from vqaserve.settings import load_settings
-from vqaserve.train import synthetic
+from vqaserve.train import catalogue, synthetic
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, Part, Turn
 
 pytestmark = pytest.mark.integration
 
-ATTRIBUTES: dict[str, Any] = synthetic.attribute_schema()
+ATTRIBUTES: dict[str, Any] = catalogue.attribute_schema()
 SMALL: dict[str, Any] = {"type": "object", "properties": {"in_stock": {"type": "boolean"}},
                          "required": ["in_stock"], "additionalProperties": False}
 

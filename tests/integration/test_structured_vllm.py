@@ -22,11 +22,11 @@ from tests.http_support import ServeProcess, sse_payloads
 from tests.vllm_support import ask, catalogue, chat_body, content, gateway_env, vllm  # noqa: F401
 from vqaserve.bench.vllm_server import VllmServer
 from vqaserve.engines.structured import violation
-from vqaserve.train import synthetic
+from vqaserve.train.catalogue import attribute_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 MODEL = "shop-toy"
-ATTRIBUTES: dict[str, Any] = synthetic.attribute_schema()
+ATTRIBUTES: dict[str, Any] = attribute_schema()
 FORMAT = {"type": "json_schema", "json_schema": {"name": "attributes", "schema": ATTRIBUTES, "strict": True}}
 QUESTION = "Describe this product as JSON."
 

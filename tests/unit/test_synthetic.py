@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from vqaserve.train import catalogue, questions
 from vqaserve.train import synthetic as syn
 
 pytestmark = pytest.mark.unit
@@ -26,8 +27,8 @@ def test_held_out_triples_never_in_train() -> None:
     seen = set()
     for _ in range(3000):
         spec = syn.sample_spec("train", rng, balance_occasions=0.5)
-        assert not syn.is_held_out(spec.category, spec.colour, spec.pattern)
-        assert spec.category != syn.SUNGLASSES
+        assert not catalogue.is_held_out(spec.category, spec.colour, spec.pattern)
+        assert spec.category != catalogue.SUNGLASSES
         seen.add((spec.category, spec.colour, spec.pattern))
     # every category, colour and pattern is still taught, only some combinations are withheld
     assert {c for c, _, _ in seen} == set(range(8))
@@ -40,7 +41,7 @@ def test_heldout_and_adapter_splits() -> None:
     for _ in range(300):
         spec = syn.sample_spec("heldout", rng)
         assert (spec.category + 2 * spec.colour + 3 * spec.pattern) % 9 == 0
-        assert syn.sample_spec("adapter", rng).category == syn.SUNGLASSES
+        assert syn.sample_spec("adapter", rng).category == catalogue.SUNGLASSES
     with pytest.raises(ValueError, match="unknown split"):
         syn.sample_spec("validation", rng)
 
@@ -58,37 +59,38 @@ def test_heldout_and_adapter_splits() -> None:
     ("sunglasses", "red", 0, "casual"),
 ])
 def test_occasion_rules(cat: str, col: str, pat: int, expected: str) -> None:
-    c = [n for n, _ in syn.ALL_CATEGORIES].index(cat)
-    k = [n for n, _ in syn.COLOURS].index(col)
-    assert syn.OCCASIONS[syn.occasion(c, k, pat)][0] == expected
+    c = [n for n, _ in catalogue.ALL_CATEGORIES].index(cat)
+    k = [n for n, _ in catalogue.COLOURS].index(col)
+    assert catalogue.OCCASIONS[catalogue.occasion(c, k, pat)][0] == expected
 
 
 def test_exact_answers_follow_the_catalogue() -> None:
     rng = random.Random(2)
-    striped = syn.Spec(category=0, colour=0, pattern=1, count=2)
-    plain = syn.Spec(category=3, colour=8, pattern=0, count=1)
-    assert syn.make_question(striped, "describe", "en", rng) == ("Describe this product.", "a red striped t-shirt")
-    assert syn.make_question(striped, "describe", "zh", rng) == ("描述一下这件商品。", "一件红色条纹T恤")
-    assert syn.make_question(plain, "describe", "en", rng)[1] == "a black jacket"  # plain is omitted
-    assert syn.make_question(plain, "describe", "zh", rng)[1] == "一件黑色外套"
-    assert syn.make_question(striped, "count", "en", rng) == ("How many items are there?", "2")
-    assert syn.make_question(striped, "count", "zh", rng) == ("图中有几件商品？", "2件")
-    assert syn.make_question(plain, "occasion", "en", rng)[1] == "business"
-    assert syn.make_question(plain, "occasion", "zh", rng)[1] == "商务"
-    assert syn.make_question(striped, "pattern", "zh", rng)[1] == "条纹"
+    striped = catalogue.Spec(category=0, colour=0, pattern=1, count=2)
+    plain = catalogue.Spec(category=3, colour=8, pattern=0, count=1)
+    assert (questions.make_question(striped, "describe", "en", rng)
+            == ("Describe this product.", "a red striped t-shirt"))
+    assert questions.make_question(striped, "describe", "zh", rng) == ("描述一下这件商品。", "一件红色条纹T恤")
+    assert questions.make_question(plain, "describe", "en", rng)[1] == "a black jacket"  # plain is omitted
+    assert questions.make_question(plain, "describe", "zh", rng)[1] == "一件黑色外套"
+    assert questions.make_question(striped, "count", "en", rng) == ("How many items are there?", "2")
+    assert questions.make_question(striped, "count", "zh", rng) == ("图中有几件商品？", "2件")
+    assert questions.make_question(plain, "occasion", "en", rng)[1] == "business"
+    assert questions.make_question(plain, "occasion", "zh", rng)[1] == "商务"
+    assert questions.make_question(striped, "pattern", "zh", rng)[1] == "条纹"
     with pytest.raises(ValueError, match="unknown question type"):
-        syn.make_question(plain, "price", "en", rng)
+        questions.make_question(plain, "price", "en", rng)
 
 
 def test_yesno_is_balanced_and_correct() -> None:
     rng = random.Random(3)
-    spec = syn.Spec(category=1, colour=4, pattern=0, count=1)
+    spec = catalogue.Spec(category=1, colour=4, pattern=0, count=1)
     answers = []
     for _ in range(400):
-        q, a = syn.make_question(spec, "yesno", "en", rng)
+        q, a = questions.make_question(spec, "yesno", "en", rng)
         assert a == ("yes" if q == "Is it blue?" else "no")
         answers.append(a)
-        qz, az = syn.make_question(spec, "yesno", "zh", rng)
+        qz, az = questions.make_question(spec, "yesno", "zh", rng)
         assert az == ("是" if qz == "它是蓝色的吗？" else "不是")
     assert 0.4 < answers.count("yes") / len(answers) < 0.6
 
@@ -122,7 +124,7 @@ def test_pattern_colours_contrast_with_the_main_colour() -> None:
 
 def test_types_and_languages_cycle_evenly() -> None:
     samples = [syn.make_sample("test", 0, i) for i in range(0, 28, 3)]
-    assert [s.type for s in samples] == [syn.QUESTION_TYPES[i % 7] for i in range(0, 28, 3)]
+    assert [s.type for s in samples] == [questions.QUESTION_TYPES[i % 7] for i in range(0, 28, 3)]
     assert [s.lang for s in samples] == [("en", "zh")[(i // 7) % 2] for i in range(0, 28, 3)]
 
 
@@ -135,7 +137,7 @@ def test_write_split_jsonl_shape(tmp_path) -> None:  # type: ignore[no-untyped-d
         assert set(row) == {"image", "question", "answer", "type", "lang"}
         assert row["image"] == f"images/{i:06d}.png"
         assert (tmp_path / row["image"]).is_file()
-        assert row["lang"] in ("en", "zh") and row["type"] in syn.QUESTION_TYPES
+        assert row["lang"] in ("en", "zh") and row["type"] in questions.QUESTION_TYPES
     assert "这是什么" in path.read_text(encoding="utf-8")  # Chinese written as text, not \u escapes
     again = syn.write_split("heldout", 8, 3, tmp_path / "again")
     assert again.read_text(encoding="utf-8") == path.read_text(encoding="utf-8")
@@ -147,7 +149,7 @@ def test_mask_curriculum_blends_towards_silhouettes_without_moving_anything() ->
     from vqaserve.train.batches import mask_share
     from vqaserve.train.data import SHAPE_TYPES, synthetic_conversation
 
-    spec = syn.Spec(3, 4, 1, 2)
+    spec = catalogue.Spec(3, 4, 1, 2)
     real = syn.render(spec, random.Random(9))
     assert syn.render(spec, random.Random(9), 0.0).tobytes() == real.tobytes()  # off = unchanged
     mask = np.asarray(syn.render(spec, random.Random(9), 1.0))
@@ -158,8 +160,8 @@ def test_mask_curriculum_blends_towards_silhouettes_without_moving_anything() ->
     assert 0.05 < white < 0.6  # the items, not the whole picture
     half = np.asarray(syn.render(spec, random.Random(9), 0.5)).astype(int)
     assert np.abs(half - (np.asarray(real).astype(int) + mask) / 2).max() <= 1
-    shape_questions = {syn.make_question(spec, t, lang, random.Random(0), k)[0]
-                       for t in SHAPE_TYPES for lang in syn.LANGS for k in range(3)}
+    shape_questions = {questions.make_question(spec, t, lang, random.Random(0), k)[0]
+                       for t in SHAPE_TYPES for lang in questions.LANGS for k in range(3)}
     masked = [synthetic_conversation("train", 0, i, max_turns=4, mask_share=0.7) for i in range(40)]
     asked = [q for c in masked for q, _ in c.turns]
     assert set(asked) <= shape_questions and len(set(asked)) >= 8  # both types, languages, wordings
@@ -177,7 +179,7 @@ def test_pictures_are_the_same_every_time_for_a_seed() -> None:
 
 def test_answers_of_a_split_cover_its_words_in_both_languages_without_drawing() -> None:
     adapter = syn.answers("adapter", n=40)
-    assert len(adapter) == 40 * len(syn.QUESTION_TYPES) * len(syn.LANGS)
+    assert len(adapter) == 40 * len(questions.QUESTION_TYPES) * len(questions.LANGS)
     assert "sunglasses" in adapter and "太阳镜" in adapter
     assert any(a.startswith("一件") and a.endswith("太阳镜") for a in adapter)  # zh descriptions
     assert syn.answers("adapter", n=40) == adapter  # seeded
@@ -209,14 +211,14 @@ def test_paraphrase_split_asks_test_pictures_in_wordings_never_trained_on(tmp_pa
 
 def test_wordings_name_the_item_with_the_right_chinese_verb() -> None:
     def occasion_question(category: int, lang: str) -> str:
-        return syn.make_question(syn.Spec(category, 0, 0, 1), "occasion", lang, random.Random(0), 1)[0]
+        return questions.make_question(catalogue.Spec(category, 0, 0, 1), "occasion", lang, random.Random(0), 1)[0]
 
     assert occasion_question(3, "zh") == "这件外套适合什么场合穿？"  # the web page's own question
     assert occasion_question(3, "en") == "What occasion is this jacket suitable for?"
     assert occasion_question(7, "zh") == "这件杯子适合什么场合用？"
-    assert occasion_question(syn.SUNGLASSES, "zh") == "这件太阳镜适合什么场合戴？"
-    spec = syn.Spec(2, 4, 1, 2)
-    for qtype in syn.QUESTION_TYPES:  # the wording never changes the answer or the random stream
-        answers = {syn.make_question(spec, qtype, lang, random.Random(5), k)[1]
-                   for k in (0, 1, 2, syn.HELD_OUT) for lang in ("en",)}
+    assert occasion_question(catalogue.SUNGLASSES, "zh") == "这件太阳镜适合什么场合戴？"
+    spec = catalogue.Spec(2, 4, 1, 2)
+    for qtype in questions.QUESTION_TYPES:  # the wording never changes the answer or the random stream
+        answers = {questions.make_question(spec, qtype, lang, random.Random(5), k)[1]
+                   for k in (0, 1, 2, questions.HELD_OUT) for lang in ("en",)}
         assert len(answers) == 1

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from vqaserve.errors import ConfigError, InvalidRequest
-from vqaserve.train.synthetic import PHRASINGS, SPLITS
+from vqaserve.train.questions import PHRASINGS
+from vqaserve.train.synthetic import SPLITS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -78,7 +78,7 @@ def _answers() -> Iterator[str]:
 
 def corpus() -> list[str]:
     """Deterministic training text (order matters for reproducible merges)."""
-    from vqaserve.train.synthetic import training_questions
+    from vqaserve.train.questions import training_questions
 
     lines = [*_english(), *_chinese(), *training_questions(), *(list(_answers()) * 3)]
     # Chat text repeated so its common words earn merges next to the catalogue's.

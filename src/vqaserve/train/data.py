@@ -134,11 +134,11 @@ def synthetic_conversation(split: str, seed: int, index: int, max_turns: int = 3
     shape questions, whose answers the blend does not change. `n_turns` (capped at the number of
     types allowed) fixes the question count instead of drawing 1..max_turns.
     """
-    from vqaserve.train import synthetic as syn
+    from vqaserve.train import questions, synthetic
 
     rng = random.Random(f"conv:{split}:{seed}:{index}")
-    spec = syn.sample_spec(split, rng, balance_occasions if split == "train" else 0.0)
-    image = syn.render(spec, rng, mask_share)
+    spec = synthetic.sample_spec(split, rng, balance_occasions if split == "train" else 0.0)
+    image = synthetic.render(spec, rng, mask_share)
     types = [t for t in TYPE_WEIGHTS if mask_share <= 0 or t in SHAPE_TYPES]
     # Drawn even when `n_turns` is given, so the types, language and wording drawn next (and so the
     # bundled model's training stream) are the same whichever way the count is chosen.
@@ -149,12 +149,12 @@ def synthetic_conversation(split: str, seed: int, index: int, max_turns: int = 3
         t = rng.choices(types, weights=[TYPE_WEIGHTS[x] for x in types])[0]
         if t not in chosen:
             chosen.append(t)
-    lang = rng.choice(syn.LANGS)
+    lang = rng.choice(questions.LANGS)
     turns = []
     for qtype in chosen:
         if rng.random() < 0.25:
-            lang = rng.choice(syn.LANGS)  # mixed-language conversations happen too
-        turns.append(syn.make_question(spec, qtype, lang, rng, syn.training_phrasing(rng)))
+            lang = rng.choice(questions.LANGS)  # mixed-language conversations happen too
+        turns.append(questions.make_question(spec, qtype, lang, rng, questions.training_phrasing(rng)))
     return Conversation(image, tuple(turns))
 
 

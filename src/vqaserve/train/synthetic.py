@@ -1,4 +1,5 @@
-"""The synthetic shop catalogue (docs: /SHOP_CATALOGUE.md): vocabulary, rules, pictures, questions.
+"""The synthetic shop catalogue's pictures and splits (docs: /SHOP_CATALOGUE.md); its vocabulary is
+in `catalogue`, its questions in `questions`.
 
 Everything is a pure function of (split, seed, index), so any sample can be re-made on its own, in
 any order, in any process: `make_sample("test", 7, 123)` is always the same picture and question.
@@ -21,79 +22,14 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
-# --- vocabulary (index order is part of the held-out rule: do not reorder) -------------------------
-CATEGORIES: list[tuple[str, str]] = [
-    ("t-shirt", "T恤"), ("trousers", "裤子"), ("dress", "连衣裙"), ("jacket", "外套"),
-    ("hat", "帽子"), ("shoe", "鞋"), ("handbag", "手提包"), ("mug", "杯子"),
-]
-SUNGLASSES = 8  # adapter-only category index
-ALL_CATEGORIES: list[tuple[str, str]] = [*CATEGORIES, ("sunglasses", "太阳镜")]
-COLOURS: list[tuple[str, str]] = [
-    ("red", "红色"), ("orange", "橙色"), ("yellow", "黄色"), ("green", "绿色"), ("blue", "蓝色"),
-    ("purple", "紫色"), ("pink", "粉色"), ("brown", "棕色"), ("black", "黑色"), ("white", "白色"),
-]
-COLOUR_RGB: list[tuple[int, int, int]] = [
-    (210, 30, 35), (245, 130, 20), (245, 215, 30), (40, 160, 60), (35, 80, 200),
-    (130, 50, 170), (245, 150, 190), (120, 72, 35), (25, 25, 25), (245, 245, 245),
-]
-PATTERNS: list[tuple[str, str]] = [
-    ("plain", "纯色"), ("striped", "条纹"), ("dotted", "波点"), ("checked", "格子"),
-]
-OCCASIONS: list[tuple[str, str]] = [
-    ("home", "居家"), ("party", "派对"), ("business", "商务"), ("sport", "运动"), ("casual", "休闲"),
-]
-QUESTION_TYPES: tuple[str, ...] = ("category", "color", "pattern", "yesno", "occasion", "count", "describe")
-LANGS: tuple[str, ...] = ("en", "zh")
+from vqaserve.train.catalogue import CATEGORIES, COLOUR_RGB, COLOURS, OCCASIONS, SUNGLASSES, Spec, is_held_out, occasion
+from vqaserve.train.questions import HELD_OUT, LANGS, QUESTION_TYPES, make_question
+
 SPLITS: tuple[str, ...] = ("train", "test", "heldout", "adapter", "paraphrase")
 Split = Literal["train", "test", "heldout", "adapter", "paraphrase"]
 
-
-def attribute_schema() -> dict[str, object]:
-    """The JSON schema of a catalogue item's attributes (structured output: docs/api.md)."""
-    return {
-        "type": "object",
-        "properties": {
-            "category": {"enum": [c for c, _ in CATEGORIES]},
-            "color": {"enum": [c for c, _ in COLOURS]},
-            "pattern": {"enum": [p for p, _ in PATTERNS]},
-            "occasions": {"type": "array", "items": {"enum": [o for o, _ in OCCASIONS]},
-                          "minItems": 1, "maxItems": 2},
-        },
-        "required": ["category", "color", "pattern", "occasions"], "additionalProperties": False}
-
 # Each split draws from its own seed space, so `train` seed 0 and `test` seed 0 never share a picture.
 _SPLIT_SALT = {"train": 11, "test": 23, "heldout": 37, "adapter": 53}
-
-
-def is_held_out(category: int, colour: int, pattern: int) -> bool:
-    """The catalogue's held-out triples: never in any training picture."""
-    return (category + 2 * colour + 3 * pattern) % 9 == 0
-
-
-def occasion(category: int, colour: int, pattern: int) -> int:
-    """Index into OCCASIONS: the first rule of the catalogue page that matches."""
-    cat = ALL_CATEGORIES[category][0]
-    col = COLOURS[colour][0]
-    if cat == "mug":
-        return 0
-    if cat in ("dress", "handbag") and col in ("red", "pink", "purple"):
-        return 1
-    if (cat in ("jacket", "trousers", "shoe", "handbag") and pattern == 0
-            and col in ("black", "white", "brown", "blue")):
-        return 2
-    if cat in ("hat", "shoe") and col in ("orange", "yellow", "green"):
-        return 3
-    return 4
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What one picture shows."""
-
-    category: int
-    colour: int
-    pattern: int
-    count: int
 
 
 @dataclass(frozen=True)
@@ -104,104 +40,6 @@ class Sample:
     type: str
     lang: str
     spec: Spec
-
-
-# --- questions and exact answers ------------------------------------------------------------------
-def describe(spec: Spec, lang: str) -> str:
-    cat, col, pat = ALL_CATEGORIES[spec.category], COLOURS[spec.colour], PATTERNS[spec.pattern]
-    if lang == "en":
-        words = [col[0]] + ([pat[0]] if spec.pattern else []) + [cat[0]]
-        return "a " + " ".join(words)  # the catalogue fixes the article: always "a"
-    return "一件" + col[1] + (pat[1] if spec.pattern else "") + cat[1]
-
-
-# Question wordings per type, (English, Chinese): index 0 is the primary phrasing (what the test,
-# heldout and adapter splits ask), 1 and 2 the training paraphrases of the catalogue page. `{cat}`
-# is the item's category, `{c}` the colour asked about, `{verb}` the Chinese verb for using the item.
-PHRASINGS: dict[str, list[tuple[str, str]]] = {
-    "category": [("What is this product?", "这是什么商品？"), ("What is this?", "这是什么？"),
-                 ("What kind of item is this?", "这是什么东西？")],
-    "color": [("What color is it?", "这是什么颜色？"), ("What colour is this?", "它是什么颜色的？"),
-              ("Which color is this item?", "这件商品是什么颜色？")],
-    "pattern": [("What pattern does it have?", "这是什么图案？"), ("What is the pattern?", "上面是什么花纹？"),
-                ("What pattern is on this item?", "它是什么图案的？")],
-    "yesno": [("Is it {c}?", "它是{c}的吗？"), ("Is this {c}?", "这是{c}的吗？"),
-              ("Is the item {c}?", "这件商品是{c}的吗？")],
-    "occasion": [("What occasion is it suitable for?", "适合什么场合？"),
-                 ("What occasion is this {cat} suitable for?", "这件{cat}适合什么场合{verb}？"),
-                 ("What occasions does this suit?", "适合在什么场合使用？")],
-    "count": [("How many items are there?", "图中有几件商品？"), ("How many are there?", "一共有几件？"),
-              ("How many products are in the picture?", "有多少件商品？")],
-    "describe": [("Describe this product.", "描述一下这件商品。"), ("Describe it.", "描述一下。"),
-                 ("Give a short description of this product.", "简单描述这件商品。")],
-}
-# Held-out phrasings (the `paraphrase` split): never in training, nor in the tokenizer's corpus.
-HELD_OUT_PHRASINGS: dict[str, tuple[str, str]] = {
-    "category": ("What am I looking at?", "图里是什么商品？"),
-    "color": ("What is the color of this product?", "颜色是什么？"),
-    "pattern": ("Which pattern does it have?", "图案是什么？"),
-    "yesno": ("Is this product {c}?", "是{c}的吗？"),
-    "occasion": ("What is this {cat} good for?", "这件{cat}适合哪种场合？"),
-    "count": ("How many items do you see?", "数一数有几件？"),
-    "describe": ("Please describe it.", "请描述它。"),
-}
-HELD_OUT = -1  # `phrasing` value that asks the held-out wording
-_WEARABLES = ("t-shirt", "trousers", "dress", "jacket", "hat", "shoe")
-
-
-def training_questions() -> list[str]:
-    """Every training wording, filled in for every category and colour (for the tokenizer's corpus)."""
-    out: dict[str, None] = {}
-    for qtype, wordings in PHRASINGS.items():
-        for phrasing in range(len(wordings)):
-            for lang in LANGS:
-                for category in range(len(ALL_CATEGORIES)):
-                    for colour in range(len(COLOURS)):
-                        out[_wording(qtype, lang, phrasing, category, colour)] = None
-    return list(out)
-
-
-def training_phrasing(rng: random.Random) -> int:
-    """The wording a training question uses: the primary one half the time, else a paraphrase."""
-    return 0 if rng.random() < 0.5 else rng.randint(1, len(PHRASINGS["category"]) - 1)
-
-
-def _wording(qtype: str, lang: str, phrasing: int, category: int, colour: int | None = None) -> str:
-    i = 0 if lang == "en" else 1
-    template = HELD_OUT_PHRASINGS[qtype][i] if phrasing == HELD_OUT else PHRASINGS[qtype][phrasing][i]
-    cat = ALL_CATEGORIES[category]
-    verb = "穿" if cat[0] in _WEARABLES else ("戴" if cat[0] == "sunglasses" else "用")
-    return template.format(cat=cat[i], c="" if colour is None else COLOURS[colour][i], verb=verb)
-
-
-def make_question(spec: Spec, qtype: str, lang: str, rng: random.Random, phrasing: int = 0) -> tuple[str, str]:
-    """(question, exact answer) for one question type and language, as the catalogue page says.
-
-    `phrasing` picks the wording (PHRASINGS index, or HELD_OUT); it never changes the answer, nor what
-    is drawn from `rng`, so a sample asked another way is the same picture with the same answer."""
-    if qtype not in PHRASINGS:
-        raise ValueError(f"unknown question type {qtype!r}; use one of {', '.join(QUESTION_TYPES)}")
-    i = 0 if lang == "en" else 1
-    asked = None
-    if qtype == "yesno":
-        # Half the time ask about the true colour, so "yes" and "no" are equally likely.
-        asked = spec.colour if rng.random() < 0.5 else rng.choice([c for c in range(10) if c != spec.colour])
-    question = _wording(qtype, lang, phrasing, spec.category, asked)
-    if qtype == "category":
-        answer = ALL_CATEGORIES[spec.category][i]
-    elif qtype == "color":
-        answer = COLOURS[spec.colour][i]
-    elif qtype == "pattern":
-        answer = PATTERNS[spec.pattern][i]
-    elif qtype == "yesno":
-        answer = ("yes", "是")[i] if asked == spec.colour else ("no", "不是")[i]
-    elif qtype == "occasion":
-        answer = OCCASIONS[occasion(spec.category, spec.colour, spec.pattern)][i]
-    elif qtype == "count":
-        answer = str(spec.count) + ("" if i == 0 else "件")
-    else:
-        answer = describe(spec, lang)
-    return question, answer
 
 
 # --- silhouettes: polygons and ellipses in a unit box ----------------------------------------------
