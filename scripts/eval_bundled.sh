@@ -5,6 +5,7 @@
 #
 #   scripts/eval_bundled.sh [MODEL] [ADAPTER_DIR] [OUT]
 #   scripts/eval_bundled.sh shop-toy src/vqaserve/models/shop-toy-sunglasses docs/eval-reports
+#   RECORD=1 scripts/eval_bundled.sh     # also add each figure to the model's / adapter's train.json
 #
 # About 2-4 minutes a run on 2 idle CPU cores; run it on a quiet machine.
 set -euo pipefail
@@ -16,19 +17,26 @@ VQA=${VQA:-.venv/bin/vqa}
 N=${N:-1000}
 mkdir -p "$OUT"
 
-run() {  # name, then vqa eval arguments
-  local name=$1; shift
+RECORD=${RECORD:-0}
+MODEL_DIR=$MODEL
+[ -d "$MODEL_DIR" ] || MODEL_DIR=src/vqaserve/models/$MODEL
+
+run() {  # name, the directory whose train.json records it, then vqa eval arguments
+  local name=$1 record_dir=$2; shift 2
+  local record=()
+  [ "$RECORD" = 1 ] && record=(--record "$record_dir")
   echo "== $name" >&2
-  "$VQA" eval --model "$MODEL" --n "$N" --seed 1 --quiet --out "$OUT/$name.json" "$@" | tee "$OUT/$name.txt"
+  "$VQA" eval --model "$MODEL" --n "$N" --seed 1 --quiet --out "$OUT/$name.json" "${record[@]}" "$@" \
+    | tee "$OUT/$name.txt"
 }
 
-run test          --synthetic test
-run heldout       --synthetic heldout
-run paraphrase    --synthetic paraphrase
-run test-phrasing1 --synthetic test --phrasing 1
-run test-phrasing2 --synthetic test --phrasing 2
-run adapter-with-adapter --synthetic adapter --adapter "shop-toy-sunglasses=$ADAPTER"
-run test-with-adapter    --synthetic test    --adapter "shop-toy-sunglasses=$ADAPTER"
+run test           "$MODEL_DIR" --synthetic test
+run heldout        "$MODEL_DIR" --synthetic heldout
+run paraphrase     "$MODEL_DIR" --synthetic paraphrase
+run test-phrasing1 "$MODEL_DIR" --synthetic test --phrasing 1
+run test-phrasing2 "$MODEL_DIR" --synthetic test --phrasing 2
+run adapter-with-adapter "$ADAPTER" --synthetic adapter --adapter "shop-toy-sunglasses=$ADAPTER"
+run test-with-adapter    "$ADAPTER" --synthetic test    --adapter "shop-toy-sunglasses=$ADAPTER"
 
 python3 - "$OUT" <<'EOF'
 import json, sys

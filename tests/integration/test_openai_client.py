@@ -136,7 +136,7 @@ def test_adapter_selection_changes_the_answer_on_a_sunglasses_picture(live: Live
         answers[model] = reply.choices[0].message.content
     assert answers[live.base] != answers[live.adapters[0]]
     # Whether the bundled adapter names the new category ("sunglasses") is the model's accuracy, checked
-    # by tests/integration/test_shop_toy.py::test_sunglasses_adapter_names_the_new_category.
+    # by tests/integration/test_shop_toy.py::test_sunglasses_adapter_accuracy_does_not_regress.
 
 
 def test_errors_reach_the_client_as_typed_exceptions(live: Live) -> None:

@@ -1,6 +1,7 @@
 """The committed shop-toy model answers catalogue questions through the service's pipeline.
 
-Seeded questions, so the figures are exact and repeatable; the thresholds are issue 3's.
+Seeded questions, so the figures are exact and repeatable; the thresholds are regression floors
+(the targets and the full n = 1,000 figures are in docs/eval.md).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from tests.conftest import subprocess_env, vqa_cmd
 from vqaserve.eval.harness import evaluate, items_from_jsonl
 from vqaserve.settings import BUNDLED_MODELS, load_settings
+from vqaserve.train.recipes import get_recipe
 from vqaserve.train.synthetic import make_sample, png_bytes, write_split
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -47,35 +49,35 @@ def test_bundled_model_is_complete_and_small() -> None:
     for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json",
                  "train.json", "README.md"):
         assert (MODEL / name).is_file(), name
-    assert (MODEL / "model.safetensors").stat().st_size <= 30 * 1024 * 1024
+    assert (MODEL / "model.safetensors").stat().st_size <= 60 * 1024 * 1024  # issue 23's ceiling
     info = json.loads((MODEL / "train.json").read_text())
-    assert info["recipe"] == "shop-toy" and info["duration_s"] <= 60 * 60
+    # Made by the recipe as it stands: a fixed step count, so any machine reproduces it.
+    assert info["recipe"] == "shop-toy" and info["steps"] == get_recipe("shop-toy")["train"]["steps"]
 
 
-# Regression floors, not the targets (those are in docs/eval.md: 97% test, 90% heldout). The committed
-# model scores 68.0% (test) and 63.5% (heldout) on these exact 200 seeded questions; the floors sit 3
-# points (6 answers) lower: greedy answers on a fixed set only move when batch make-up or another CPU's
-# arithmetic flips a borderline answer, while a broken model, template or image path costs far more.
+# Regression floors, not the targets (those are in docs/eval.md). On these exact 200 seeded questions
+# per split the committed model (run 12) scores 85.5% (test), 84.0% (heldout), 65.0% (paraphrase)
+# and, with the sunglasses adapter, 85.0% (adapter split); each floor sits 3 points (6 answers) lower:
+# greedy answers on a fixed set only move when batch make-up or another CPU's arithmetic flips a
+# borderline answer, while a broken model, template, wording or image path costs far more.
 # Raise them when a better model is committed.
-TEST_FLOOR, HELDOUT_FLOOR = 0.65, 0.60
+FLOORS = {"test": 0.82, "heldout": 0.81, "paraphrase": 0.62}
+ADAPTER_FLOOR = 0.82
 
 
-def test_test_split_accuracy_does_not_regress(tmp_path: Path) -> None:
-    summary = _accuracy("test", 200, 2024, tmp_path)
+@pytest.mark.parametrize("split", sorted(FLOORS))
+def test_split_accuracy_does_not_regress(split: str, tmp_path: Path) -> None:
+    summary = _accuracy(split, 200, 2024, tmp_path)
     assert summary["failed_requests"] == 0
-    assert summary["overall"] >= TEST_FLOOR, summary["by_type"]
+    assert summary["overall"] >= FLOORS[split], summary["by_type"]
 
 
-def test_heldout_split_accuracy_does_not_regress(tmp_path: Path) -> None:
-    summary = _accuracy("heldout", 200, 2024, tmp_path)
-    assert summary["failed_requests"] == 0
-    assert summary["overall"] >= HELDOUT_FLOOR, summary["by_type"]
-
-
-def test_sunglasses_adapter_names_the_new_category(tmp_path: Path) -> None:
+def test_sunglasses_adapter_accuracy_does_not_regress(tmp_path: Path) -> None:
     assert (ADAPTER / "adapter_config.json").is_file()
-    summary = _accuracy("adapter", 70, 2024, tmp_path, adapter=True)
-    assert summary["by_type"]["category"]["accuracy"] >= 0.8, summary["by_type"]
+    summary = _accuracy("adapter", 200, 2024, tmp_path, adapter=True)
+    assert summary["failed_requests"] == 0
+    assert summary["overall"] >= ADAPTER_FLOOR, summary["by_type"]
+    assert summary["by_type"]["category"]["accuracy"] >= 0.9, summary["by_type"]  # 96.5%: it says "sunglasses"
 
 
 def test_vqa_ask_with_the_bundled_adapter_runs(tmp_path: Path) -> None:
