@@ -28,7 +28,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "max_pixels": 160 * 160,
         "train": {
             # A fixed step count, not a time budget, so the committed model is reproducible on any
-            # machine: 13,000 steps of 32 pictures take ~150 min on this 2-core CPU when it is idle
+            # machine: 13,000 steps of 32 pictures take ~139 min on this 2-core CPU when it is idle
             # (issue 23's budget; the 56-minute run 11 made 5,133 and accuracy was still rising with
             # steps). The first 450 steps blend silhouettes into pictures (docs/eval-history.md, run 5):
             # category 18.9% -> 47.5%, count 52.4% -> 81.1%. Questions use the catalogue's primary
