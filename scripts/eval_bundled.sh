@@ -7,7 +7,7 @@
 #   scripts/eval_bundled.sh shop-toy src/vqaserve/models/shop-toy-sunglasses docs/eval-reports
 #   RECORD=1 scripts/eval_bundled.sh     # also add each figure to the model's / adapter's train.json
 #
-# About 2-4 minutes a run on 2 idle CPU cores; run it on a quiet machine.
+# About 40-50 s a run, ~5 minutes in all, on 2 idle CPU cores; run it on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-shop-toy}
