@@ -8,16 +8,16 @@ ARGS   ?=
 
 .PHONY: run test test-fast lint services bench clean
 
-$(VENV)/.run-installed: pyproject.toml
-	@test -x $(PY) || bash scripts/need-disk.sh 7 $(VENV) "creating $(VENV)"
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	@bash scripts/need-disk.sh 7 $(VENV) "creating $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run-installed: pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e .
 	@touch $@
 
-$(VENV)/.dev-installed: pyproject.toml
-	@test -x $(PY) || bash scripts/need-disk.sh 7 $(VENV) "creating $(VENV)"
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
 	@touch $@ $(VENV)/.run-installed

@@ -18,8 +18,6 @@ N=${N:-1000}
 mkdir -p "$OUT"
 
 RECORD=${RECORD:-0}
-MODEL_DIR=$MODEL
-[ -d "$MODEL_DIR" ] || MODEL_DIR=src/vqaserve/models/$MODEL
 
 run() {  # name, the directory whose train.json records it, then vqa eval arguments
   local name=$1 record_dir=$2; shift 2
@@ -30,11 +28,11 @@ run() {  # name, the directory whose train.json records it, then vqa eval argume
     | tee "$OUT/$name.txt"
 }
 
-run test           "$MODEL_DIR" --synthetic test
-run heldout        "$MODEL_DIR" --synthetic heldout
-run paraphrase     "$MODEL_DIR" --synthetic paraphrase
-run test-phrasing1 "$MODEL_DIR" --synthetic test --phrasing 1
-run test-phrasing2 "$MODEL_DIR" --synthetic test --phrasing 2
+run test           "$MODEL" --synthetic test
+run heldout        "$MODEL" --synthetic heldout
+run paraphrase     "$MODEL" --synthetic paraphrase
+run test-phrasing1 "$MODEL" --synthetic test --phrasing 1
+run test-phrasing2 "$MODEL" --synthetic test --phrasing 2
 run adapter-with-adapter "$ADAPTER" --synthetic adapter --adapter "shop-toy-sunglasses=$ADAPTER"
 run test-with-adapter    "$ADAPTER" --synthetic test    --adapter "shop-toy-sunglasses=$ADAPTER"
 

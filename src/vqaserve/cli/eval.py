@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=16, help="questions in flight (lets the batcher batch)")
     p.add_argument("--out", help="write the JSON report here")
     p.add_argument("--record", metavar="DIR",
-                   help="also add the figures to DIR/train.json (a model or adapter dir) under 'eval'")
+                   help="also add the figures to DIR/train.json under 'eval' (DIR: a model or adapter dir, "
+                        "or a bundled model's name)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -106,8 +107,11 @@ async def _evaluate(settings: Any, items: list[Any], adapter: str | None, concur
 
 
 def record(directory: str, source: str, report: dict[str, Any]) -> None:
-    """Keep the eval figures next to how the model was made (train.json), keyed by data source."""
-    path = Path(directory) / "train.json"
+    """Keep the eval figures next to how the model was made (train.json), keyed by data source.
+    `directory` may be a bundled model's name, as with --model."""
+    from vqaserve.settings import resolve_model_path
+
+    path = Path(resolve_model_path(directory)) / "train.json"
     if not path.is_file():
         raise ConfigError(f"--record: {path} not found; point it at a model or adapter dir made by vqa train")
     info = json.loads(path.read_text(encoding="utf-8"))
