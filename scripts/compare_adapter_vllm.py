@@ -81,7 +81,7 @@ async def _ask_vllm(url: str, name: str, items: list[Any], budget: tuple[int, in
                     concurrency: int) -> list[str]:
     import httpx
 
-    from vqaserve.images import load_image_file
+    from vqaserve.images.decode import load_image_file
 
     async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=300) as client:
         served = {m["id"] for m in (await client.get("/models")).json()["data"]}

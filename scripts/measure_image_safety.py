@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
-    from vqaserve import images
     from vqaserve.errors import BlockedInput
-    from vqaserve.safety import NudeNetChecker, RememberPassed, build_image_checker
+    from vqaserve.images import decode as images
+    from vqaserve.safety.image_check import NudeNetChecker, RememberPassed, build_image_checker
     from vqaserve.settings import Settings
     from vqaserve.train.synthetic import make_sample, png_bytes
 

@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 from PIL import Image, ImageDraw
 
-from vqaserve import images as imgs
 from vqaserve.cache.neardup import NearDuplicateIndex
+from vqaserve.images import decode as imgs
 from vqaserve.settings import Settings
 
 COLOURS = [(220, 30, 30), (245, 140, 20), (240, 220, 30), (40, 170, 60), (40, 90, 220), (140, 50, 180),

@@ -23,9 +23,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from vqaserve import images as imgs
 from vqaserve.engines.transformers import TransformersEngine
 from vqaserve.engines.vision_memo import image_model
+from vqaserve.images import decode as imgs
 from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, NormalizedImage, Part, Turn
 

@@ -1,7 +1,7 @@
 """Builders for phone-photo files in tests: HEIC (pillow-heif's x265 encoder) and AVIF (Pillow's aom).
 
 Kept apart from the service: encoding goes through `pillow_heif.from_pillow`, so the tests never
-register pillow-heif's opener themselves (images.py does that, lazily, on the first HEIC it reads).
+register pillow-heif's opener themselves (images/decode.py does that, lazily, on the first HEIC it reads).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def with_ispe(data: bytes, width: int, height: int) -> bytes:
 
 def decoded_png(data: bytes) -> bytes:
     """What a lossy HEIC/AVIF decodes to, as a PNG: the pixels the service should key and answer on."""
-    from vqaserve import images
+    from vqaserve.images import decode as images
 
     image = images._open_checked(data, 64_000_000, "image")
     image.load()

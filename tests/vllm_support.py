@@ -41,7 +41,7 @@ def vllm() -> Iterator[VllmServer]:
 def fitted_png(image: Any, budget: tuple[int, int] = (16384, 25600)) -> bytes:
     """A picture resized to shop-toy's pixel budget first, so neither the gateway nor vLLM resizes it:
     both then see the very same pixels (PNG is lossless)."""
-    from vqaserve.images import fit_budget
+    from vqaserve.images.decode import fit_budget
 
     fitted = fit_budget(image.convert("RGB"), *budget)
     buf = io.BytesIO()

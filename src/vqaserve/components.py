@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from vqaserve.types import Answer, EngineRequest, EngineResult, NormalizedImage, Question, StreamDelta
 
 
-# Implemented in safety.py, moderation.py, prompt_guard.py, cache/, batching.py, gate.py, fetch.py.
+# Implemented in safety/, cache/, scheduling/ and images/fetch.py.
 class ImageChecker(Protocol):
     def check(self, image: NormalizedImage) -> None:
         """Raise BlockedInput when the image must be refused."""

@@ -8,7 +8,7 @@ Routes, the CLI, `vqa eval` and the web page all call `Pipeline.answer` / `Pipel
 Each stage is a component passed in; a missing component means that stage is skipped ("bypass").
 A stream is an answer whose pieces the client sees as they come: the same moderation (a blocked
 answer ends with the refusal text), the same cache-write rule (`_conclude`), the same deadline rule
-(admission.py) and the same coalescing (while it generates, identical requests wait for its answer).
+(scheduling/admission.py) and the same coalescing (while it generates, identical requests wait for its answer).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from vqaserve.admission import within_deadline
 from vqaserve.cache.coalesce import Coalescer
 from vqaserve.components import Components
 from vqaserve.engines.base import Engine
 from vqaserve.errors import DeadlineExceeded, InvalidRequest, NotFound, VQAError
-from vqaserve.image_loading import PictureLoader
+from vqaserve.images.loading import PictureLoader
+from vqaserve.scheduling.admission import within_deadline
 from vqaserve.settings import Settings
 from vqaserve.types import (
     Answer,

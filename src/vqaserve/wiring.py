@@ -61,11 +61,11 @@ def _add_batcher(settings: Settings, engine: Engine, components: Components, met
     """
     observer = metrics.observe_batch if metrics is not None else None
     if engine.batches_itself:
-        from vqaserve.gate import ConcurrencyGate
+        from vqaserve.scheduling.gate import ConcurrencyGate
 
         components.batcher = ConcurrencyGate.from_settings(engine, settings.batching, observer=observer)
     else:
-        from vqaserve.batching import MicroBatcher
+        from vqaserve.scheduling.batching import MicroBatcher
 
         components.batcher = MicroBatcher.from_settings(engine, settings.batching, observer=observer)
     components.closers.insert(0, components.batcher.close)  # first: fail what waits, then free the rest
@@ -73,10 +73,10 @@ def _add_batcher(settings: Settings, engine: Engine, components: Components, met
 
 def _add_safety(settings: Settings, components: Components) -> None:
     """Image check, output blocklist, prompt guard and the SSRF-safe URL fetcher (issue 5)."""
-    from vqaserve.fetch import Fetcher
-    from vqaserve.moderation import BlocklistFilter
-    from vqaserve.prompt_guard import ControlTokenGuard
-    from vqaserve.safety import build_image_checker
+    from vqaserve.images.fetch import Fetcher
+    from vqaserve.safety.image_check import build_image_checker
+    from vqaserve.safety.moderation import BlocklistFilter
+    from vqaserve.safety.prompt_guard import ControlTokenGuard
 
     components.image_checker = build_image_checker(settings)
     components.output_filter = BlocklistFilter.from_settings(settings)

@@ -27,8 +27,8 @@ def _cuda() -> bool:
 if not _cuda():
     pytest.skip("needs CUDA", allow_module_level=True)
 
-from vqaserve import images as imgs  # noqa: E402
 from vqaserve.engines.transformers import TransformersEngine  # noqa: E402
+from vqaserve.images import decode as imgs  # noqa: E402
 from vqaserve.settings import load_settings  # noqa: E402
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, Part, Turn  # noqa: E402
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from tiny_vlm import COLOURS, QUESTIONS, SIZES, ok, picture, request
 
-from vqaserve.batching import MicroBatcher
 from vqaserve.engines.transformers import TransformersEngine
 from vqaserve.errors import DeadlineExceeded
+from vqaserve.scheduling.batching import MicroBatcher
 from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest, NormalizedImage, StreamDelta
 

@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import REPO, subprocess_env
 from tests.http_support import LiveServer, sse_payloads
-from vqaserve import images as imgs
 from vqaserve.engines.structured import canonical, violation
 from vqaserve.engines.transformers import TransformersEngine
+from vqaserve.images import decode as imgs
 from vqaserve.settings import load_settings
 from vqaserve.train import catalogue, synthetic
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, Part, Turn

@@ -15,7 +15,6 @@ from PIL import Image
 
 from tests.conftest import image_bytes
 from tests.integration.upstream_double import UpstreamDouble
-from vqaserve import images as imgs
 from vqaserve.breaker import CircuitBreaker
 from vqaserve.engines.upstream import UpstreamEngine
 from vqaserve.errors import (
@@ -27,6 +26,7 @@ from vqaserve.errors import (
     PayloadTooLarge,
     VQAError,
 )
+from vqaserve.images import decode as imgs
 from vqaserve.pipeline import Pipeline
 from vqaserve.settings import Settings
 from vqaserve.types import EngineRequest, GenerationParams, ImageRef, Part, Question, Turn

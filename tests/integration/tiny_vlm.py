@@ -7,8 +7,8 @@ from typing import Any
 
 from PIL import Image
 
-from vqaserve import images as imgs
 from vqaserve.errors import VQAError
+from vqaserve.images import decode as imgs
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, NormalizedImage, Part, Turn
 
 # The tiny model's processor budget: 4..64 visual tokens per image keeps the vision tower cheap.

@@ -17,7 +17,6 @@ from fake_hosts import FakeHost, endless, gzip_bomb, hosts, redirect, response, 
 from hostile_helpers import assert_clean, encoded, gif_frames, png_bomb
 
 from tests.conftest import image_bytes
-from vqaserve import images as imgs
 from vqaserve.errors import (
     FetchFailed,
     FetchRefused,
@@ -27,7 +26,8 @@ from vqaserve.errors import (
     UnsupportedFormat,
     VQAError,
 )
-from vqaserve.fetch import Fetcher, address_problem, literal_address
+from vqaserve.images import decode as imgs
+from vqaserve.images.fetch import Fetcher, address_problem, literal_address
 from vqaserve.settings import Settings
 from vqaserve.types import ImageRef
 

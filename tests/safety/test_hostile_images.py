@@ -24,8 +24,8 @@ from hostile_helpers import (
 )
 
 from tests.conftest import SRC, image_bytes, subprocess_env
-from vqaserve import images as imgs
 from vqaserve.errors import ImageTooLarge, InvalidImage, PayloadTooLarge, UnsupportedFormat, VQAError
+from vqaserve.images import decode as imgs
 from vqaserve.settings import Settings
 from vqaserve.types import ImageRef
 
@@ -131,7 +131,7 @@ def test_case1_bombs_are_refused_fast_and_small() -> None:
         import json, resource, sys, time
         sys.path.insert(0, {str(SRC.parent / 'tests' / 'safety')!r})
         from hostile_helpers import png_bomb, jpeg_with_size, encoded
-        from vqaserve import images
+        from vqaserve.images import decode as images
         from vqaserve.errors import ImageTooLarge
         bombs = [png_bomb(12000, 12000), png_bomb(30000, 30000, rows=64),
                  jpeg_with_size(encoded("JPEG"), 65000, 65000), png_bomb(11000, 10000, rows=64)]

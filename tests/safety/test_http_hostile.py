@@ -22,7 +22,7 @@ from hostile_helpers import encoded, gif_frames, multipage_tiff, png_bomb  # noq
 
 from http_support import RecordingEngine, assert_openai_error, make_app, sse_payloads  # noqa: E402
 from tests.conftest import image_bytes  # noqa: E402
-from vqaserve.safety import MARKER_COLOR  # noqa: E402
+from vqaserve.safety.image_check import MARKER_COLOR  # noqa: E402
 
 pytestmark = pytest.mark.integration
 GOOD = image_bytes()

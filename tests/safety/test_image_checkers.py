@@ -11,8 +11,8 @@ from PIL import Image
 
 from tests.conftest import image_bytes
 from vqaserve.errors import BlockedInput, ConfigError
-from vqaserve.images import normalize
-from vqaserve.safety import (
+from vqaserve.images.decode import normalize
+from vqaserve.safety.image_check import (
     MARKER_COLOR,
     HFImageChecker,
     MarkerChecker,

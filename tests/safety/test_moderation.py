@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from vqaserve.moderation import DEFAULT_BLOCKLIST, BlocklistFilter, fold, load_terms
+from vqaserve.safety.moderation import DEFAULT_BLOCKLIST, BlocklistFilter, fold, load_terms
 from vqaserve.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -6,7 +6,7 @@ import pytest
 from hostile_helpers import assert_clean
 
 from vqaserve.errors import InvalidRequest
-from vqaserve.prompt_guard import WORD_JOINER, ControlTokenGuard
+from vqaserve.safety.prompt_guard import WORD_JOINER, ControlTokenGuard
 
 pytestmark = pytest.mark.unit
 

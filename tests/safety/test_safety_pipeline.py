@@ -12,10 +12,10 @@ from tests.cache_helpers import DictCache, TextKey
 from tests.conftest import image_bytes
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import BlockedInput, FetchRefused, InvalidImage, InvalidRequest
-from vqaserve.moderation import fold
 from vqaserve.pipeline import Pipeline
-from vqaserve.prompt_guard import WORD_JOINER
-from vqaserve.safety import MARKER_COLOR, MarkerChecker
+from vqaserve.safety.image_check import MARKER_COLOR, MarkerChecker
+from vqaserve.safety.moderation import fold
+from vqaserve.safety.prompt_guard import WORD_JOINER
 from vqaserve.settings import Settings
 from vqaserve.types import Answer, ImageRef, Part, Question, Turn
 from vqaserve.wiring import build_components
@@ -66,9 +66,9 @@ async def good_request_succeeds(pipeline: Pipeline) -> None:
 
 
 def test_wiring_follows_settings() -> None:
-    from vqaserve.fetch import Fetcher
-    from vqaserve.moderation import BlocklistFilter
-    from vqaserve.safety import NudeNetChecker, RememberPassed
+    from vqaserve.images.fetch import Fetcher
+    from vqaserve.safety.image_check import NudeNetChecker, RememberPassed
+    from vqaserve.safety.moderation import BlocklistFilter
 
     c = build_components(Settings(), ScriptedEngine())
     assert isinstance(c.image_checker, RememberPassed)

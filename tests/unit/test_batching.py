@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import pytest
 from PIL import Image
 
-from vqaserve.batching import MicroBatcher
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import DeadlineExceeded, EngineFailure, Overloaded, ShuttingDown, VQAError
+from vqaserve.scheduling.batching import MicroBatcher
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, NormalizedImage, Part, Turn
 
 pytestmark = pytest.mark.unit

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from tests.conftest import image_bytes
-from vqaserve.batching import MicroBatcher
 from vqaserve.engines.scripted import ScriptedEngine
+from vqaserve.scheduling.batching import MicroBatcher
 from vqaserve.settings import load_settings
 from vqaserve.types import ImageRef, Part, Question, Turn
 from vqaserve.wiring import build_pipeline

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from cache_helpers import image_bytes
-from vqaserve import images as imgs
 from vqaserve.cache.keys import CacheKeyBuilder
+from vqaserve.images import decode as imgs
 from vqaserve.types import GenerationParams, NormalizedImage, Part, Question, Turn
 
 pytestmark = pytest.mark.unit

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from cache_helpers import ask, make_pipeline
-from vqaserve import images as imgs
 from vqaserve.cache import CacheKeyBuilder
 from vqaserve.cache.neardup import NearDuplicateIndex, envelope_distance, phash, thumbnail
 from vqaserve.engines.scripted import ScriptedEngine
+from vqaserve.images import decode as imgs
 from vqaserve.types import NormalizedImage
 
 pytestmark = pytest.mark.unit

@@ -7,7 +7,7 @@ import pytest
 from vqaserve.engines import placement
 from vqaserve.engines.hf_generation import cut_at_stop, group_key, split_groups, to_messages
 from vqaserve.errors import ConfigError
-from vqaserve.prompt_guard import WORD_JOINER
+from vqaserve.safety.prompt_guard import WORD_JOINER
 from vqaserve.types import EngineRequest, GenerationParams, Part, Turn
 
 pytestmark = pytest.mark.unit

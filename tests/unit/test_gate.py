@@ -10,8 +10,8 @@ import pytest
 
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import DeadlineExceeded, EngineFailure, Overloaded, ShuttingDown
-from vqaserve.gate import ConcurrencyGate
 from vqaserve.pipeline import Pipeline
+from vqaserve.scheduling.gate import ConcurrencyGate
 from vqaserve.settings import Settings
 from vqaserve.types import EngineRequest, GenerationParams, Part, Question, Turn
 from vqaserve.wiring import build_components

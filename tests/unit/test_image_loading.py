@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-import vqaserve.image_loading as image_loading
+import vqaserve.images.loading as image_loading
 from tests.conftest import image_bytes
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import InvalidImage
-from vqaserve.image_loading import DecodedImageMemo
-from vqaserve.images import normalize
+from vqaserve.images.decode import normalize
+from vqaserve.images.loading import DecodedImageMemo
 from vqaserve.pipeline import Pipeline
 from vqaserve.settings import Settings
 from vqaserve.types import ImageRef, Part, Question, Turn

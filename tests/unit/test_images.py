@@ -16,8 +16,8 @@ from PIL import Image
 
 from tests import phone_photos
 from tests.conftest import image_bytes, png_bomb, tiled_image
-from vqaserve import images
 from vqaserve.errors import ImageTooLarge, InvalidImage, PayloadTooLarge, UnsupportedFormat
+from vqaserve.images import decode as images
 
 pytestmark = pytest.mark.unit
 LO, HI, LIMIT = 64 * 1024, 256 * 1024, 64_000_000
@@ -158,7 +158,7 @@ def _catalogue(i: int = 0) -> Image.Image:
 
 
 def test_heif_opener_is_registered_on_first_use_not_at_import() -> None:
-    code = ("import sys, vqaserve.images, vqaserve.cli; from PIL import Image; "
+    code = ("import sys, vqaserve.images.decode, vqaserve.cli; from PIL import Image; "
             "print('pillow_heif' in sys.modules, 'HEIF' in Image.OPEN)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(Path(images.__file__).parents[1])})

@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 
 from cache_helpers import image_bytes
-from vqaserve import images as imgs
 from vqaserve.cache.keys import CacheKeyBuilder
 from vqaserve.engines.hf_generation import cut_at_stop, stop_ids
 from vqaserve.engines.upstream_wire import build_body
+from vqaserve.images import decode as imgs
 from vqaserve.server.protocol import generation_params, parse_chat_request
 from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest, GenerationParams, Part, Question, Turn

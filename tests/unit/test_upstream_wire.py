@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from tests.conftest import image_bytes
-from vqaserve import images as imgs
 from vqaserve.engines.upstream import api_base
 from vqaserve.engines.upstream_wire import (
     ImageEncoder,
@@ -21,6 +20,7 @@ from vqaserve.engines.upstream_wire import (
     scrub,
 )
 from vqaserve.errors import EngineFailure
+from vqaserve.images import decode as imgs
 from vqaserve.types import EngineRequest, GenerationParams, NormalizedImage, Part, Turn
 
 pytestmark = pytest.mark.unit

@@ -12,9 +12,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from vqaserve import images as imgs
 from vqaserve.bench.workload import Item
 from vqaserve.errors import VQAError
+from vqaserve.images import decode as imgs
 from vqaserve.settings import Settings
 from vqaserve.types import EngineRequest, GenerationParams, Part, Turn
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from vqaserve import images as imgs
+from vqaserve.images import decode as imgs
 
 
 def load_image_processor(model_dir: str | None) -> Any:

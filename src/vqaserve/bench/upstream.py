@@ -142,7 +142,7 @@ class UpstreamBench:
         """Greedy answers, one request at a time (so vLLM's batch make-up cannot change the numerics):
         pictures already inside the budget must get vLLM-direct's answers exactly (lossless transport);
         for pictures the gateway resizes, accuracy against the catalogue's gold answers, both ways."""
-        from vqaserve.images import fit_budget
+        from vqaserve.images.decode import fit_budget
         from vqaserve.train import synthetic
 
         budget = model_budget(self.model_dir) or (16384, 25600)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vqaserve.prompt_guard import ControlTokenNeutraliser
+from vqaserve.safety.prompt_guard import ControlTokenNeutraliser
 from vqaserve.types import EngineRequest, FinishReason, GenerationParams
 
 

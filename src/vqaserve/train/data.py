@@ -1,6 +1,6 @@
 """Training data: the jsonl format (checked line by line), synthetic conversations, and encoding.
 
-Pictures go through the service's own `vqaserve.images.normalize` at the model's pixel budget, so
+Pictures go through the service's own `vqaserve.images.decode.normalize` at the model's pixel budget, so
 training sees exactly the pixels that serving sees. Labels cover the answer tokens (and the end of
 turn token) only; the prompt is masked with -100.
 """
@@ -222,7 +222,7 @@ class Encoder:
 
     def image_inputs(self, data: bytes | Any, name: str = "image") -> dict[str, Any]:
         """Processor inputs for encoded bytes (decoded as the service does) or a decoded PIL picture."""
-        from vqaserve.images import fit_budget, normalize
+        from vqaserve.images.decode import fit_budget, normalize
 
         if isinstance(data, bytes | bytearray):
             image = normalize(bytes(data), self.min_pixels, self.max_pixels, 64_000_000, name).image

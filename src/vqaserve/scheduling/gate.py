@@ -15,8 +15,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from vqaserve.admission import Admission, BatchObserver, within_deadline
 from vqaserve.errors import VQAError
+from vqaserve.scheduling.admission import Admission, BatchObserver, within_deadline
 from vqaserve.types import EngineRequest, EngineResult, StreamDelta
 
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from vqaserve import images as imgs
 from vqaserve.bounded_lru import BoundedLRU
+from vqaserve.images import decode as imgs
 from vqaserve.settings import Settings
 from vqaserve.types import ImageRef, NormalizedImage, Part
 

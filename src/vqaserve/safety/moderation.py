@@ -25,7 +25,7 @@ from vqaserve.errors import ConfigError
 if TYPE_CHECKING:
     from vqaserve.settings import Settings
 
-DEFAULT_BLOCKLIST = Path(__file__).parent / "data" / "blocklist.txt"
+DEFAULT_BLOCKLIST = Path(__file__).parents[1] / "data" / "blocklist.txt"
 NORMALIZATION = "nfkc-casefold-nows-nozw/1"  # part of `version`: a new scheme invalidates the cache
 # Zero-width and invisible formatting characters that hide a term without showing on screen.
 ZERO_WIDTH = frozenset("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u200b\u200c"

@@ -40,8 +40,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vqaserve.admission import Admission, BatchObserver, within_deadline
 from vqaserve.errors import EngineFailure, ShuttingDown, VQAError
+from vqaserve.scheduling.admission import Admission, BatchObserver, within_deadline
 from vqaserve.types import EngineRequest, EngineResult, StreamDelta
 
 if TYPE_CHECKING:
