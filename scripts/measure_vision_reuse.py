@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from vqaserve.engines.transformers import TransformersEngine
 from vqaserve.engines.vision_memo import image_model
 from vqaserve.images import decode as imgs
+from vqaserve.images.budget import pixel_budget
 from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, NormalizedImage, Part, Turn
 
@@ -74,8 +75,7 @@ async def measure(model: str, pictures: int, tokens: int, size: tuple[int, int],
     memo = engine.vision_memo
     if memo is None and memo_mb:
         raise SystemExit(f"no vision memo: {model} is not a Qwen3-VL model")
-    extra = engine.info().extra
-    lo, hi = int(str(extra.get("min_pixels", 256 * 1024))), int(str(extra.get("max_pixels", 1280 * 1024)))
+    lo, hi = pixel_budget(engine.settings.images, engine.info().pixel_budget).as_tuple()
     clock = TowerClock(image_model(engine._model).visual)
     warm = imgs.normalize(photo(10_000, size), lo, hi, 10**9)
     for q in QUESTIONS:  # warm-up: first-call costs are not the tower's

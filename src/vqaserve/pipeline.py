@@ -26,6 +26,7 @@ from vqaserve.cache.coalesce import Coalescer
 from vqaserve.components import Components
 from vqaserve.engines.base import Engine
 from vqaserve.errors import DeadlineExceeded, InvalidRequest, NotFound, VQAError
+from vqaserve.images.budget import PixelBudget, pixel_budget
 from vqaserve.images.loading import PictureLoader
 from vqaserve.scheduling.admission import within_deadline
 from vqaserve.settings import Settings
@@ -122,15 +123,9 @@ class Pipeline:
         return "miss", self._relay(asyncio.ensure_future(self.inflight.wait(flight)), deltas)
 
     # --- stages ------------------------------------------------------------------------------------
-    def budget(self) -> tuple[int, int]:
+    def budget(self) -> PixelBudget:
         """Pixel budget: the settings' budget intersected with what the model declares."""
-        s = self.settings.images
-        extra = self.engine.info().extra
-        m_min = int(extra.get("min_pixels", s.min_pixels))  # type: ignore[call-overload]
-        m_max = int(extra.get("max_pixels", s.max_pixels))  # type: ignore[call-overload]
-        hi = min(s.max_pixels, m_max)
-        lo = min(max(s.min_pixels, m_min), hi)
-        return lo, hi
+        return pixel_budget(self.settings.images, self.engine.info().pixel_budget)
 
     async def _prepare(self, q: Question, timer: Timer) -> None:
         self._resolve_model(q)
@@ -147,7 +142,7 @@ class Pipeline:
                         part.text = self.c.prompt_guard.clean(part.text, f"messages[{ti}].content[{pi}]")
         t0 = time.perf_counter()
         await self.pictures.load([p for t in q.turns for p in t.parts if p.image_ref is not None],
-                                 *self.budget(), fetcher=self.c.fetcher)
+                                 *self.budget().as_tuple(), fetcher=self.c.fetcher)
         timer.add("decode", t0)
         if self.c.image_checker and q.images:
             t1 = time.perf_counter()
@@ -172,7 +167,7 @@ class Pipeline:
     def _model_identity(self) -> str:
         """The model id plus the engine's weights fingerprint, when it reports one (a retrained
         model under the same name must not be answered from the old model's entries)."""
-        fingerprint = self.engine.info().extra.get("fingerprint")
+        fingerprint = self.engine.info().fingerprint
         return f"{self.model_id}@{fingerprint}" if fingerprint else self.model_id
 
     async def _cache_key(self, q: Question) -> str | None:

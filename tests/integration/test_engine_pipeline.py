@@ -36,7 +36,7 @@ def question(data: bytes, text: str, **params: object) -> Question:
 async def test_pipeline_answers_with_the_model_budget(pipeline: Pipeline) -> None:
     # the settings allow up to 1280 visual tokens; the tiny model's processor declares at most 64
     assert pipeline.settings.images.max_pixels > TINY_MAX_PIXELS
-    assert pipeline.budget() == (TINY_MIN_PIXELS, TINY_MAX_PIXELS)
+    assert pipeline.budget().as_tuple() == (TINY_MIN_PIXELS, TINY_MAX_PIXELS)
     data = picture_bytes((900, 600), (10, 120, 200))
     q = question(data, "What color is it?")
     answer = await pipeline.answer(q)

@@ -44,8 +44,9 @@ def pictures(engine: TransformersEngine) -> list[bytes]:
 
 
 def _request(engine: TransformersEngine, png: bytes, schema: dict[str, Any] | None, rid: str) -> EngineRequest:
-    extra = engine.info().extra
-    image = imgs.normalize(png, int(extra["min_pixels"]), int(extra["max_pixels"]), 10**8)  # type: ignore[call-overload]
+    budget = engine.info().pixel_budget
+    assert budget is not None
+    image = imgs.normalize(png, budget.min_pixels, budget.max_pixels, 10**8)
     text = "Describe this product as JSON." if schema else "Describe this product."
     params = GenerationParams(max_new_tokens=96, json_schema=canonical(schema) if schema else "")
     return EngineRequest(turns=[Turn(role="user", parts=[Part(image=image), Part(text=text)])], params=params,

@@ -18,6 +18,7 @@ from tiny_vlm import COLOURS, QUESTIONS, SIZES, TINY_MAX_PIXELS, TINY_MIN_PIXELS
 from vqaserve.engines.fingerprint import weights_fingerprint
 from vqaserve.engines.transformers import TransformersEngine
 from vqaserve.errors import ConfigError, EngineFailure, NotFound
+from vqaserve.images.budget import PixelBudget
 from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest, EngineResult, NormalizedImage
 
@@ -49,8 +50,8 @@ def test_info_reports_model_budget_and_placement(engine: Engine, tiny_model_dir:
     assert info.model_id == tiny_model_dir.name
     assert (info.device, info.dtype) == ("cpu", "float32")
     assert info.max_context == 4096
-    assert info.extra == {"min_pixels": TINY_MIN_PIXELS, "max_pixels": TINY_MAX_PIXELS,
-                          "fingerprint": weights_fingerprint([str(tiny_model_dir)])}  # in the cache key
+    assert info.pixel_budget == PixelBudget(TINY_MIN_PIXELS, TINY_MAX_PIXELS)
+    assert info.fingerprint == weights_fingerprint([str(tiny_model_dir)])  # in the cache key
     assert 4 <= engine.count_tokens("a red striped t-shirt") <= 7  # catalogue words are whole tokens
 
 

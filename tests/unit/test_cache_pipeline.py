@@ -84,7 +84,7 @@ async def test_blocklist_or_model_change_stops_old_entries() -> None:
     assert (await make_pipeline(engine, cache, BlockWord("x2")).answer(ask("q", PNG))).cache == "miss"
     other_model = ScriptedEngine(model_id="scripted-v2")
     assert (await make_pipeline(other_model, cache, BlockWord("x2")).answer(ask("q", PNG))).cache == "miss"
-    retrained = ScriptedEngine(extra={"fingerprint": "weights-2"})
+    retrained = ScriptedEngine(fingerprint="weights-2")
     assert (await make_pipeline(retrained, cache, BlockWord("x2")).answer(ask("q", PNG))).cache == "miss"
 
 

@@ -161,7 +161,7 @@ def test_heif_opener_is_registered_on_first_use_not_at_import() -> None:
     code = ("import sys, vqaserve.images.decode, vqaserve.cli; from PIL import Image; "
             "print('pillow_heif' in sys.modules, 'HEIF' in Image.OPEN)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(Path(images.__file__).parents[1])})
+                         env={**os.environ, "PYTHONPATH": str(Path(images.__file__).parents[2])})
     assert out.stdout.split() == ["False", "False"], out.stderr
 
 

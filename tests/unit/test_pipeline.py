@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import image_bytes
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import DeadlineExceeded, EngineFailure, InvalidRequest, NotFound
+from vqaserve.images.budget import PixelBudget
 from vqaserve.pipeline import Pipeline
 from vqaserve.settings import Settings
 from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
@@ -50,9 +51,9 @@ async def test_too_many_images_refused_before_decoding() -> None:
 
 
 async def test_budget_intersects_model_budget() -> None:
-    engine = ScriptedEngine(extra={"min_pixels": 16 * 1024, "max_pixels": 64 * 1024})
+    engine = ScriptedEngine(pixel_budget=PixelBudget(16 * 1024, 64 * 1024))
     p = make(engine)
-    assert p.budget() == (64 * 1024, 64 * 1024)
+    assert p.budget() == PixelBudget(64 * 1024, 64 * 1024)
     a_q = question("hi")
     await p.answer(a_q)
     (img,) = a_q.images

@@ -30,7 +30,7 @@ class InProcessEngine:
         self.budget: tuple[int, int] = (settings.images.min_pixels, settings.images.max_pixels)
 
     async def __aenter__(self) -> InProcessEngine:
-        from vqaserve.pipeline import Pipeline
+        from vqaserve.images.budget import pixel_budget
         from vqaserve.wiring import build_engine
 
         if self.torch_threads:
@@ -39,7 +39,7 @@ class InProcessEngine:
             torch.set_num_threads(self.torch_threads)  # as OMP_NUM_THREADS does for the servers
         self.engine = build_engine(self.settings)
         await self.engine.start()
-        self.budget = Pipeline(self.settings, self.engine).budget()
+        self.budget = pixel_budget(self.settings.images, self.engine.info().pixel_budget).as_tuple()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from vqaserve.images import decode as imgs
+from vqaserve.images.budget import PixelBudget, processor_budget
 
 
 def load_image_processor(model_dir: str | None) -> Any:
@@ -31,15 +32,14 @@ def load_image_processor(model_dir: str | None) -> Any:
                                  size={"shortest_edge": 256 * 32 * 32, "longest_edge": 1280 * 32 * 32})
 
 
-def processor_budget(processor: Any) -> tuple[int, int]:
-    size = getattr(processor, "size", None) or {}
-    lo = size.get("shortest_edge") or getattr(processor, "min_pixels", None) or 256 * 32 * 32
-    hi = size.get("longest_edge") or getattr(processor, "max_pixels", None) or 1280 * 32 * 32
-    return int(lo), int(hi)
+def processor_pixels(processor: Any) -> tuple[int, int]:
+    """The budget the processor declares (Qwen's default when it declares none)."""
+    budget = processor_budget(processor) or PixelBudget(256 * 32 * 32, 1280 * 32 * 32)
+    return budget.as_tuple()
 
 
 def ours(data: bytes, processor: Any) -> Any:
-    lo, hi = processor_budget(processor)
+    lo, hi = processor_pixels(processor)
     image = imgs.normalize(data, lo, hi, 64_000_000).image
     return processor(images=[image], do_resize=False, return_tensors="pt")
 

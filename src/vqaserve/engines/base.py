@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from vqaserve.breaker import CircuitBreaker
 from vqaserve.errors import VQAError
+from vqaserve.images.budget import PixelBudget
 from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
 
 # Receives a streaming row's text deltas, on the event loop; together they are a prefix of its answer.
@@ -28,7 +29,11 @@ class EngineInfo:
     device: str = "n/a"
     max_context: int = 0
     adapters: list[str] = field(default_factory=list)
-    extra: dict[str, object] = field(default_factory=dict)
+    # The pixel budget the model's own image processor declares (None: it declares none).
+    pixel_budget: PixelBudget | None = None
+    # A digest of the weights (base and adapters) when the engine can tell: part of the answer
+    # cache's key, so a retrained model under the same name never gets the old model's answers.
+    fingerprint: str = ""
 
 
 class Engine(abc.ABC):

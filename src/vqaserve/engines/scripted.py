@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from vqaserve.engines.base import Engine, EngineInfo
 from vqaserve.errors import EngineFailure, VQAError
+from vqaserve.images.budget import PixelBudget
 from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
 
 _SLEEP = re.compile(r"\[\[sleep:([0-9.]+)\]\]")
@@ -32,7 +33,8 @@ class ScriptedEngine(Engine):
     delay_s: float = 0.0  # per generate() call
     token_delay_s: float = 0.0  # per streamed word
     adapter_names: list[str] = field(default_factory=list)
-    extra: dict[str, object] = field(default_factory=dict)
+    pixel_budget: PixelBudget | None = None  # as a model's image processor would declare it
+    fingerprint: str = ""  # as a real engine's weights digest
     batches: list[list[str]] = field(default_factory=list)  # request ids per generate() call
     stopped: list[str] = field(default_factory=list)  # request ids whose stop signal was seen
     generations: int = 0
@@ -42,7 +44,8 @@ class ScriptedEngine(Engine):
 
     def info(self) -> EngineInfo:
         return EngineInfo(model_id=self.model_id, dtype="none", device="cpu", max_context=4096,
-                          adapters=list(self.adapter_names), extra=dict(self.extra))
+                          adapters=list(self.adapter_names), pixel_budget=self.pixel_budget,
+                          fingerprint=self.fingerprint)
 
     def reply(self, request: EngineRequest) -> str:
         question = ""

@@ -36,6 +36,7 @@ from vqaserve.engines.row_streams import RowFeed, RowStreamer, RowText
 from vqaserve.engines.structured import GrammarCache
 from vqaserve.engines.vision_memo import VisionMemo, picture_ids, serving
 from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, NotFound, VQAError
+from vqaserve.images.budget import PixelBudget, processor_budget
 from vqaserve.settings import BUNDLED_MODELS, Settings, resolve_model_path
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, StreamDelta, Usage
 
@@ -92,6 +93,7 @@ class TransformersEngine(Engine):
         self._counter: Any = None  # a private tokenizer copy for count_tokens (off the worker thread)
         self._adapters: list[str] = []
         self._fingerprint = ""
+        self._pixel_budget: PixelBudget | None = None  # what the model's image processor declares
         self._grammars: GrammarCache | None = None  # JSON-schema grammars for this tokenizer
         self.vision_memo: VisionMemo | None = None  # vision-tower output per picture, for follow-ups
         self._picture_ids: list[str] = []  # the images of the last _prepare (worker thread only)
@@ -143,6 +145,7 @@ class TransformersEngine(Engine):
 
         self._counter = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
         self._model, self._processor, self._placement = model, processor, placement
+        self._pixel_budget = processor_budget(processor.image_processor)
         self._grammars = GrammarCache(tokenizer, int(model.get_output_embeddings().weight.shape[0]),
                                       stop_ids(model.generation_config.eos_token_id, GenerationParams()))
         self._load_adapters()
@@ -178,16 +181,7 @@ class TransformersEngine(Engine):
 
     # --- description -------------------------------------------------------------------------------
     def info(self) -> EngineInfo:
-        extra: dict[str, object] = {}
         max_context = 0
-        if self._processor is not None:
-            size = getattr(self._processor.image_processor, "size", None) or {}
-            get = size.get if isinstance(size, dict) else (lambda k, d=None: getattr(size, k, d))
-            lo, hi = get("shortest_edge"), get("longest_edge")
-            if lo and hi:
-                extra = {"min_pixels": int(lo), "max_pixels": int(hi)}
-        if self._fingerprint:
-            extra["fingerprint"] = self._fingerprint  # part of the cache key (pipeline._model_identity)
         if self._model is not None:
             config = getattr(self._model, "config", None)
             text = getattr(config, "text_config", config)
@@ -196,7 +190,8 @@ class TransformersEngine(Engine):
         return EngineInfo(model_id=public_model_id(self.model_name),
                           dtype=placement.dtype if placement else "n/a",
                           device=placement.device if placement else "n/a",
-                          max_context=max_context, adapters=list(self._adapters), extra=extra)
+                          max_context=max_context, adapters=list(self._adapters),
+                          pixel_budget=self._pixel_budget, fingerprint=self._fingerprint)
 
     def adapters(self) -> list[str]:
         return list(self._adapters)

@@ -139,10 +139,10 @@ class UpstreamEngine(Engine):
             self._client = None
 
     def info(self) -> EngineInfo:
-        images = self.settings.images
+        # No pixel budget of its own: the gateway's settings are the budget, and docs/deploy.md
+        # gives vLLM the same one (--mm-processor-kwargs), so neither resizes what the other sent.
         return EngineInfo(model_id=self.model_name or "upstream", dtype="n/a", device="upstream",
-                          max_context=self.max_context, adapters=list(self.adapter_map),
-                          extra={"min_pixels": images.min_pixels, "max_pixels": images.max_pixels})
+                          max_context=self.max_context, adapters=list(self.adapter_map))
 
     def breakers(self) -> dict[str, CircuitBreaker]:
         return {"upstream": self.breaker}

@@ -96,15 +96,11 @@ def parse_mix(spec: str | None) -> list[tuple[str, float]]:
 
 # --- model ------------------------------------------------------------------------------------------
 def serving_budget(processor: Any) -> tuple[int, int]:
-    """The pixel budget the service uses for this model with default settings (see Pipeline.budget)."""
+    """The pixel budget the service uses for this model with default settings (Pipeline.budget)."""
+    from vqaserve.images.budget import pixel_budget, processor_budget
     from vqaserve.settings import ImageSettings
 
-    size = getattr(processor.image_processor, "size", None) or {}
-    s = ImageSettings()
-    m_min = int(size.get("shortest_edge", s.min_pixels))
-    m_max = int(size.get("longest_edge", s.max_pixels))
-    hi = min(s.max_pixels, m_max)
-    return min(max(s.min_pixels, m_min), hi), hi
+    return pixel_budget(ImageSettings(), processor_budget(processor.image_processor)).as_tuple()
 
 
 def fast_patch_embed(model: Any) -> None:
