@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from tests.conftest import free_port, image_bytes  # noqa: F401 - re-exported for the cache tests
 from vqaserve.cache import CacheKeyBuilder, LRUCache, TieredCache
 from vqaserve.cache.redis_cache import RedisCache
+from vqaserve.cache.redis_link import RedisLink
 from vqaserve.components import Components
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.pipeline import Pipeline
@@ -87,9 +89,21 @@ def make_pipeline(engine: ScriptedEngine | None = None, cache: TieredCache | Non
 TEST_TIMEOUT_MS = 3000
 
 
+def redis_cache(url: str, *, prefix: str = "test", ttl_s: int = 7 * 24 * 3600, **link: Any) -> RedisCache:
+    """An L2 on a Redis link of its own (in the server, one link serves the cache and the rate limiter)."""
+    return RedisCache(RedisLink(url, **link), prefix=prefix, ttl_s=ttl_s)
+
+
 def redis_tiered(url: str, probe_interval_s: float = 0.1) -> TieredCache:
-    return TieredCache(LRUCache(100), RedisCache(url, prefix="test", probe_interval_s=probe_interval_s,
-                                                 max_probe_interval_s=0.2, timeout_ms=TEST_TIMEOUT_MS))
+    return TieredCache(LRUCache(100), redis_cache(url, probe_interval_s=probe_interval_s,
+                                                  max_probe_interval_s=0.2, timeout_ms=TEST_TIMEOUT_MS))
+
+
+async def close_redis(cache: TieredCache | RedisCache) -> None:
+    """Close the Redis link under a cache the test made."""
+    l2 = cache if isinstance(cache, RedisCache) else cache.l2
+    assert l2 is not None
+    await l2.link.aclose()
 
 
 def ask(text: str, image: bytes, *, kind: str = "bytes", model: str | None = None,

@@ -12,6 +12,12 @@ requests never wait for one (the Redis cache: a skipped call is just a miss); th
 is not closed, only that probe judges the backend: a request admitted before the breaker opened and
 finishing after says nothing newer.
 
+Callers go through `guard()`: a context manager that refuses the call when the breaker is open
+(BreakerOpen), and on the way out gives the one verdict the call earned — a success, a failure (an
+exception of the kinds the caller names, or one it reports with `call.fail(...)`), or none at all
+(cancelled, or `call.abstain()`: e.g. the caller's own short deadline passed, which says nothing of
+the backend). No call site spells out allow/record/release.
+
 Exporters read `state`, `state_number`, `opens` and `snapshot()`; nothing here knows about metrics.
 """
 
@@ -21,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Literal, TypedDict
 
 log = logging.getLogger("vqaserve.breaker")
@@ -38,6 +44,34 @@ class BreakerSnapshot(TypedDict):
     trips: int
     retry_after_s: float
     last_error: str
+
+
+class BreakerOpen(Exception):
+    """`guard()` refused a call: the backend is failing; try again in `retry_after` seconds."""
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        super().__init__(f"{breaker.name}: circuit breaker open")
+        self.retry_after = breaker.retry_after()
+
+
+class Call:
+    """One call through `guard()`; the body may decide its verdict before it ends."""
+
+    def __init__(self) -> None:
+        self.verdict: Literal["success", "failure", "none"] | None = None
+        self.reason = ""
+
+    def succeed(self) -> None:
+        """The backend answered (even if the answer is an error for the caller, such as a 400)."""
+        self.verdict = "success"
+
+    def fail(self, reason: str) -> None:
+        """The backend is sick (a 5xx, a dropped connection, a hang)."""
+        self.verdict, self.reason = "failure", reason
+
+    def abstain(self) -> None:
+        """The call ended without saying anything about the backend."""
+        self.verdict = "none"
 
 
 class CircuitBreaker:
@@ -86,6 +120,35 @@ class CircuitBreaker:
                 "retry_after_s": round(self.retry_after(), 3), "last_error": self.last_error}
 
     # --- what callers report -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def guard(self, failures: tuple[type[BaseException], ...] = (Exception,)) -> Iterator[Call]:
+        """A call to the backend: BreakerOpen when it may not go now; on exit, its one verdict.
+
+        Without a verdict from the body, leaving normally is a success, an exception of the kinds
+        in `failures` a failure, anything else (cancellation above all) no verdict.
+        """
+        if not self.allow():
+            raise BreakerOpen(self)
+        call = Call()
+        try:
+            yield call
+        except failures as exc:
+            self._settle(call, default="failure", reason=type(exc).__name__)
+            raise
+        except BaseException:
+            self._settle(call, default="none", reason="")
+            raise
+        self._settle(call, default="success", reason="")
+
+    def _settle(self, call: Call, *, default: str, reason: str) -> None:
+        verdict = call.verdict or default
+        if verdict == "success":
+            self.record_success()
+        elif verdict == "failure":
+            self.record_failure(call.reason or reason)
+        else:
+            self.release()
+
     def allow(self) -> bool:
         """May a call go to the backend now? Half-open: one request probe at a time, or none when a
         background probe decides."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vqaserve.cache.redis_link import RedisLink
 from vqaserve.components import Components
 from vqaserve.engines.base import Engine
 from vqaserve.errors import ConfigError
@@ -28,23 +29,32 @@ def build_engine(settings: Settings) -> Engine:
     raise ConfigError(f"unknown engine {kind!r}; use transformers, upstream or scripted")
 
 
-def build_components(settings: Settings, engine: Engine, metrics: Any = None) -> Components:
+def build_components(settings: Settings, engine: Engine, metrics: Any = None,
+                     redis: RedisLink | None = None) -> Components:
     """Safety, cache, batching and fetching, each from its own module, configured by settings.
 
     `metrics` (a vqaserve.metrics.Metrics, given by the server) gets the stage timings (`observe`),
-    the batcher's figures, the cache's stats and the engine's circuit breakers.
+    the batcher's figures, the cache's stats and every circuit breaker (the engine's, Redis').
+    `redis` is the process's Redis link when the caller owns one (the server shares it with the rate
+    limiter); without it, one is made here for the cache when VQA_REDIS_URL is set, and closed with
+    the components.
     """
     components = Components()
+    if redis is None and settings.cache.enabled:
+        from vqaserve.cache.redis_link import RedisLink
+
+        redis = RedisLink.from_settings(settings.cache)
+        if redis is not None:
+            components.closers.append(redis.aclose)
     if metrics is not None:
         components.observe = metrics.observe_stage
-        metrics.watch_breakers(engine.breakers())
+        metrics.watch_breakers({**engine.breakers(), **({"redis": redis.breaker} if redis else {})})
     _add_safety(settings, components)
     if settings.cache.enabled:
         from vqaserve.cache import build_cache
 
-        components.cache, components.cache_key = build_cache(settings)
+        components.cache, components.cache_key = build_cache(settings, redis)
         components.health["cache"] = components.cache.health
-        components.closers.append(components.cache.aclose)
         if metrics is not None:
             from vqaserve.cache.metrics import CacheCollector
 
@@ -84,6 +94,7 @@ def _add_safety(settings: Settings, components: Components) -> None:
     components.fetcher = Fetcher(settings)
 
 
-def build_pipeline(settings: Settings, engine: Engine | None = None, metrics: Any = None) -> Pipeline:
+def build_pipeline(settings: Settings, engine: Engine | None = None, metrics: Any = None,
+                   redis: RedisLink | None = None) -> Pipeline:
     engine = engine or build_engine(settings)
-    return Pipeline(settings, engine, build_components(settings, engine, metrics))
+    return Pipeline(settings, engine, build_components(settings, engine, metrics, redis))

@@ -33,7 +33,8 @@ class Service:
         env.update(PYTHONPATH=str(SRC), PYTHONUNBUFFERED="1", VQA_ENGINE="scripted", VQA_HOST="127.0.0.1",
                    VQA_PORT=str(self.port), VQA_REDIS_URL=redis_url, VQA_SAFETY_IMAGE="off",
                    VQA_CACHE__REDIS_PREFIX="http-test", VQA_CACHE__REDIS_PROBE_INTERVAL_S="0.1",
-                   VQA_CACHE__REDIS_TIMEOUT_MS="3000")  # generous: this machine is shared
+                   VQA_CACHE__REDIS_TIMEOUT_MS="3000",  # generous: this machine is shared
+                   VQA_RATE_LIMIT_RPM="100000")  # the limiter shares the cache's Redis link
         self.proc = subprocess.Popen([sys.executable, "-m", "vqaserve", "serve"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -124,3 +125,7 @@ def test_two_servers_share_one_redis_and_survive_its_outage(
     assert any(shared_after_restart(i) for i in range(5))
     metrics = httpx.get(b.url + "/metrics", timeout=5).text
     assert 'vqa_cache_level_hits_total{level="l2"}' in metrics
+    # One Redis link per process (cache and rate limits), its breaker exported like the engine's.
+    opens = [line for line in httpx.get(a.url + "/metrics", timeout=5).text.splitlines()
+             if line.startswith('vqa_breaker_opens_total{backend="redis"}')]
+    assert opens and float(opens[0].split()[-1]) >= 1  # it opened during the outage

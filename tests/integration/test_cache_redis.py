@@ -8,10 +8,18 @@ import time
 
 import pytest
 
-from cache_helpers import TEST_TIMEOUT_MS, ask, free_port, image_bytes, make_pipeline, redis_tiered
+from cache_helpers import (
+    TEST_TIMEOUT_MS,
+    ask,
+    close_redis,
+    free_port,
+    image_bytes,
+    make_pipeline,
+    redis_cache,
+    redis_tiered,
+)
 from redis_fixture import RedisServer, redis_server  # noqa: F401  (fixture)
 from vqaserve.cache import codec
-from vqaserve.cache.redis_cache import RedisCache
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.types import Answer
 
@@ -40,12 +48,12 @@ async def test_two_processes_share_answers_through_redis(redis_server: RedisServ
         assert third.cache == "hit" and b.stats()["l1_hits"] == 1  # back-filled into B's L1
         assert len(_keys(redis_server)) == 1
     finally:
-        await a.aclose()
-        await b.aclose()
+        await close_redis(a)
+        await close_redis(b)
 
 
 async def test_values_are_json_under_the_deployment_prefix_with_a_ttl(redis_server: RedisServer) -> None:  # noqa: F811
-    cache = RedisCache(redis_server.url, prefix="shop-eu", ttl_s=600, timeout_ms=TEST_TIMEOUT_MS)
+    cache = redis_cache(redis_server.url, prefix="shop-eu", ttl_s=600, timeout_ms=TEST_TIMEOUT_MS)
     try:
         await cache.put("abc", Answer(text="red", model="m"))
         assert redis_server.command("GET", "shop-eu:v1:abc").startswith("$")
@@ -54,7 +62,7 @@ async def test_values_are_json_under_the_deployment_prefix_with_a_ttl(redis_serv
         raw = await cache.get_raw("abc")
         assert raw is not None and raw.startswith(b"{") and codec.decode("abc", raw) is not None
     finally:
-        await cache.aclose()
+        await close_redis(cache)
 
 
 async def test_corrupt_or_foreign_values_are_misses_and_get_replaced(redis_server: RedisServer) -> None:  # noqa: F811
@@ -75,7 +83,7 @@ async def test_corrupt_or_foreign_values_are_misses_and_get_replaced(redis_serve
         assert engine.generations == 3
         assert cache.stats()["l2_corrupt"] == 2
     finally:
-        await cache.aclose()
+        await close_redis(cache)
 
 
 def _keys(server: RedisServer) -> list[str]:
@@ -100,7 +108,7 @@ async def test_redis_down_at_start_still_answers_and_reports_degraded() -> None:
         stats = cache.stats()
         assert stats["l2_errors"] == 1 and stats["l2_skipped"] == 9  # tried once, then the breaker
     finally:
-        await cache.aclose()
+        await close_redis(cache)
 
 
 async def test_redis_killed_mid_traffic_then_restarted(redis_server: RedisServer) -> None:  # noqa: F811
@@ -123,15 +131,15 @@ async def test_redis_killed_mid_traffic_then_restarted(redis_server: RedisServer
             hit = await make_pipeline(ScriptedEngine(), other).answer(ask("after", PNG))
             assert hit.cache == "hit"
         finally:
-            await other.aclose()
+            await close_redis(other)
     finally:
-        await cache.aclose()
+        await close_redis(cache)
 
 
 async def test_a_sleeping_redis_costs_one_timeout_then_the_breaker(redis_server: RedisServer) -> None:  # noqa: F811
-    cache = RedisCache(redis_server.url, prefix="test", timeout_ms=100, probe_interval_s=0.2,
+    cache = redis_cache(redis_server.url, prefix="test", timeout_ms=100, probe_interval_s=0.2,
                        max_probe_interval_s=0.3)
-    writer = RedisCache(redis_server.url, prefix="test", timeout_ms=TEST_TIMEOUT_MS)
+    writer = redis_cache(redis_server.url, prefix="test", timeout_ms=TEST_TIMEOUT_MS)
     try:
         await writer.put("k", Answer(text="red", model="m"))
         blocker = redis_server.send_nowait("DEBUG", "SLEEP", "2")
@@ -153,14 +161,14 @@ async def test_a_sleeping_redis_costs_one_timeout_then_the_breaker(redis_server:
         got = await cache.get("k")
         assert got is not None and got.text == "red"
     finally:
-        await cache.aclose()
-        await writer.aclose()
+        await close_redis(cache)
+        await close_redis(writer)
 
 
 async def test_cancelled_redis_calls_never_deliver_another_requests_answer(
         redis_server: RedisServer) -> None:  # noqa: F811
     """Case 27: clients disconnecting mid-call must not leave replies on reused connections."""
-    cache = RedisCache(redis_server.url, prefix="test", timeout_ms=TEST_TIMEOUT_MS, max_connections=4)
+    cache = redis_cache(redis_server.url, prefix="test", timeout_ms=TEST_TIMEOUT_MS, max_connections=4)
     try:
         for i in range(40):
             await cache.put(f"k{i}", Answer(text=f"answer {i}", model="m"))
@@ -191,7 +199,7 @@ async def test_cancelled_redis_calls_never_deliver_another_requests_answer(
         assert interrupted >= 5
         assert cache.stats()["l2_hits"] >= 40
     finally:
-        await cache.aclose()
+        await close_redis(cache)
 
 
 async def test_twenty_concurrent_identical_requests_with_redis_generate_once(
@@ -203,4 +211,4 @@ async def test_twenty_concurrent_identical_requests_with_redis_generate_once(
         answers = await asyncio.gather(*(p.answer(ask("q", PNG)) for _ in range(20)))
         assert engine.generations == 1 and len({a.text for a in answers}) == 1
     finally:
-        await cache.aclose()
+        await close_redis(cache)

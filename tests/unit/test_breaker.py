@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from vqaserve.breaker import CircuitBreaker
+from vqaserve.breaker import BreakerOpen, CircuitBreaker
 
 pytestmark = pytest.mark.unit
 
@@ -98,3 +98,61 @@ def test_a_request_probe_that_fails_waits_longer_up_to_the_cap() -> None:
 def test_refuses_a_threshold_below_one() -> None:
     with pytest.raises(ValueError, match="failure_threshold"):
         CircuitBreaker(0)
+
+
+# --- guard(): the one way calls go through a breaker ---------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_guard_records_success_failure_and_refuses_while_open() -> None:
+    clock = Clock()
+    b = CircuitBreaker(2, 10.0, clock=clock)
+    with b.guard():
+        pass
+    assert (b.failures, b.state) == (0, "closed")
+    for _ in range(2):
+        with pytest.raises(ConnectionError), b.guard():
+            raise ConnectionError("refused")
+    assert (b.state, b.last_error) == ("open", "ConnectionError")
+    with pytest.raises(BreakerOpen) as refused, b.guard():
+        raise AssertionError("the body must not run while the breaker is open")
+    assert refused.value.retry_after == pytest.approx(10.0)
+
+
+def test_guard_without_a_verdict_frees_the_half_open_probe() -> None:
+    clock = Clock()
+    b = CircuitBreaker(1, 10.0, clock=clock)
+    with pytest.raises(OSError), b.guard():
+        raise OSError("down")
+    clock.now = 10.5  # half-open: one probe may go
+    with pytest.raises(asyncio.CancelledError), b.guard():
+        raise asyncio.CancelledError  # the client left: says nothing about the backend
+    assert (b.state, b.failures) == ("half_open", 1)
+    with b.guard() as call:  # the probe slot was freed, so this call may probe
+        call.abstain()
+    with b.guard():
+        pass
+    assert b.state == "closed"
+
+
+def test_guard_takes_the_bodys_own_verdict_over_the_exception() -> None:
+    b = CircuitBreaker(1, 10.0, clock=Clock())
+    with pytest.raises(ValueError), b.guard() as call:  # e.g. the backend answered 400: alive
+        call.succeed()
+        raise ValueError("the caller's own error")
+    assert b.state == "closed"
+    with b.guard(failures=()) as call:  # e.g. HTTP 503, no exception raised
+        call.fail("HTTP 503")
+    assert (b.state, b.last_error) == ("open", "HTTP 503")
+
+
+def test_guard_gives_no_verdict_for_exceptions_outside_its_failure_kinds() -> None:
+    b = CircuitBreaker(1, 10.0, clock=Clock())
+    with pytest.raises(KeyError), b.guard(failures=(OSError,)):
+        raise KeyError("a bug of the caller, not a sick backend")
+    assert (b.state, b.failures) == ("closed", 0)

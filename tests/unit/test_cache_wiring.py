@@ -18,7 +18,7 @@ async def test_default_is_l1_only_with_health_and_stats() -> None:
     assert isinstance(c.cache, TieredCache) and c.cache.l2 is None and c.cache.l1.max_entries == 1000
     assert c.cache_key is not None and not c.cache_key.blocking
     assert await c.health["cache"]() == {"status": "ok", "redis": "off"}
-    assert c.cache.stats()["l1_entries"] == 0 and c.cache.aclose in c.closers
+    assert c.cache.stats()["l1_entries"] == 0 and c.closers == [c.batcher.close]  # nothing else to close
 
 
 def test_env_names_enable_redis_size_and_near_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,7 +27,8 @@ def test_env_names_enable_redis_size_and_near_duplicates(monkeypatch: pytest.Mon
     monkeypatch.setenv("VQA_CACHE_NEAR_DUPLICATES", "1")
     c = build_components(load_settings(), ScriptedEngine())
     assert isinstance(c.cache, TieredCache) and c.cache.l2 is not None
-    assert c.cache.l2.timeout_s == pytest.approx(0.1) and c.cache.l1.max_entries == 7
+    assert c.cache.l2.link.timeout_s == pytest.approx(0.1) and c.cache.l1.max_entries == 7
+    assert c.cache.l2.link.aclose in c.closers  # a link made here is closed with the components
     assert isinstance(c.cache_key.canonicalizer, NearDuplicateIndex)  # type: ignore[union-attr]
 
 

@@ -112,7 +112,7 @@ USES = [
          "5.18.0", "engines/vision_memo.py", "deepstack_features", _qwen3_vl_split_deepstack),
     Uses("peft", "trainable tokens and weight conversion on transformers 5 models", "0.19.0",
          "train/adapter_format.py", "trainable_token_indices", _peft_transformers5),
-    Uses("redis", "redis.asyncio.Redis.aclose()", "5.0.1", "cache/redis_cache.py", "client.aclose()",
+    Uses("redis", "redis.asyncio.Redis.aclose()", "5.0.1", "cache/redis_link.py", "client.aclose()",
          _redis_aclose),
 ]
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
+from vqaserve.cache.redis_link import RedisLink
 from vqaserve.errors import ConfigError
 from vqaserve.server.access import KeyChecker, bearer_token, key_id
 from vqaserve.server.ratelimit import Limit, LocalBuckets, RateLimiter, count_images
@@ -87,17 +89,22 @@ async def test_limiter_falls_back_to_local_buckets_when_redis_is_unreachable() -
     with socket.socket() as s:  # a port nobody listens on: connection refused at once
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    limiter = RateLimiter(2, 0, redis_url=f"redis://127.0.0.1:{port}/0", timeout_ms=100)
-    started = time.monotonic()
-    results = [await limiter.check("k") for _ in range(3)]
-    assert results[:2] == [0.0, 0.0] and results[2] > 0  # still limited, by the local bucket
-    assert limiter.redis_failures == 1  # one failed try, then Redis is left alone for a while
-    assert time.monotonic() - started < 2.0
-    assert limiter.redis_breaker.state == "open"
-    later = time.monotonic() + limiter.redis_breaker.reset_s  # then one check may try Redis again
-    limiter.redis_breaker.clock = lambda: later
-    await limiter.check("k")
-    assert limiter.redis_failures == 2 and limiter.redis_breaker.state == "open"
+    link = RedisLink(f"redis://127.0.0.1:{port}/0", timeout_ms=100, probe_interval_s=0.05,
+                     max_probe_interval_s=0.05)
+    limiter = RateLimiter(2, 0, redis=link)
+    try:
+        started = time.monotonic()
+        results = [await limiter.check("k") for _ in range(3)]
+        assert results[:2] == [0.0, 0.0] and results[2] > 0  # still limited, by the local bucket
+        assert limiter.redis_failures == 1  # one failed try, then Redis is left alone
+        assert time.monotonic() - started < 2.0
+        assert link.breaker.state != "closed"
+        await asyncio.sleep(0.3)  # the link's background probe keeps finding Redis down
+        await limiter.check("k")
+        assert limiter.redis_failures == 1 and link.breaker.state != "closed"  # no request tried it
+        assert link.breaker.last_error.startswith("probe:")
+    finally:
+        await link.aclose()
 
 
 async def test_limiter_without_redis_and_off() -> None:

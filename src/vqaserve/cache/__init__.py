@@ -12,24 +12,18 @@ from vqaserve.cache.lru import LRUCache
 from vqaserve.cache.tiered import TieredCache
 
 if TYPE_CHECKING:
+    from vqaserve.cache.redis_link import RedisLink
     from vqaserve.settings import Settings
 
 __all__ = ["CACHE_SCHEMA_VERSION", "CacheKeyBuilder", "LRUCache", "TieredCache", "build_cache"]
 
 
-def build_cache(settings: Settings) -> tuple[TieredCache, CacheKeyBuilder]:
-    """The tiered cache (L2 only when VQA_REDIS_URL is set) and its key builder."""
+def build_cache(settings: Settings, redis: RedisLink | None = None) -> tuple[TieredCache, CacheKeyBuilder]:
+    """The tiered cache (L2 on `redis`, the process's Redis link, when there is one) and its key builder."""
     from vqaserve.cache.redis_cache import RedisCache
 
     c = settings.cache
-    l2 = None
-    if c.redis_url:
-        if not c.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            from vqaserve.errors import ConfigError
-
-            raise ConfigError("VQA_REDIS_URL must look like redis://HOST:6379/0 (or rediss://, unix://)")
-        l2 = RedisCache(c.redis_url, prefix=c.redis_prefix, ttl_s=c.redis_ttl_s,
-                        timeout_ms=c.redis_timeout_ms, probe_interval_s=c.redis_probe_interval_s)
+    l2 = RedisCache(redis, prefix=c.redis_prefix, ttl_s=c.redis_ttl_s) if redis is not None else None
     canonicalizer = None
     if c.near_duplicates:
         from vqaserve.cache.neardup import NearDuplicateIndex

@@ -67,6 +67,3 @@ class TieredCache:
             out.update(self.l2.stats())
         return out
 
-    async def aclose(self) -> None:
-        if self.l2 is not None:
-            await self.l2.aclose()

@@ -19,12 +19,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
 
-from vqaserve.breaker import CircuitBreaker
+from vqaserve.breaker import BreakerOpen, Call, CircuitBreaker
 from vqaserve.engines.base import Engine, EngineInfo
 from vqaserve.engines.upstream_wire import (
     ImageEncoder,
@@ -124,7 +124,6 @@ class UpstreamEngine(Engine):
                 delay = min(delay * 2, DISCOVERY_MAX_DELAY_S)
                 continue
             self._waiting_reason = None
-            self.breaker.record_success()
             log.info("model server is up: serving %s", self.model_name)
             return
 
@@ -161,26 +160,27 @@ class UpstreamEngine(Engine):
         return state
 
     async def _probe_once(self) -> bool:
-        if not self.breaker.allow():
-            return False
         try:
-            resp = await self._http().get("models", timeout=2.0)
-        except httpx.HTTPError as exc:
-            self.breaker.record_failure(f"probe: {type(exc).__name__}")
+            with self.breaker.guard(failures=()) as call:
+                try:
+                    resp = await self._http().get("models", timeout=2.0)
+                except httpx.HTTPError as exc:
+                    call.fail(f"probe: {type(exc).__name__}")
+                    return False
+                if resp.status_code >= 500:
+                    call.fail(f"probe: HTTP {resp.status_code}")
+                    return False
+                call.succeed()
+                return resp.status_code == 200
+        except BreakerOpen:
             return False
-        except BaseException:  # cancelled (the /ready caller left): no verdict
-            self.breaker.release()
-            raise
-        if resp.status_code >= 500:
-            self.breaker.record_failure(f"probe: HTTP {resp.status_code}")
-            return False
-        self.breaker.record_success()
-        return resp.status_code == 200
 
     async def _discover(self) -> None:
         async with self._discover_lock:
-            resp = await self._send("GET", "models", None, self._timeout(None), None)
-            raw = await _read_close(resp)
+            with self._guard() as call:
+                resp = await self._send(call, "GET", "models", None, self._timeout(None), None)
+                raw = await _read_close(resp)
+                self._judge(call, resp.status_code)
             if resp.status_code != 200:
                 raise map_status(resp.status_code, raw, resp.headers, self.model_name or "")
             try:
@@ -215,7 +215,7 @@ class UpstreamEngine(Engine):
             timeout = min(timeout, max(0.001, request.deadline - time.monotonic()))
         return timeout
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None, timeout: float,
+    async def _send(self, call: Call, method: str, path: str, body: dict[str, Any] | None, timeout: float,
                     deadline: float | None) -> httpx.Response:
         """One request with bounded connect retries; returns the response with its body unread."""
         client = self._http()
@@ -228,7 +228,7 @@ class UpstreamEngine(Engine):
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 late = deadline is not None and time.monotonic() + delay >= deadline
                 if attempt == attempts - 1 or late:
-                    self.breaker.record_failure(f"connect: {type(exc).__name__}")
+                    call.fail(f"connect: {type(exc).__name__}")
                     raise UpstreamUnreachable("the model server is unreachable; retry shortly",
                                               retry_after=self.breaker.retry_after() or 1.0) from None
                 await asyncio.sleep(delay)
@@ -248,39 +248,45 @@ class UpstreamEngine(Engine):
             messages = await asyncio.to_thread(build_messages, request, self.encoder, send_uuid)
         return build_body(request, model, messages, stream), model
 
-    def _admit(self) -> None:
-        if not self.breaker.allow():
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[Call]:
+        """One call to the model server through the breaker. Every verdict is given explicitly
+        (`_judge`, `_timed_out`, connect failures in `_send`); anything else, a cancellation above
+        all, says nothing about the server."""
+        try:
+            with self.breaker.guard(failures=()) as call:
+                yield call
+        except BreakerOpen as exc:
             raise EngineFailure("the model server is failing; this gateway paused sending to it, retry in "
-                                f"{self.breaker.retry_after():.0f} s", retry_after=self.breaker.retry_after())
+                                f"{exc.retry_after:.0f} s", retry_after=exc.retry_after) from None
 
-    def _verdict(self, status: int) -> None:
-        """Feed the breaker: 5xx and 401/403 mean a sick upstream; other answers mean it is alive."""
+    @staticmethod
+    def _judge(call: Call, status: int) -> None:
+        """5xx and 401/403 mean a sick upstream; other answers mean it is alive."""
         if status >= 500 or status in (401, 403):
-            self.breaker.record_failure(f"HTTP {status}")
+            call.fail(f"HTTP {status}")
         else:
-            self.breaker.record_success()
+            call.succeed()
 
-    def _timed_out(self, request: EngineRequest, timeout: float) -> DeadlineExceeded:
+    def _timed_out(self, timeout: float, fail: Callable[[str], None]) -> DeadlineExceeded:
         if timeout >= self.settings.llm.upstream_timeout_s:  # the server hung, not a short deadline
-            self.breaker.record_failure("timeout")
-        else:
-            self.breaker.release()
+            fail("timeout")
         return DeadlineExceeded(f"the model server did not answer within {timeout:.1f} s; retry, or raise "
                                 "VQA_REQUEST_TIMEOUT_S / VQA_UPSTREAM_TIMEOUT_S")
 
     async def _complete(self, request: EngineRequest) -> EngineResult:
         body, model = await self._prepared(request, stream=False)
-        self._admit()
         timeout = self._timeout(request)
-        try:
-            resp = await self._send("POST", "chat/completions", body, timeout, request.deadline)
-            raw = await _read_close(resp)
-        except httpx.TimeoutException:
-            raise self._timed_out(request, timeout) from None
-        except httpx.TransportError as exc:
-            self.breaker.record_failure(type(exc).__name__)
-            raise EngineFailure("the model server dropped the connection; retry", retry_after=1.0) from None
-        self._verdict(resp.status_code)
+        with self._guard() as call:
+            try:
+                resp = await self._send(call, "POST", "chat/completions", body, timeout, request.deadline)
+                raw = await _read_close(resp)
+            except httpx.TimeoutException:
+                raise self._timed_out(timeout, call.fail) from None
+            except httpx.TransportError as exc:
+                call.fail(type(exc).__name__)
+                raise EngineFailure("the model server dropped the connection; retry", retry_after=1.0) from None
+            self._judge(call, resp.status_code)
         if resp.status_code != 200:
             raise map_status(resp.status_code, raw, resp.headers, model)
         try:
@@ -302,8 +308,7 @@ class UpstreamEngine(Engine):
             await asyncio.wait({call, stop}, return_when=asyncio.FIRST_COMPLETED)
             if call.done():
                 return call.result()
-            call.cancel()
-            self.breaker.release()  # no verdict on the upstream: free a half-open probe slot
+            call.cancel()  # its breaker guard sees the cancellation: no verdict on the upstream
             return DeadlineExceeded() if request.past_deadline() else EngineFailure("generation stopped")
         except VQAError as exc:
             return exc
@@ -314,7 +319,6 @@ class UpstreamEngine(Engine):
             stop.cancel()
             if not call.done():  # we were cancelled ourselves (client gone): close the upstream call
                 call.cancel()
-                self.breaker.release()
 
     async def generate(self, batch: Sequence[EngineRequest]) -> list[EngineResult | VQAError]:
         return list(await asyncio.gather(*(self._one(r) for r in batch)))
@@ -322,26 +326,24 @@ class UpstreamEngine(Engine):
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
         """Relay the upstream's SSE chunks one by one; the last delta carries finish reason and usage."""
         body, model = await self._prepared(request, stream=True)
-        self._admit()
         timeout = self._timeout(request)
-        try:
-            resp = await self._send("POST", "chat/completions", body, timeout, request.deadline)
-        except httpx.TimeoutException:
-            raise self._timed_out(request, timeout) from None
-        except BaseException:  # unreachable (already counted) or cancelled: free a half-open probe
-            self.breaker.release()
-            raise
+        with self._guard() as call:  # until the status line: the stream's own faults are judged below
+            try:
+                resp = await self._send(call, "POST", "chat/completions", body, timeout, request.deadline)
+            except httpx.TimeoutException:
+                raise self._timed_out(timeout, call.fail) from None
+            self._judge(call, resp.status_code)
         try:
             if resp.status_code != 200:
                 raw = await resp.aread()
-                self._verdict(resp.status_code)
                 raise map_status(resp.status_code, raw, resp.headers, model)
-            self.breaker.record_success()
             async for delta in self._relay(resp, request):
                 yield delta
-        except httpx.TimeoutException:
-            raise self._timed_out(request, timeout) from None
+        except httpx.TimeoutException:  # hung mid-answer: a fault after the call's verdict
+            raise self._timed_out(timeout, self.breaker.record_failure) from None
         except httpx.TransportError:
+            # The server answered (a success above) and then broke off: a fault after the call's
+            # verdict, reported as one of its own.
             self.breaker.record_failure("stream broken")
             raise EngineFailure("the model server broke off the answer; retry", retry_after=1.0) from None
         finally:

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 
+from vqaserve.cache.redis_link import RedisLink
 from vqaserve.engines.base import Engine
 from vqaserve.errors import BlockedInput, EngineFailure, VQAError
 from vqaserve.metrics import Metrics
@@ -50,6 +51,8 @@ _HTTP_TYPES = {404: ("not_found_error", "not_found"), 405: ("invalid_request_err
 def create_app(settings: Settings, engine: Engine | None = None,
                middleware: Sequence[Middleware] = ()) -> FastAPI:
     metrics = Metrics()
+    # One Redis connection for the process (cache L2 and shared rate limits), closed at shutdown.
+    redis = RedisLink.from_settings(settings.cache)
     startup = Startup(engine.name if engine is not None else settings.llm.engine, _public_model(settings))
 
     @asynccontextmanager
@@ -63,7 +66,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
             await built[0].start()
 
         def build() -> None:
-            pipeline = build_pipeline(settings, built[0], metrics=metrics)  # batcher reports to metrics
+            pipeline = build_pipeline(settings, built[0], metrics=metrics, redis=redis)  # batcher reports to metrics
             app.state.pipeline = pipeline
             log.info("engine %s ready: model %s", built[0].name, pipeline.model_id)
 
@@ -81,6 +84,8 @@ def create_app(settings: Settings, engine: Engine | None = None,
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await _close(app.state.pipeline, built[0] if built else None)
+            if redis is not None:
+                await redis.aclose()
             metrics.close()
 
     drain = Drain(settings.server.shutdown_grace_s)
@@ -94,7 +99,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
                       Middleware(LoadingGate, startup=startup),
                       Middleware(BodyLimitMiddleware,
                                  max_bytes=settings.images.max_body_bytes),
-                      *ops_middleware_after_body(settings),
+                      *ops_middleware_after_body(settings, redis),
                       *middleware,
                   ])
     app.state.drain = drain  # the server's graceful shutdown waits on it (server/shutdown.py)

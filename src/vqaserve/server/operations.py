@@ -13,6 +13,7 @@ import logging
 
 from starlette.middleware import Middleware
 
+from vqaserve.cache.redis_link import RedisLink
 from vqaserve.server.access import ApiKeyMiddleware
 from vqaserve.server.disconnect import DisconnectWatchMiddleware
 from vqaserve.server.ratelimit import RateLimiter, RateLimitMiddleware
@@ -32,8 +33,7 @@ def ops_middleware(settings: Settings, drain: Drain) -> list[Middleware]:
             Middleware(ApiKeyMiddleware, keys=s.api_keys, public_web_page=s.public_web_page)]
 
 
-def ops_middleware_after_body(settings: Settings) -> list[Middleware]:
-    s, c = settings.server, settings.cache
-    limiter = RateLimiter(s.rate_limit_rpm, s.rate_limit_ipm, redis_url=c.redis_url,
-                          prefix=c.redis_prefix, timeout_ms=c.redis_timeout_ms)
+def ops_middleware_after_body(settings: Settings, redis: RedisLink | None) -> list[Middleware]:
+    s = settings.server
+    limiter = RateLimiter(s.rate_limit_rpm, s.rate_limit_ipm, redis=redis, prefix=settings.cache.redis_prefix)
     return [Middleware(RateLimitMiddleware, limiter=limiter), Middleware(DisconnectWatchMiddleware)]

@@ -1,10 +1,11 @@
 """Per-key rate limits: requests/min and images/min as token buckets (burst = one minute's worth).
 
 With VQA_REDIS_URL the buckets live in Redis and are shared by every worker and instance: one Lua
-script refills and takes from both buckets atomically, on Redis' own clock. Redis calls have short
-timeouts; when Redis is down or slow the limiter falls back to in-process buckets (per process, so
-briefly more generous) and a circuit breaker leaves Redis alone for a while, then lets one check try
-it again. The service never stops for Redis.
+script refills and takes from both buckets atomically, on Redis' own clock. The calls go through the
+process's one Redis link (cache/redis_link.py: short timeouts, the Redis circuit breaker shared with
+the answer cache); when Redis is down or slow the limiter falls back to in-process buckets (per
+process, so briefly more generous) until the link's probe sees Redis back. The service never stops
+for Redis.
 
 Only the API (`/v1/...`) is limited; probes, metrics and the page are not. The caller is the API
 key (its digest) or, with no keys configured, the client address.
@@ -20,10 +21,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vqaserve.breaker import CircuitBreaker
+from vqaserve.cache.redis_link import RedisLink
 from vqaserve.server.middleware import error_json
 
-REDIS_RETRY_S = 5.0  # after a Redis failure, use local buckets this long before trying again
 MAX_LOCAL_BUCKETS = 10_000  # pruned beyond this (only full, i.e. idle, buckets are dropped)
 
 # KEYS: bucket keys. ARGV: per bucket (rate per s, capacity, cost). Returns {allowed, wait seconds}.
@@ -94,18 +94,14 @@ class LocalBuckets:
 
 
 class RateLimiter:
-    def __init__(self, rpm: int, ipm: int, redis_url: str | None = None, prefix: str = "vqa",
-                 timeout_ms: int = 100) -> None:
+    def __init__(self, rpm: int, ipm: int, redis: RedisLink | None = None, prefix: str = "vqa") -> None:
         self.requests = Limit("requests", rpm) if rpm > 0 else None
         self.images = Limit("images", ipm) if ipm > 0 else None
         self.local = LocalBuckets()
         self.prefix = prefix
-        self.timeout_s = max(0.01, timeout_ms / 1000.0)
-        self._redis_url = redis_url
+        self.redis = redis
         self._script: Any = None
-        # One failure is enough: the local buckets are a fine answer meanwhile.
-        self.redis_breaker = CircuitBreaker(1, REDIS_RETRY_S, name="rate limits: Redis")
-        self.redis_failures = 0
+        self.redis_failures = 0  # checks that fell back to local buckets because Redis failed
 
     @property
     def enabled(self) -> bool:
@@ -124,36 +120,22 @@ class RateLimiter:
         wanted = self._wanted(caller, images)
         if not wanted:
             return 0.0
-        if self._redis_url and self.redis_breaker.allow():
-            try:
-                wait = await self._take_redis(wanted)
-            except Exception as exc:  # noqa: BLE001 - any Redis trouble: degrade to local buckets
+        if self.redis is not None:
+            reply = await self.redis.call(lambda client: self._take_redis(client, wanted))
+            if reply.ok:
+                allowed, wait = reply.value
+                return 0.0 if int(allowed) == 1 else float(wait)
+            if reply.outcome == "error":
                 self.redis_failures += 1
-                self.redis_breaker.record_failure(type(exc).__name__)
-            except BaseException:  # cancelled (the client left): no verdict on Redis
-                self.redis_breaker.release()
-                raise
-            else:
-                self.redis_breaker.record_success()
-                return wait
         return self.local.take(wanted)
 
-    async def _take_redis(self, wanted: list[tuple[str, Limit, int]]) -> float:
-        import asyncio
-
+    def _take_redis(self, client: Any, wanted: list[tuple[str, Limit, int]]) -> Any:
         if self._script is None:
-            import redis.asyncio as aioredis
-
-            client = aioredis.Redis.from_url(self._redis_url or "", socket_timeout=self.timeout_s,
-                                             socket_connect_timeout=self.timeout_s,
-                                             retry_on_timeout=False)
             self._script = client.register_script(TOKEN_BUCKET_LUA)
         args: list[Any] = []
         for _, limit, cost in wanted:
             args += [repr(limit.rate), limit.per_minute, cost]
-        allowed, wait = await asyncio.wait_for(
-            self._script(keys=[key for key, _, _ in wanted], args=args), self.timeout_s * 2)
-        return 0.0 if int(allowed) == 1 else float(wait)
+        return self._script(keys=[key for key, _, _ in wanted], args=args)
 
 
 def count_images(path: str, body: bytes) -> int:
