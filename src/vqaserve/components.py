@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from vqaserve.types import Answer, EngineRequest, EngineResult, NormalizedImage, Question, StreamDelta
+from vqaserve.types import Answer, EngineRequest, EngineResult, ImageRef, NormalizedImage, Question, StreamDelta
 
 
 # Implemented in safety/, cache/, scheduling/ and images/fetch.py.
@@ -56,6 +56,17 @@ class KeyBuilder(Protocol):
     def __call__(self, question: Question, model_id: str, policy: str) -> str: ...
 
 
+class DeltaStream(Protocol):
+    """A stream of deltas its reader must close (`aclose`) when it stops early: closing is what tells
+    the engine to stop generating and frees the stream's admission slot."""
+
+    def __aiter__(self) -> AsyncIterator[StreamDelta]: ...
+
+    async def __anext__(self) -> StreamDelta: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Submitter(Protocol):
     """The batcher (batching.py) or the gate (gate.py): admits a request now (or raises Overloaded,
     ShuttingDown, DeadlineExceeded) and returns its engine result or stream under its deadline."""
@@ -66,13 +77,13 @@ class Submitter(Protocol):
 
     async def submit(self, request: EngineRequest, model_key: str) -> EngineResult: ...
 
-    def open_stream(self, request: EngineRequest, model_key: str) -> AsyncIterator[StreamDelta]: ...
+    def open_stream(self, request: EngineRequest, model_key: str) -> DeltaStream: ...
 
     async def close(self) -> None: ...
 
 
 class ImageLoader(Protocol):
-    async def load(self, ref: Any) -> bytes: ...
+    async def load(self, ref: ImageRef) -> bytes: ...
 
 
 # /ready calls each probe and shows its dict under the probe's name; "status": "degraded" (or

@@ -17,13 +17,12 @@ import asyncio
 import dataclasses
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from vqaserve.cache.coalesce import Coalescer
-from vqaserve.components import Components
+from vqaserve.components import Components, DeltaStream
 from vqaserve.engines.base import Engine
 from vqaserve.errors import DeadlineExceeded, InvalidRequest, NotFound, VQAError
 from vqaserve.images.budget import PixelBudget, pixel_budget
@@ -99,7 +98,7 @@ class Pipeline:
         await self._conclude(question, key, answer, timer)
         return answer
 
-    async def open_stream(self, question: Question) -> tuple[CacheStatus, AsyncIterator[StreamDelta]]:
+    async def open_stream(self, question: Question) -> tuple[CacheStatus, AsyncGenerator[StreamDelta, None]]:
         """Validate everything up front (so errors become proper HTTP statuses), then stream."""
         timer = Timer(observe=self.c.observe)
         await self._prepare(question, timer)
@@ -239,27 +238,27 @@ class Pipeline:
         return Answer(text=text, model=q.model or self.model_id, finish_reason=finish,
                       usage=usage or Usage(), timings=timer.timings, request_id=q.request_id)
 
-    async def _replay(self, answer: Answer) -> AsyncIterator[StreamDelta]:
+    async def _replay(self, answer: Answer) -> AsyncGenerator[StreamDelta, None]:
         """A finished answer as a stream, word by word (the pieces join to exactly the text)."""
         pieces = [p for p in re.split(r"(?<=\s)(?=\S)", answer.text) if p] or [""]
         for piece in pieces[:-1]:
             yield StreamDelta(text=piece)
         yield StreamDelta(text=pieces[-1], finish_reason=answer.finish_reason, usage=answer.usage)
 
-    async def _replay_shared(self, q: Question, key: str, timer: Timer) -> AsyncIterator[StreamDelta]:
+    async def _replay_shared(self, q: Question, key: str, timer: Timer) -> AsyncGenerator[StreamDelta, None]:
         """An identical request is generating right now: wait for its answer and replay it."""
         answer, _ = await self.inflight.run(key, lambda: self._answer_fresh(q, key, timer))
         async for delta in self._replay(answer):
             yield delta
 
-    def _open_engine_stream(self, request: EngineRequest, q: Question) -> AsyncIterator[StreamDelta]:
+    def _open_engine_stream(self, request: EngineRequest, q: Question) -> DeltaStream:
         """The engine's stream, through the Submitter when there is one (same admission and turns)."""
         if self.c.batcher is not None:
             return self.c.batcher.open_stream(request, q.adapter or "")
         return self.engine.stream(request)
 
-    async def _relay(self, work: asyncio.Future[Any],
-                     deltas: asyncio.Queue[StreamDelta]) -> AsyncIterator[StreamDelta]:
+    async def _relay(self, work: asyncio.Future[Answer],
+                     deltas: asyncio.Queue[StreamDelta]) -> AsyncGenerator[StreamDelta, None]:
         """The client's side of a generating stream: its deltas as they come, then its error if it
         failed. A client that leaves cancels `work` (the generation, or its wait in a flight that
         others may still be waiting on)."""
@@ -267,7 +266,8 @@ class Pipeline:
         try:
             while not (work.done() and deltas.empty()):
                 getter = asyncio.ensure_future(deltas.get())
-                await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+                either: set[asyncio.Future[StreamDelta] | asyncio.Future[Answer]] = {getter, work}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
                     yield getter.result()
                 else:
@@ -281,7 +281,7 @@ class Pipeline:
                 await asyncio.wait({work})
 
     async def _generate_stream(self, q: Question, key: str | None, timer: Timer, request: EngineRequest,
-                               source: AsyncIterator[StreamDelta], emit: Callable[[StreamDelta], None]) -> Answer:
+                               source: DeltaStream, emit: Callable[[StreamDelta], None]) -> Answer:
         """Run one engine stream to its end: its text through the output guard to `emit`, the answer
         concluded (stored by the one rule) before its last delta, so a client that leaves right
         after that delta still counts. Returns the answer, for requests that joined the flight."""
@@ -324,7 +324,7 @@ class Pipeline:
         finally:
             if final is None:  # failed, blocked or abandoned: tell the engine to stop
                 request.cancel.set()
-            await source.aclose()  # type: ignore[attr-defined]  # async generators and stream readers
+            await source.aclose()
             timer.add("generate", t0)
 
     async def _refuse_stream(self, q: Question, key: str | None, timer: Timer, request: EngineRequest,

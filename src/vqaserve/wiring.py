@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqaserve.cache.redis_link import RedisLink
 from vqaserve.components import Components
@@ -10,6 +10,9 @@ from vqaserve.engines.base import Engine
 from vqaserve.errors import ConfigError
 from vqaserve.pipeline import Pipeline
 from vqaserve.settings import Settings
+
+if TYPE_CHECKING:
+    from vqaserve.metrics import Metrics
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -29,11 +32,11 @@ def build_engine(settings: Settings) -> Engine:
     raise ConfigError(f"unknown engine {kind!r}; use transformers, upstream or scripted")
 
 
-def build_components(settings: Settings, engine: Engine, metrics: Any = None,
+def build_components(settings: Settings, engine: Engine, metrics: Metrics | None = None,
                      redis: RedisLink | None = None) -> Components:
     """Safety, cache, batching and fetching, each from its own module, configured by settings.
 
-    `metrics` (a vqaserve.metrics.Metrics, given by the server) gets the stage timings (`observe`),
+    `metrics` (given by the server) gets the stage timings (`observe`),
     the batcher's figures, the cache's stats and every circuit breaker (the engine's, Redis').
     `redis` is the process's Redis link when the caller owns one (the server shares it with the rate
     limiter); without it, one is made here for the cache when VQA_REDIS_URL is set, and closed with
@@ -63,7 +66,8 @@ def build_components(settings: Settings, engine: Engine, metrics: Any = None,
     return components
 
 
-def _add_batcher(settings: Settings, engine: Engine, components: Components, metrics: Any) -> None:
+def _add_batcher(settings: Settings, engine: Engine, components: Components,
+                 metrics: Metrics | None) -> None:
     """Always through an admission queue (bound -> 429, deadlines, cancellation).
 
     In-process engines get the micro-batcher (max_size=1 = batching off); a model server that
@@ -94,7 +98,7 @@ def _add_safety(settings: Settings, components: Components) -> None:
     components.fetcher = Fetcher(settings)
 
 
-def build_pipeline(settings: Settings, engine: Engine | None = None, metrics: Any = None,
+def build_pipeline(settings: Settings, engine: Engine | None = None, metrics: Metrics | None = None,
                    redis: RedisLink | None = None) -> Pipeline:
     engine = engine or build_engine(settings)
     return Pipeline(settings, engine, build_components(settings, engine, metrics, redis))

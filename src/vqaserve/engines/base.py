@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from vqaserve.breaker import CircuitBreaker
@@ -60,7 +60,7 @@ class Engine(abc.ABC):
     async def generate(self, batch: Sequence[EngineRequest]) -> list[EngineResult | VQAError]:
         """Answer every request of a compatible batch (same adapter, same batch_key)."""
 
-    async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
+    async def stream(self, request: EngineRequest) -> AsyncGenerator[StreamDelta, None]:
         (result,) = await self.generate([request])
         if isinstance(result, VQAError):
             raise result

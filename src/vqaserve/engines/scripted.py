@@ -14,7 +14,7 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 from vqaserve.engines.base import Engine, EngineInfo
@@ -98,7 +98,7 @@ class ScriptedEngine(Engine):
             await asyncio.sleep(self.delay_s)
         return list(await asyncio.gather(*(self._one(r) for r in batch)))
 
-    async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
+    async def stream(self, request: EngineRequest) -> AsyncGenerator[StreamDelta, None]:
         (result,) = await self.generate([request])
         if isinstance(result, VQAError):
             raise result

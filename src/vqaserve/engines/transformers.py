@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -361,7 +361,7 @@ class TransformersEngine(Engine):
             self.generated_tokens.popitem(last=False)
 
     # --- streaming ---------------------------------------------------------------------------------
-    async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
+    async def stream(self, request: EngineRequest) -> AsyncGenerator[StreamDelta, None]:
         """One streaming row (the batcher streams rows together through generate_streams)."""
         queue: asyncio.Queue[str] = asyncio.Queue()
         task = asyncio.ensure_future(self.generate_streams([request], [queue.put_nowait]))

@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -323,7 +323,7 @@ class UpstreamEngine(Engine):
     async def generate(self, batch: Sequence[EngineRequest]) -> list[EngineResult | VQAError]:
         return list(await asyncio.gather(*(self._one(r) for r in batch)))
 
-    async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
+    async def stream(self, request: EngineRequest) -> AsyncGenerator[StreamDelta, None]:
         """Relay the upstream's SSE chunks one by one; the last delta carries finish reason and usage."""
         body, model = await self._prepared(request, stream=True)
         timeout = self._timeout(request)
@@ -349,7 +349,7 @@ class UpstreamEngine(Engine):
         finally:
             await resp.aclose()  # unread: the connection closes and vLLM aborts the generation
 
-    async def _relay(self, resp: httpx.Response, request: EngineRequest) -> AsyncIterator[StreamDelta]:
+    async def _relay(self, resp: httpx.Response, request: EngineRequest) -> AsyncGenerator[StreamDelta, None]:
         finish: str | None = None
         tail = ""
         usage: Usage | None = None

@@ -28,8 +28,10 @@ def processor_budget(image_processor: object) -> PixelBudget | None:
     """The budget a Hugging Face image processor declares (Qwen2/3-VL: `size` with shortest_edge and
     longest_edge, in pixels), or None when it declares none."""
     size = getattr(image_processor, "size", None) or {}
-    get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
-    lo, hi = get("shortest_edge"), get("longest_edge")
+    if isinstance(size, dict):
+        lo, hi = size.get("shortest_edge"), size.get("longest_edge")
+    else:  # a SizeDict-like object
+        lo, hi = getattr(size, "shortest_edge", None), getattr(size, "longest_edge", None)
     if not (lo and hi):
         return None
     return PixelBudget(int(lo), int(hi))

@@ -20,7 +20,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
@@ -28,6 +28,7 @@ from vqaserve.errors import FetchRefused, ImageTooLarge, InvalidImage, PayloadTo
 from vqaserve.types import ImageRef, NormalizedImage
 
 if TYPE_CHECKING:
+    from vqaserve.components import ImageLoader
     from vqaserve.settings import Settings
 
 FACTOR = 32  # one visual token per 32x32 pixels (patch 16, merge 2)
@@ -138,7 +139,7 @@ def read_path(path_str: str, name: str, root: str | None) -> bytes:
     return path.read_bytes()
 
 
-async def read_ref(ref: ImageRef, settings: Settings, fetcher: Any = None) -> bytes:
+async def read_ref(ref: ImageRef, settings: Settings, fetcher: ImageLoader | None = None) -> bytes:
     """The raw bytes behind an image reference (no decoding yet)."""
     if ref.kind != "url":
         return read_inline_ref(ref, settings)

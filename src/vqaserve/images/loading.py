@@ -16,12 +16,15 @@ import dataclasses
 import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqaserve.bounded_lru import BoundedLRU
 from vqaserve.images import decode as imgs
 from vqaserve.settings import Settings
 from vqaserve.types import ImageRef, NormalizedImage, Part
+
+if TYPE_CHECKING:
+    from vqaserve.components import ImageLoader
 
 # Inputs up to this size are hashed for the memo on the event loop (~0.1 ms per 100 kB); larger
 # ones in the image pool, so a 12 MP upload never blocks the loop.
@@ -93,12 +96,13 @@ class PictureLoader:
         self.pool = pool
         self.memo = DecodedImageMemo(settings.images.decoded_memo)
 
-    async def load(self, parts: list[Part], min_pixels: int, max_pixels: int, fetcher: Any = None) -> None:
+    async def load(self, parts: list[Part], min_pixels: int, max_pixels: int,
+                   fetcher: ImageLoader | None = None) -> None:
         """Resolve every part's image_ref into part.image (the fetcher loads URLs; None refuses them)."""
         budget = (min_pixels, max_pixels, self.settings.images.max_image_pixels)
         await asyncio.gather(*(self._one(part, budget, fetcher) for part in parts))
 
-    async def _one(self, part: Part, budget: tuple[int, int, int], fetcher: Any) -> None:
+    async def _one(self, part: Part, budget: tuple[int, int, int], fetcher: ImageLoader | None) -> None:
         ref = part.image_ref
         assert ref is not None
         data = await imgs.read_ref(ref, self.settings, fetcher) if ref.kind == "url" else None

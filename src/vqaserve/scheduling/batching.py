@@ -36,7 +36,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -119,7 +119,7 @@ class MicroBatcher:
         ticket = self._admit(request, model_key, stream=False)
         return await within_deadline(ticket.future, request, abandon=lambda: self._abandon(ticket))
 
-    def open_stream(self, request: EngineRequest, model_key: str) -> AsyncIterator[StreamDelta]:
+    def open_stream(self, request: EngineRequest, model_key: str) -> _StreamReader:
         """Admit a streaming request now (so a full queue is a 429, not a broken stream)."""
         return _StreamReader(self, self._admit(request, model_key, stream=True))
 

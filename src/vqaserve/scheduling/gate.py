@@ -12,7 +12,7 @@ Wiring: engines that declare `batches_itself = True` get a ConcurrencyGate inste
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from vqaserve.errors import VQAError
@@ -68,7 +68,7 @@ class ConcurrencyGate:
             raise result
         return result
 
-    def open_stream(self, request: EngineRequest, model_key: str) -> AsyncIterator[StreamDelta]:
+    def open_stream(self, request: EngineRequest, model_key: str) -> _GatedStream:
         """Admit now (a full gate is a 429 before any byte is sent), stream concurrently."""
         self._admit(request)
         return _GatedStream(self, request)
@@ -85,7 +85,7 @@ class _GatedStream:
     def __init__(self, gate: ConcurrencyGate, request: EngineRequest) -> None:
         self.gate = gate
         self.request = request
-        self._inner: AsyncIterator[StreamDelta] | None = None
+        self._inner: AsyncGenerator[StreamDelta, None] | None = None
         self._started = time.perf_counter()
         self._released = False
 
@@ -111,7 +111,7 @@ class _GatedStream:
     async def aclose(self) -> None:
         self._release()
         if self._inner is not None:
-            await self._inner.aclose()  # type: ignore[attr-defined]  # an async generator
+            await self._inner.aclose()
 
     def __del__(self) -> None:  # a stream dropped without being closed must not leak its slot
         self._release()
