@@ -44,6 +44,18 @@ def test_each_scenario_runs_with_its_own_defaults_unless_told_otherwise() -> Non
     assert bench_config("adapter-vllm", "--adapter", "a=/x/y").adapter == ("a", "/x/y")
 
 
+def test_vllm_scenarios_put_a_gateway_with_the_models_budget_in_front_of_the_given_vllm() -> None:
+    from vqaserve.bench.upstream import UpstreamBench
+
+    cfg = bench_config("followups", "--upstream-url", "http://127.0.0.1:9/v1", "--env", "VQA_SAFETY_IMAGE=nudenet")
+    pair = UpstreamBench(cfg)
+    assert (pair.upstream_url, pair.model_dir.name, pair.concurrency) == ("http://127.0.0.1:9/v1", "shop-toy", [1])
+    env = pair.gateway_env("http://127.0.0.1:9")
+    assert env["VQA_UPSTREAM_URL"] == "http://127.0.0.1:9/v1" and env["VQA_ENGINE"] == "upstream"
+    assert (env["VQA_MIN_PIXELS"], env["VQA_MAX_PIXELS"]) == ("16384", "25600")  # shop-toy's own budget
+    assert env["VQA_SAFETY_IMAGE"] == "nudenet"  # --env wins over the bench's default of off
+
+
 def test_all_runs_the_five_http_scenarios_and_every_scenario_is_on_the_command_line() -> None:
     assert [s.name for s in SCENARIOS.values() if s.in_all] == ["latency", "throughput", "cache", "photo", "soak"]
     choices = build_parser().parse_args(["bench", "all"])
