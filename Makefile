@@ -38,7 +38,7 @@ test-fast: $(VENV)/.dev-installed
 	$(PY) -m pytest -m "unit" $(ARGS)
 
 lint: $(VENV)/.dev-installed
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/mypy
 
 clean:

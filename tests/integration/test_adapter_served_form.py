@@ -1,6 +1,6 @@
 """The adapter `vqa train --lora --lora-new-words` saves is the one vLLM serves, and answers as trained.
 
-What vLLM itself does with it is shown by scripts/compare_adapter_vllm.py (docs/train.md); here: PEFT
+What vLLM itself does with it is shown by `vqa bench adapter-vllm` (docs/train.md); here: PEFT
 loads the saved form with the same numbers as the model that trained, `vqa adapter check` passes it,
 older adapters convert, and targets vLLM cannot serve are refused before training.
 """

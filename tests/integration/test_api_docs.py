@@ -74,9 +74,13 @@ def test_openai_client_example(live: LiveServer, workdir: Path) -> None:
     assert out[2] == out[1].rsplit(" ", 1)[0]  # the streamed text equals the plain answer
 
 
-def test_latency_script(live: LiveServer) -> None:
-    out = run([sys.executable, str(REPO / "scripts" / "http_latency.py"), "--url", DOC_URL, "--n", "3",
-               "--json"], live, REPO)
-    report = json.loads(out)
-    assert report["n"] == 3 and report["p50_ms"] > 0
-    assert {"decode", "generate"} <= set(report["stage_ms_mean"])
+def test_latency_command(live: LiveServer, tmp_path: Path) -> None:
+    """The stage split the Metrics section promises, from the command it names."""
+    (command,) = re.findall(r"`(vqa bench latency [^`]*)`", DOC.read_text())
+    out = run([sys.executable, "-m", "vqaserve", *command.split()[1:], "--requests", "3", "--no-progress",
+               "--out", str(tmp_path)], live, REPO)
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("bench-latency-*.json")]
+    figures = record["figures"]
+    assert record["details"]["http"]["ok"] == 3 and figures["http_p50_ms"] > 0
+    assert {"server_decode_ms", "server_generate_ms", "http_and_client_ms"} <= set(figures)
+    assert "server_generate_ms" in out  # printed, not only written

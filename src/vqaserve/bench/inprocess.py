@@ -7,11 +7,13 @@ model alone).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from vqaserve.bench.config import torch_threads
 from vqaserve.bench.workload import Item
 from vqaserve.errors import VQAError
 from vqaserve.images import decode as imgs
@@ -28,22 +30,23 @@ class InProcessEngine:
         self.params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
         self.engine: Any = None
         self.budget: tuple[int, int] = (settings.images.min_pixels, settings.images.max_pixels)
+        self._threads = contextlib.ExitStack()
 
     async def __aenter__(self) -> InProcessEngine:
         from vqaserve.images.budget import pixel_budget
         from vqaserve.wiring import build_engine
 
-        if self.torch_threads:
-            import torch
-
-            torch.set_num_threads(self.torch_threads)  # as OMP_NUM_THREADS does for the servers
+        self._threads.enter_context(torch_threads(self.torch_threads))  # given back on exit
         self.engine = build_engine(self.settings)
         await self.engine.start()
         self.budget = pixel_budget(self.settings.images, self.engine.info().pixel_budget).as_tuple()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.engine.close()
+        try:
+            await self.engine.close()
+        finally:
+            self._threads.close()
 
     def requests(self, items: Sequence[Item]) -> list[EngineRequest]:
         lo, hi = self.budget

@@ -7,9 +7,10 @@ base64 work in the client (which shares the same CPUs).
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ class Sample:
     status: int
     cache: str  # the x-vqa-cache header: hit | miss | bypass | "" (absent)
     answer: str = ""
+    first_s: float | None = None  # a stream's first text: seconds after the request was sent
 
 
 @dataclass
@@ -38,10 +40,11 @@ class LoadResult:
 
     def p(self, q: float, where: Callable[[Sample], bool] = lambda s: True) -> float | None:
         """Latency percentile in ms over successful samples matching `where`."""
-        xs = sorted(s.seconds for s in self.ok if where(s))
-        if not xs:
-            return None
-        return 1000.0 * xs[min(len(xs) - 1, round(q / 100.0 * (len(xs) - 1)))]
+        return _percentile_ms(sorted(s.seconds for s in self.ok if where(s)), q)
+
+    def ttft(self, q: float) -> float | None:
+        """Time-to-first-text percentile in ms over successful streams."""
+        return _percentile_ms(sorted(s.first_s for s in self.ok if s.first_s is not None), q)
 
     def summary(self) -> dict[str, Any]:
         errors: dict[str, int] = {}
@@ -56,6 +59,12 @@ class LoadResult:
                 "cache": {k: sum(1 for s in ok if s.cache == k) for k in ("hit", "miss", "bypass")}}
 
 
+def _percentile_ms(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    return 1000.0 * xs[min(len(xs) - 1, round(q / 100.0 * (len(xs) - 1)))]
+
+
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
 
@@ -67,10 +76,35 @@ def answer_text(payload: Any) -> str:
         return ""
 
 
+async def stream_text(lines: AsyncIterator[str], sent: float) -> tuple[str, float | None, bool]:
+    """(joined text, seconds from `sent` to the first text, finished cleanly) of an SSE chat stream:
+    `data: <chunk>` lines, then `data: [DONE]`; an `error` event after the start is not clean."""
+    parts: list[str] = []
+    first: float | None = None
+    async for line in lines:
+        if not line.startswith("data: "):
+            continue
+        data = line[6:]
+        if data == "[DONE]":
+            return "".join(parts), first, True
+        chunk = json.loads(data)
+        if "error" in chunk:
+            return "".join(parts), first, False
+        for choice in chunk.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                if first is None:
+                    first = time.perf_counter() - sent
+                parts.append(text)
+    return "".join(parts), first, False  # the connection closed before [DONE]
+
+
 async def run_load(url: str, bodies: Sequence[bytes], concurrency: int, *, label: str = "",
-                   progress: bool = True, api_key: str | None = None,
-                   timeout_s: float = 600.0, transport: Any = None) -> LoadResult:
-    """POST every body to /v1/chat/completions with `concurrency` clients; latencies per request."""
+                   progress: bool = True, api_key: str | None = None, stream: bool = False,
+                   timeout_s: float = 600.0, transport: Any = None, path: str = "/v1/chat/completions") -> LoadResult:
+    """POST every body to `url` + `path` with `concurrency` clients; latencies per request. With
+    `stream` the bodies ask for `stream: true`: a sample ends at `data: [DONE]` and records its first
+    text's time; a stream that ends in an error event counts as status 599."""
     import httpx
     from tqdm import tqdm
 
@@ -94,13 +128,22 @@ async def run_load(url: str, bodies: Sequence[bytes], concurrency: int, *, label
                 except asyncio.QueueEmpty:
                     return
                 t0 = time.perf_counter()
+                first: float | None = None
                 try:
-                    resp = await client.post("/v1/chat/completions", content=body)
-                    status, cache = resp.status_code, resp.headers.get("x-vqa-cache", "")
-                    text = answer_text(resp.json()) if status == 200 else ""
+                    if stream:
+                        async with client.stream("POST", path, content=body) as resp:
+                            status, cache = resp.status_code, resp.headers.get("x-vqa-cache", "")
+                            text = ""
+                            if status == 200:
+                                text, first, clean = await stream_text(resp.aiter_lines(), t0)
+                                status = 200 if clean else 599
+                    else:
+                        resp = await client.post(path, content=body)
+                        status, cache = resp.status_code, resp.headers.get("x-vqa-cache", "")
+                        text = answer_text(resp.json()) if status == 200 else ""
                 except httpx.HTTPError:
                     status, cache, text = 599, "", ""  # no answer at all (connection error, timeout)
-                samples[i] = Sample(time.perf_counter() - t0, status, cache, text)
+                samples[i] = Sample(time.perf_counter() - t0, status, cache, text, first)
                 bar.update(1)
 
         started = time.perf_counter()

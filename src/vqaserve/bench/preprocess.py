@@ -61,16 +61,15 @@ def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
 
 def compare(data: bytes, model_dir: str | None, repeats: int = 5,
             torch_threads: int | None = None) -> dict[str, Any]:
-    if torch_threads:
-        import torch
+    from vqaserve.bench.config import torch_threads as threads
 
-        torch.set_num_threads(torch_threads)  # the processor's tensor work runs on torch threads
     processor = load_image_processor(model_dir)
-    a, b = ours(data, processor), theirs(data, processor)
+    with threads(torch_threads):  # the processor's tensor work runs on torch threads
+        a, b = ours(data, processor), theirs(data, processor)
+        ours_ms = _median_ms(lambda: ours(data, processor), repeats)
+        theirs_ms = _median_ms(lambda: theirs(data, processor), repeats)
     grid_ours = [int(x) for x in a["image_grid_thw"][0]]
     grid_theirs = [int(x) for x in b["image_grid_thw"][0]]
-    ours_ms = _median_ms(lambda: ours(data, processor), repeats)
-    theirs_ms = _median_ms(lambda: theirs(data, processor), repeats)
     return {"ours_ms": round(ours_ms, 1), "transformers_ms": round(theirs_ms, 1),
             "ratio": round(ours_ms / theirs_ms, 3), "grid_ours": grid_ours, "grid_transformers": grid_theirs,
             "same_token_count": grid_ours == grid_theirs, "jpeg_bytes": len(data),

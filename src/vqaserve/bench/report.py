@@ -27,6 +27,20 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "gateway_cpu_ms_per_req_c1": ("<=", 3.0, "gateway CPU ms per request (never-seen pictures)"),
     "photo_12mp_gateway_over_direct_p50": ("<=", 0.5, "12 MP JPEG p50, through the gateway / direct"),
     "resized_accuracy_gateway_over_direct": (">=", 1.0, "accuracy on pictures the gateway resizes"),
+    # `vqa bench stream` (issue 28): streams batch like plain requests and cost about the same
+    "stream_over_plain_rps_c16": (">=", 0.8, "req/s, 16 streams / 16 plain requests, through HTTP"),
+    "stream_over_plain_rps_c16_in_process": (">=", 0.8, "the same through the pipeline in process"),
+    # `vqa bench vision-reuse` (issue 22): a follow-up question skips the vision tower
+    "vision_reuse_q2_over_q1_minus_tower": ("<=", 1.0, "follow-up's generate / (first's - tower's), medians"),
+    # `vqa bench structured` (issue 22)
+    "structured_valid_share": (">=", 1.0, "answers that parse and follow the attribute schema"),
+    # `vqa bench near-duplicates` (issue 6)
+    "near_duplicates_hit_rate": (">=", 0.95, "re-encoded copies that hit their original"),
+    "near_duplicates_false_hits": ("<=", 0, "copies, distinct pictures or negatives that hit another picture"),
+    # `vqa bench image-safety` (issue 5): every catalogue picture is harmless
+    "image_safety_false_positives": ("<=", 0, "catalogue pictures the image check refuses"),
+    # `vqa bench adapter-vllm` (issue 20)
+    "adapter_vllm_equal_share": (">=", 0.95, "adapter's greedy answers equal, vLLM / in process"),
 }
 
 

@@ -9,51 +9,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vqaserve.bench import workload
+from vqaserve.bench.config import BenchConfig, Result
 from vqaserve.bench.load import LoadResult, run_load, stage_means_ms, stage_totals
 from vqaserve.bench.procs import RedisProcess, ServerProcess, rss_bytes
 from vqaserve.bench.report import ratio
 from vqaserve.errors import ConfigError
-from vqaserve.settings import load_settings
-
-Result = tuple[dict[str, Any], dict[str, Any]]
-
-
-@dataclass
-class BenchConfig:
-    url: str | None = None  # a running server; None: start our own
-    env: dict[str, str] = field(default_factory=dict)  # VQA_* for servers we start
-    model: str | None = None
-    requests: int = 16  # per measurement (at least 3 batches' worth at high concurrency)
-    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16])
-    max_new_tokens: int = 16
-    seed: int = 0
-    soak_requests: int = 200
-    soak_every: int = 25
-    photo_pairs: int = 4
-    pid: int | None = None  # the --url server's pid, for soak RSS
-    api_key: str | None = None
-    in_process: bool = True
-    # torch intra-op threads for started servers and the in-process engine (None: torch's default).
-    # On an oversubscribed CPU, OpenMP workers spin against each other: 1 thread was 8-12x faster
-    # than 2 on the shared 2-core bench machine (see docs/benchmarks.md).
-    torch_threads: int | None = None
-    progress: bool = True
-    out_dir: Path = Path("bench-results")
-
-    def server_env(self, **extra: str) -> dict[str, str]:
-        # A slow batch on a loaded machine must show up as latency, not as 504s that skew the figures.
-        env = {"VQA_REQUEST_TIMEOUT_S": "900", **self.env}
-        if self.model:
-            env["VQA_MODEL"] = self.model
-        if self.torch_threads:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.torch_threads)
-        env.update(extra)
-        return env
 
 
 class Bench:
@@ -67,8 +31,8 @@ class Bench:
         self._next_index += n
         return items
 
-    def bodies(self, items: list[workload.Item]) -> list[bytes]:
-        return [workload.chat_body(i, None, self.cfg.max_new_tokens) for i in items]
+    def bodies(self, items: list[workload.Item], **extra: object) -> list[bytes]:
+        return [workload.chat_body(i, None, self.cfg.max_new_tokens, **extra) for i in items]
 
     @contextlib.contextmanager
     def server(self, **extra: str) -> Iterator[tuple[str, int | None]]:
@@ -82,16 +46,14 @@ class Bench:
         with ServerProcess(self.cfg.server_env(**extra)) as proc:
             yield proc.url, proc.pid
 
-    async def load(self, url: str, items: list[workload.Item], concurrency: int, label: str) -> LoadResult:
-        return await run_load(url, self.bodies(items), concurrency, label=label,
+    async def load(self, url: str, items: list[workload.Item], concurrency: int, label: str,
+                   stream: bool = False, **extra: object) -> LoadResult:
+        bodies = self.bodies(items, stream=True, **extra) if stream else self.bodies(items, **extra)
+        return await run_load(url, bodies, concurrency, label=label, stream=stream,
                               progress=self.cfg.progress, api_key=self.cfg.api_key)
 
     async def warm(self, url: str, concurrency: int) -> None:
         await self.load(url, self.fresh_items(concurrency), concurrency, "warm-up")
-
-    def engine_settings(self) -> Any:
-        env = {k[4:].lower(): v for k, v in self.cfg.server_env().items() if k.startswith("VQA_")}
-        return load_settings(**env)
 
     # --- scenarios -------------------------------------------------------------------------------
     async def latency(self) -> Result:
@@ -105,13 +67,15 @@ class Bench:
         figures: dict[str, Any] = {"http_p50_ms": http.p(50), "http_p90_ms": http.p(90)}
         # Where the HTTP time goes, from the server's own stage histograms (mean ms per request); the
         # rest of the client's mean is HTTP, JSON and the client itself.
-        figures["server_generate_ms"] = stages.get("generate")
-        figures["server_decode_ms"] = stages.get("decode")
+        figures.update({f"server_{stage}_ms": ms for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1])})
+        mean = http.summary()["mean_ms"]
+        if mean is not None and stages:
+            figures["http_and_client_ms"] = round(mean - sum(stages.values()), 2)
         details: dict[str, Any] = {"http": http.summary(), "server_stages_mean_ms": stages}
         if self.cfg.in_process:
             from vqaserve.bench.inprocess import InProcessEngine
 
-            async with InProcessEngine(self.engine_settings(), self.cfg.max_new_tokens,
+            async with InProcessEngine(self.cfg.settings(), self.cfg.max_new_tokens,
                                        self.cfg.torch_threads) as eng:
                 details["engine"] = await eng.p50_ms(eng.requests(items))
             figures["engine_p50_ms"] = details["engine"]["p50_ms"]
@@ -147,7 +111,7 @@ class Bench:
         if self.cfg.in_process:
             from vqaserve.bench.inprocess import InProcessEngine
 
-            async with InProcessEngine(self.engine_settings(), self.cfg.max_new_tokens,
+            async with InProcessEngine(self.cfg.settings(), self.cfg.max_new_tokens,
                                        self.cfg.torch_threads) as eng:
                 requests = eng.requests(per_c[top])
                 details["engine_batch"] = await eng.throughput(requests, top)
@@ -211,7 +175,7 @@ class Bench:
             await self.warm(url, 1)
             large = await self.load(url, [p[0] for p in pairs], 1, "12 MP")
             small = await self.load(url, [p[1] for p in pairs], 1, "1280x960")
-        settings = self.engine_settings()
+        settings = self.cfg.settings()
         from vqaserve.settings import resolve_model_path
 
         model_dir = resolve_model_path(settings.llm.model)

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from vqaserve.bench import workload
+from vqaserve.bench.config import BenchConfig, Result
 from vqaserve.bench.load import LoadResult, run_load
 from vqaserve.bench.procs import ServerProcess, cpu_seconds
 from vqaserve.bench.report import ratio
 from vqaserve.bench.vllm_server import BUNDLED, VllmServer
-
-Result = tuple[dict[str, Any], dict[str, Any]]
 
 
 def keep_off_vllms_cores(pid: int) -> list[int] | None:
@@ -50,20 +49,19 @@ def model_budget(model_dir: Path) -> tuple[int, int] | None:
 
 
 class UpstreamBench:
-    def __init__(self, *, upstream_url: str | None, upstream_pid: int | None, model_dir: Path | None,
-                 env: dict[str, str], requests: int, concurrency: list[int], max_new_tokens: int,
-                 seed: int, photo_pairs: int, progress: bool, answers: int = 200) -> None:
-        self.upstream_url = upstream_url
-        self.upstream_pid = upstream_pid
-        self.model_dir = model_dir or BUNDLED / "shop-toy"
-        self.env = env
-        self.requests = requests
-        self.concurrency = concurrency
-        self.max_new_tokens = max_new_tokens
-        self.seed = seed
-        self.photo_pairs = photo_pairs
-        self.answers = answers
-        self.progress = progress
+    def __init__(self, cfg: BenchConfig) -> None:
+        self.cfg = cfg
+        self.upstream_url = cfg.upstream_url
+        self.upstream_pid = cfg.upstream_pid
+        self.model_dir = cfg.vllm_model or BUNDLED / "shop-toy"
+        self.env = cfg.env
+        self.requests = cfg.requests
+        self.concurrency = cfg.concurrency
+        self.max_new_tokens = cfg.max_new_tokens
+        self.seed = cfg.seed
+        self.photo_pairs = cfg.photo_pairs
+        self.answers = max(0, cfg.answers)
+        self.progress = cfg.progress
         self._next = 50_000  # pictures no other scenario uses
 
     def fresh(self, n: int) -> list[workload.Item]:

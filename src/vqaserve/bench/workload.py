@@ -6,13 +6,14 @@ same pixels and questions.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import random
 from dataclasses import dataclass
 
 from PIL import Image
+
+from vqaserve.images.decode import data_uri
 
 
 @dataclass(frozen=True)
@@ -27,19 +28,10 @@ class Item:
 
 def catalogue_picture(seed: int, index: int) -> tuple[Image.Image, str]:
     """A shop-catalogue picture and a question about it (the renderer lives in train.synthetic)."""
-    try:
-        from vqaserve.train.synthetic import make_sample
-    except ImportError:  # pragma: no cover - only before the renderer was merged
-        return _fallback_picture(seed, index)
+    from vqaserve.train.synthetic import make_sample
+
     sample = make_sample("test", seed, index)
     return sample.image.convert("RGB"), sample.question
-
-
-def _fallback_picture(seed: int, index: int) -> tuple[Image.Image, str]:
-    rng = random.Random(seed * 1_000_003 + index)
-    img = Image.new("RGB", (rng.randint(160, 640), rng.randint(160, 640)),
-                    tuple(rng.randint(0, 255) for _ in range(3)))
-    return img, "What color is it?"
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **save: object) -> bytes:
@@ -80,17 +72,23 @@ def photo_pair(seed: int, index: int, size: tuple[int, int] = (4000, 3000),
     return large, scaled
 
 
-def chat_body(item: Item, model: str | None, max_tokens: int) -> bytes:
-    """An OpenAI chat.completions request (data: URI image + text), encoded once before timing."""
-    uri = f"data:{item.mime};base64,{base64.b64encode(item.data).decode()}"
+def chat_request(data: bytes, mime: str, question: str, model: str | None, max_tokens: int,
+                 **extra: object) -> dict[str, object]:
+    """An OpenAI chat.completions request: one picture as a data: URI, then the question; greedy.
+    `extra` adds fields (`stream`, `cache`, `response_format`, ...)."""
     body: dict[str, object] = {
         "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": uri}},
-            {"type": "text", "text": item.question}]}],
-        "max_tokens": max_tokens, "temperature": 0}
+            {"type": "image_url", "image_url": {"url": data_uri(data, mime)}},
+            {"type": "text", "text": question}]}],
+        "max_tokens": max_tokens, "temperature": 0, **extra}
     if model:
         body["model"] = model
-    return json.dumps(body).encode()
+    return body
+
+
+def chat_body(item: Item, model: str | None, max_tokens: int, **extra: object) -> bytes:
+    """`chat_request` for a benchmark item, encoded once before timing."""
+    return json.dumps(chat_request(item.data, item.mime, item.question, model, max_tokens, **extra)).encode()
 
 
 def replay_sequence(n: int, repeat: float, seed: int) -> list[int]:

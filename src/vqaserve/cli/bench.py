@@ -1,7 +1,8 @@
-"""`vqa bench {latency,throughput,cache,photo,soak,all}`: figures against the performance targets.
+"""`vqa bench SCENARIO`: figures against the performance targets (the scenarios: bench/registry.py).
 
 Against a running server (`--url`) or servers it starts itself (`vqa serve` subprocesses with the
-settings each comparison needs). Prints a table and writes a JSON record per scenario.
+settings each comparison needs), in process where a scenario measures a part alone, and against a
+real vLLM it starts (or `--upstream-url`). Prints a table and writes a JSON record per scenario.
 """
 
 from __future__ import annotations
@@ -12,28 +13,34 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vqaserve.bench.registry import SCENARIOS
 from vqaserve.errors import InvalidRequest
 
 if TYPE_CHECKING:
-    from vqaserve.bench.upstream import UpstreamBench
-
-SCENARIOS = ["latency", "throughput", "cache", "photo", "soak"]
+    from vqaserve.bench.config import BenchConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure latency, throughput, cache, photo and memory figures",
-                       description="Benchmark the service through HTTP (and the engine in-process).")
-    p.add_argument("scenario", choices=[*SCENARIOS, "upstream", "all"],
-                   help="`upstream`: a real vLLM direct vs through a gateway (not part of `all`)")
+    listing = "; ".join(f"{s.name}: {s.what}" for s in SCENARIOS.values())
+    p = sub.add_parser("bench", help="measure the service's figures against its performance targets",
+                       description=f"Benchmark the service. Scenarios: {listing}. `all` runs "
+                                   f"{', '.join(s.name for s in SCENARIOS.values() if s.in_all)}.")
+    p.add_argument("scenario", choices=[*SCENARIOS, "all"], metavar="SCENARIO",
+                   help=f"one of {', '.join(SCENARIOS)}, or all")
     p.add_argument("--url", help="a running server (default: start servers on free loopback ports)")
     p.add_argument("--pid", type=int, help="the --url server's process id (soak reads its RSS)")
     p.add_argument("--api-key", help="bearer key for a server started with VQA_API_KEYS")
     p.add_argument("--model", help="model for started servers and the in-process engine")
     p.add_argument("--env", action="append", default=[], metavar="VQA_NAME=VALUE",
-                   help="setting for the servers the benchmark starts (repeatable)")
-    p.add_argument("--requests", type=int, default=16, help="requests per measurement (default 16)")
-    p.add_argument("--concurrency", help="throughput levels (default 1,4,16; upstream: 1,16)")
-    p.add_argument("--max-new-tokens", type=int, default=16)
+                   help="setting for the servers the benchmark starts and its in-process parts (repeatable)")
+    p.add_argument("--requests", type=int, help="requests per measurement, or pictures (each scenario's "
+                   "default: 16; vision-reuse 50, structured 200, near-duplicates 2000, image-safety 1000, "
+                   "followups 40, adapter-vllm 200)")
+    p.add_argument("--concurrency", help="levels, comma-separated (default 1,4,16; upstream 1,16; stream and "
+                   "structured 16; adapter-vllm 8)")
+    p.add_argument("--max-new-tokens", type=int, help="answer length (default 16; stream 32, vision-reuse 8, "
+                   "structured 96; adapter-vllm: vqa eval's)")
+    p.add_argument("--rounds", type=int, default=5, help="stream: rounds of plain requests and streams")
     p.add_argument("--soak-requests", type=int, default=200)
     p.add_argument("--soak-every", type=int, default=25)
     p.add_argument("--photo-pairs", type=int, default=4)
@@ -42,11 +49,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch threads for started servers (OMP_NUM_THREADS) and the in-process engine")
     p.add_argument("--no-in-process", action="store_true",
                    help="skip the in-process engine figures (e.g. the model is only on the server)")
-    p.add_argument("--upstream-url", help="upstream: a running vLLM (default: start one with scripts/vllm.sh)")
+    p.add_argument("--upstream-url", help="vLLM scenarios: a running vLLM (default: start one with "
+                   "scripts/vllm.sh); structured: ask this vLLM directly")
     p.add_argument("--upstream-pid", type=int, help="upstream: the --upstream-url server's pid (its CPU time)")
     p.add_argument("--answers", type=int, default=200,
                    help="upstream: pictures whose answers are compared direct vs through the gateway (0: skip)")
-    p.add_argument("--vllm-model", help="upstream: the model directory vLLM serves (default: bundled shop-toy)")
+    p.add_argument("--vllm-model", help="vLLM scenarios: the model directory vLLM serves (default: bundled "
+                   "shop-toy)")
+    p.add_argument("--adapter", metavar="NAME=PATH", help="adapter-vllm: the adapter, NAME as vLLM serves it "
+                   "(default: the bundled shop-toy-sunglasses)")
     p.add_argument("--out", default="bench-results", help="folder for the JSON records")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -62,17 +73,6 @@ def _env(values: list[str]) -> dict[str, str]:
     return env
 
 
-def _upstream(args: argparse.Namespace) -> UpstreamBench:
-    from vqaserve.bench.upstream import UpstreamBench
-
-    concurrency = _levels(args.concurrency or "1,16")
-    return UpstreamBench(upstream_url=args.upstream_url, upstream_pid=args.upstream_pid,
-                         model_dir=Path(args.vllm_model) if args.vllm_model else None, env=_env(args.env),
-                         requests=args.requests, concurrency=concurrency, max_new_tokens=args.max_new_tokens,
-                         seed=args.seed, photo_pairs=args.photo_pairs,
-                         progress=not args.no_progress, answers=max(0, args.answers))
-
-
 def _levels(text: str) -> list[int]:
     try:
         levels = [int(x) for x in text.split(",") if x.strip()]
@@ -83,27 +83,50 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
+def _adapter(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    name, sep, path = text.partition("=")
+    if not (sep and name and path):
+        raise InvalidRequest(f"--adapter {text!r} must look like NAME=PATH, e.g. "
+                             "shop-toy-sunglasses=src/vqaserve/models/shop-toy-sunglasses")
+    return name, path
+
+
+def config(args: argparse.Namespace, scenario: str) -> BenchConfig:
+    """The configuration one scenario runs with: the options given, its own defaults for the rest."""
+    from vqaserve.bench.config import BenchConfig
+
+    for flag, value in (("--requests", args.requests), ("--max-new-tokens", args.max_new_tokens),
+                        ("--rounds", args.rounds)):
+        if value is not None and value < 1:
+            raise InvalidRequest(f"{flag} must be at least 1")
+    s = SCENARIOS[scenario]
+    return BenchConfig(url=args.url, env=_env(args.env), model=args.model, requests=args.requests or s.requests,
+                       concurrency=_levels(args.concurrency) if args.concurrency else list(s.concurrency),
+                       max_new_tokens=args.max_new_tokens or s.max_new_tokens, seed=args.seed,
+                       soak_requests=args.soak_requests, soak_every=max(1, args.soak_every),
+                       photo_pairs=max(0 if scenario == "upstream" else 1, args.photo_pairs), rounds=args.rounds,
+                       pid=args.pid, api_key=args.api_key, in_process=not args.no_in_process,
+                       torch_threads=args.torch_threads, upstream_url=args.upstream_url,
+                       upstream_pid=args.upstream_pid, vllm_model=Path(args.vllm_model) if args.vllm_model else None,
+                       answers=max(0, args.answers), adapter=_adapter(args.adapter),
+                       progress=not args.no_progress, out_dir=Path(args.out))
+
+
 def run(args: argparse.Namespace) -> int:
     from vqaserve.bench.report import table, write
-    from vqaserve.bench.scenarios import Bench, BenchConfig
+    from vqaserve.bench.scenarios import Bench
 
-    if args.requests < 1 or args.max_new_tokens < 1:
-        raise InvalidRequest("--requests and --max-new-tokens must be at least 1")
-    cfg = BenchConfig(url=args.url, env=_env(args.env), model=args.model, requests=args.requests,
-                      concurrency=_levels(args.concurrency or "1,4,16"), max_new_tokens=args.max_new_tokens,
-                      seed=args.seed, soak_requests=args.soak_requests, soak_every=max(1, args.soak_every),
-                      photo_pairs=max(1, args.photo_pairs), pid=args.pid, api_key=args.api_key,
-                      in_process=not args.no_in_process, progress=not args.no_progress,
-                      torch_threads=args.torch_threads,
-                      out_dir=Path(args.out))
-    bench = Bench(cfg)
-    for scenario in SCENARIOS if args.scenario == "all" else [args.scenario]:
+    names = [s.name for s in SCENARIOS.values() if s.in_all] if args.scenario == "all" else [args.scenario]
+    configs = {name: config(args, name) for name in names}  # every option checked before anything runs
+    bench = Bench(configs[names[0]])
+    for name in names:
+        # One Bench for the whole run: its picture counter keeps every scenario on pictures no server saw.
+        bench.cfg = configs[name]
         started = time.time()
-        if scenario == "upstream":
-            figures, details = asyncio.run(_upstream(args).run())
-        else:
-            figures, details = asyncio.run(getattr(bench, scenario)())
-        path = write(cfg.out_dir, scenario, figures, details, cfg.server_env(), started)
-        print(f"\n== {scenario} ({time.time() - started:.0f} s) -> {path}")
+        figures, details = asyncio.run(SCENARIOS[name].run(bench))
+        path = write(bench.cfg.out_dir, name, figures, details, bench.cfg.server_env(), started)
+        print(f"\n== {name} ({time.time() - started:.0f} s) -> {path}")
         print(table(figures), flush=True)
     return 0

@@ -96,6 +96,11 @@ def content_hash(image: Image.Image) -> str:
     return h.hexdigest()
 
 
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    """Picture bytes as a `data:<mime>;base64,` URI: what clients send and decode_data_uri reads back."""
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
 def decode_data_uri(value: str, name: str, max_bytes: int) -> bytes:
     """A `data:image/...;base64,` URI (or bare base64) -> bytes, checked before decoding."""
     if len(value) > max_bytes * 4 // 3 + 64:
