@@ -256,7 +256,7 @@ class RowGrammars:
 def violation(value: Any, schema: Any, where: str = "$") -> str | None:
     """Where `value` breaks `schema`, or None. Covers type, enum, const, properties, required,
     additionalProperties, items, minItems/maxItems, uniqueItems: enough to check answers (tests,
-    scripts/measure_structured.py) independently of the grammar that produced them."""
+    `vqa bench structured`) independently of the grammar that produced them."""
     if schema is True or schema == {}:
         return None
     if schema is False:
