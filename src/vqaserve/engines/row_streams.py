@@ -5,11 +5,14 @@ row, keeps each streaming row's ids (until the RowStopper marks the row finished
 max_new_tokens, its client gone or its deadline passed) and hands the row's text so far to the
 row's feed. `RowText` is that feed on the event loop: it holds back what a stop string might still
 cut and passes only new text on to the row's sink, so a row's deltas are a prefix of its answer.
+`LoopHop` carries the feeds' updates to the event loop: one wake-up for all rows of a step (and for
+several steps when the loop is behind), not one per row and token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +24,35 @@ from vqaserve.types import GenerationParams
 RowFeed = Callable[[str], None]
 
 
+class LoopHop:
+    """Updates from the worker thread, run on the event loop in the order they came, with one
+    call_soon_threadsafe per batch of pending updates (each such call wakes the loop up)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Callable[[str], None], str]] = []
+        self._scheduled = False
+
+    def feed(self, update: Callable[[str], None]) -> RowFeed:
+        def feed(text: str) -> None:
+            with self._lock:
+                self._pending.append((update, text))
+                if self._scheduled:
+                    return
+                self._scheduled = True
+            self._loop.call_soon_threadsafe(self._run)
+
+        return feed
+
+    def _run(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._scheduled = False
+        for update, text in pending:
+            update(text)
+
+
 class RowText:
     """A streaming row's text on the event loop: sends what no stop string can take back."""
 
@@ -30,12 +62,9 @@ class RowText:
         self._sink = sink
         self.sent = 0
 
-    def feed(self, loop: asyncio.AbstractEventLoop) -> RowFeed:
-        """update() as the worker thread calls it: queued on the loop, in order."""
-        def feed(text: str) -> None:
-            loop.call_soon_threadsafe(self.update, text)
-
-        return feed
+    def feed(self, hop: LoopHop) -> RowFeed:
+        """update() as the worker thread calls it: run on the loop, in order."""
+        return hop.feed(self.update)
 
     def update(self, text: str) -> None:
         if self._stops and cut_at_stop(text, self._stops)[1]:

@@ -32,7 +32,7 @@ from vqaserve.engines.hf_generation import (
     to_messages,
 )
 from vqaserve.engines.placement import Placement, choose_placement
-from vqaserve.engines.row_streams import RowFeed, RowStreamer, RowText
+from vqaserve.engines.row_streams import LoopHop, RowFeed, RowStreamer, RowText
 from vqaserve.engines.structured import GrammarCache
 from vqaserve.engines.vision_memo import VisionMemo, picture_ids, serving
 from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, NotFound, VQAError
@@ -213,7 +213,8 @@ class TransformersEngine(Engine):
         if self._model is None:
             raise EngineFailure("the model is not loaded yet; retry in a moment", retry_after=5)
         loop = asyncio.get_running_loop()
-        feeds: list[RowFeed | None] = [None if sink is None else RowText(r.params, sink).feed(loop)
+        hop = LoopHop(loop)
+        feeds: list[RowFeed | None] = [None if sink is None else RowText(r.params, sink).feed(hop)
                                         for r, sink in zip(batch, sinks, strict=True)]
         # The feeds' callbacks are queued before the result's, so every delta lands before it.
         return await loop.run_in_executor(self._executor, self._generate_all, list(batch), feeds)

@@ -328,8 +328,12 @@ class _StreamReader:
     async def __anext__(self) -> StreamDelta:
         if self._finished:
             raise StopAsyncIteration
-        assert self._ticket.buffer is not None
-        item = await within_deadline(self._ticket.buffer.get(), self._ticket.request, abandon=self._leave)
+        buffer = self._ticket.buffer
+        assert buffer is not None
+        if not buffer.empty():  # the usual case under load: no timer, no wait
+            item = buffer.get_nowait()
+        else:
+            item = await within_deadline(buffer.get(), self._ticket.request, abandon=self._leave)
         if item is _END:
             self._finished = True
             raise StopAsyncIteration
