@@ -50,6 +50,9 @@ class PostgresStore:
             async with pool.acquire(timeout=self.connect_timeout_s) as con:
                 yield con
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            if self._pool is not None and not isinstance(exc, asyncpg.PostgresError):
+                # The connection or the server went away: the next call starts on fresh connections.
+                await self._pool.expire_connections()
             raise unavailable(self.url, exc, "check that PostgreSQL is up and VQA_CAPTURE_URL is right") from None
 
     async def _ready(self) -> Any:
@@ -137,7 +140,10 @@ class PostgresStore:
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), self.connect_timeout_s)
+            except (TimeoutError, OSError, Exception):  # noqa: BLE001 - a hung server: just drop the sockets
+                pool.terminate()
 
 
 async def _create(con: Any) -> None:

@@ -24,14 +24,16 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from vqaserve.capture.record import CapturedPicture, CaptureRecord, Feedback, FeedbackResult, utc_now
 from vqaserve.capture.store import CaptureStore
 
 log = logging.getLogger("vqaserve.capture")
+T = TypeVar("T")
 
 DROP_REASONS = ("queue_full", "write_failed", "closed")
 
@@ -88,6 +90,7 @@ class CaptureWriter:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._abandoned: set[asyncio.Task[Any]] = set()  # timed-out writes still cancelling
         self._closing = False
         self._paused_until = 0.0
 
@@ -184,7 +187,7 @@ class CaptureWriter:
         if not batch:
             return
         try:
-            await asyncio.wait_for(self._write(batch), self.write_timeout_s)
+            await self._bounded(self._write(batch), self.write_timeout_s)
         except asyncio.CancelledError:  # close() gave up on this batch
             self._count("closed", len(batch))
             raise
@@ -203,6 +206,27 @@ class CaptureWriter:
             self._stats.database_up = True
         finally:
             self._release(batch)
+
+    async def _bounded(self, work: Coroutine[Any, Any, T], timeout_s: float) -> T:
+        """`work` within `timeout_s`, without waiting for its cancellation to finish: a driver may
+        spend its own connect timeout cancelling a statement on a hung server."""
+        task = asyncio.ensure_future(work)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            self._abandoned.add(task)
+            task.add_done_callback(self._forget)
+            raise TimeoutError(f"no answer in {timeout_s:g} s")
+        return task.result()
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: it was counted when it timed out
 
     async def _write(self, batch: list[CaptureRecord]) -> None:
         pictures: dict[str, bytes] = {}
@@ -227,8 +251,8 @@ class CaptureWriter:
 
     async def _purge(self) -> None:
         try:
-            gone = await asyncio.wait_for(self.store.purge(utc_now() - timedelta(days=self.retention_days)),
-                                          self.write_timeout_s * 6)
+            gone = await self._bounded(self.store.purge(utc_now() - timedelta(days=self.retention_days)),
+                                       self.write_timeout_s * 6)
         except Exception as exc:  # noqa: BLE001 - retried at the next purge
             log.warning("capture: retention purge failed (retried in %.0f s): %s", self.purge_every_s,
                         getattr(exc, "message", None) or repr(exc))
@@ -276,18 +300,16 @@ class CaptureWriter:
         task, self._task = self._task, None
         if task is not None:
             self._poke()
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
-            except TimeoutError:
+            done, _ = await asyncio.wait({task}, timeout=timeout_s)
+            if not done:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await asyncio.wait({task}, timeout=1.0)  # its batch is counted as "closed" as it stops
         left = self._take_all()
         if left:
             self._count("closed", len(left))
             log.warning("capture: %d record(s) not written before shutdown", len(left))
         with contextlib.suppress(Exception):
-            await self.store.close()
+            await self._bounded(self.store.close(), timeout_s)
 
     def _take_all(self) -> list[CaptureRecord]:
         with self._lock:
