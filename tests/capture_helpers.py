@@ -22,9 +22,10 @@ def picture(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> Ca
     return CapturedPicture(content_hash(image), image, size[0] * size[1] * 3)
 
 
-def record(cid: str, *, question: str = "What is it?", answer: str = "a hat", pictures: tuple[CapturedPicture, ...] = (),
-           created: datetime | None = None, feedback: Feedback | None = None, **fields: Any) -> CaptureRecord:
-    turns = ({"role": "user", "text": question, "images": len(pictures)},)
+def record(cid: str, *, question: str = "What is it?", answer: str = "a hat",
+           pictures: tuple[CapturedPicture, ...] = (), created: datetime | None = None,
+           feedback: Feedback | None = None, **fields: Any) -> CaptureRecord:
+    turns = fields.pop("turns", None) or ({"role": "user", "text": question, "images": len(pictures)},)
     return CaptureRecord(id=cid, model=fields.pop("model", "shop-toy"), answer=answer, turns=turns, pictures=pictures,
                          created=created or utc_now(), feedback=feedback, **fields)
 
@@ -33,11 +34,13 @@ def ago(**delta: float) -> datetime:
     return utc_now() - timedelta(**delta)
 
 
-def store_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+def store_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest | None = None) -> str:
+    """A new SQLite file, or a fresh PostgreSQL database (the test's `request` gets the fixture)."""
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'capture.db'}"
+    assert request is not None
     return str(request.getfixturevalue("postgres_url"))
 
 
-def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest | None = None) -> Any:
     return open_store(store_url(kind, tmp_path, request))

@@ -118,7 +118,8 @@ async def export(store: CaptureStore, out: str | Path, *, since: datetime | None
         if png is not None:
             images[picture] = png
     missing = [ln for ln in lines if ln.picture not in images]
-    dropped["picture_not_stored"] += len(missing)
+    if missing:
+        dropped["picture_not_stored"] += len(missing)
     lines = [ln for ln in lines if ln.picture in images]
     if not lines:
         raise InvalidRequest(f"nothing to export: {len(rated)} rated and {everything - len(rated)} unrated answer(s) "

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import sys
+import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -156,9 +157,18 @@ def as_json(record: Any) -> dict[str, Any]:
                                                  "comment": fb.comment, "at": fb.at.isoformat()}}
 
 
+def _cells(text: str) -> int:
+    """Terminal columns: wide (CJK) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
 def _cut(text: str, width: int) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    if _cells(text) <= width:
+        return text
+    while _cells(text) > width - 1:
+        text = text[:-1]
+    return text + "…"
 
 
 def table(records: list[Any]) -> str:
@@ -169,8 +179,9 @@ def table(records: list[Any]) -> str:
         rows.append((r.created.strftime("%Y-%m-%d %H:%M"), r.id, r.model + (f"+{r.adapter}" if r.adapter else ""),
                      "-" if r.confidence is None else f"{r.confidence:.2f}", fb.rating if fb else "-",
                      _cut(r.question, 40), _cut(r.answer, 28), _cut(fb.correction or "", 24) if fb else ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    widths = [max(_cells(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell + " " * (w - _cells(cell)) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
 
 
 def run_rate(args: argparse.Namespace) -> int:
