@@ -10,11 +10,13 @@ Wiring the server (what the routes and the app's lifespan call):
     from vqaserve.capture import CaptureWriter, make_feedback, record_for
     writer = CaptureWriter.from_settings(settings.capture)   # when settings.capture.url is set
     await writer.start()                                      # lifespan start (needs the running loop)
-    metrics.add_collector(CaptureCollector(writer))           # capture/metrics.py: written, dropped{reason}
+    metrics.add_collector(CaptureCollector(writer, per_worker=metrics.multiprocess_dir is not None))
+                                                              # capture/metrics.py: written, dropped{reason}
     # after each answer (not refused; the Question's images resolved by the pipeline):
     if writer.wants(response_id):                             # optional: skip building sampled-out records
-        writer.submit(record_for(question, answer, response_id=response_id, latency_ms=ms,
-                                 key_name=key_name, confidence=confidence, adapter_fingerprint=fp))
+        writer.submit(record_for(question, answer, response_id=response_id, model=pipeline.model_id,
+                                 latency_ms=ms, key_name=key_name, confidence=confidence,
+                                 adapter_fingerprint=fp))
     # POST /v1/feedback {"id", "rating", "correction"?, "comment"?}:
     result = await writer.set_feedback(body_id, make_feedback(rating, correction, comment))
     #   make_feedback raises InvalidRequest (400) naming the field; result "not_found" -> 404

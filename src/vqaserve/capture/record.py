@@ -96,12 +96,13 @@ class CaptureRecord:
         return sum(p.memory_bytes for p in self.pictures) + len(self.answer) + 512
 
 
-def record_for(question: Question, answer: Answer, *, response_id: str, latency_ms: float,
+def record_for(question: Question, answer: Answer, *, response_id: str, model: str, latency_ms: float,
                key_name: str | None = None, confidence: float | None = None,
                adapter_fingerprint: str = "") -> CaptureRecord:
     """The record of an answered request, from the pipeline's own Question (images resolved) and Answer.
 
-    Cheap on purpose (it runs on the request path): no copy and no encoding of the pictures.
+    `model` is the base model's id (`pipeline.model_id`; `answer.model` is the name asked for, which
+    may be an adapter's). Cheap on purpose (it runs on the request path): no copy, no encoding.
     """
     turns: list[dict[str, Any]] = []
     pictures: list[CapturedPicture] = []
@@ -109,7 +110,7 @@ def record_for(question: Question, answer: Answer, *, response_id: str, latency_
         images = [p.image for p in turn.parts if p.image is not None]
         turns.append({"role": turn.role, "text": turn.text, "images": len(images)})
         pictures += [CapturedPicture(img.content_hash, img.image, img.width * img.height * 3) for img in images]
-    return CaptureRecord(id=response_id, model=answer.model, answer=answer.text, turns=tuple(turns),
+    return CaptureRecord(id=response_id, model=model, answer=answer.text, turns=tuple(turns),
                          finish_reason=answer.finish_reason, adapter=question.adapter,
                          adapter_fingerprint=adapter_fingerprint, confidence=confidence,
                          latency_ms=latency_ms, cache=answer.cache, key_name=key_name,

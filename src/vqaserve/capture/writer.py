@@ -238,12 +238,13 @@ class CaptureWriter:
         await self.store.write(batch, pictures)
 
     def _release(self, batch: list[CaptureRecord]) -> None:
-        queued = {r.id for r in self._queue}
-        for r in batch:
-            if r.id not in queued:
-                event = self._pending.pop(r.id, None)
-                if event is not None:
-                    event.set()
+        """Wake set_feedback/delete callers waiting on these records (unless the id is queued again)."""
+        with self._lock:
+            queued = {r.id for r in self._queue}
+            events = [self._pending.pop(r.id, None) for r in batch if r.id not in queued]
+        for event in events:
+            if event is not None:
+                event.set()
 
     def _count(self, reason: str, n: int) -> None:
         with self._lock:
