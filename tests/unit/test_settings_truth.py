@@ -174,6 +174,8 @@ def serve(**env: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("env", "needle"), [
     ({"VQA_REDIS_ULR": "redis://r:6379/0"}, "unknown setting VQA_REDIS_ULR: did you mean VQA_REDIS_URL?"),
     ({"VQA_PORT": "eighty"}, "VQA_PORT='eighty' is not a whole number"),
+    ({"VQA_CAPTURE_URL": "mysql://u:pw@db/x"}, "VQA_CAPTURE_URL: 'mysql://u:***@db/x' is not a capture database; "
+                                               "use sqlite:///PATH"),
 ])
 def test_vqa_serve_refuses_a_bad_setting_in_one_line_and_exits_2(env: dict[str, str], needle: str) -> None:
     done = serve(**env)
