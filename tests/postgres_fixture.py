@@ -8,6 +8,7 @@ Debian's package creates), in a folder under /tmp that user owns.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -87,7 +88,7 @@ class PostgresServer:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"postgres exited: {self.log_tail()}")
-            if ready and subprocess.run([ready, "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+            if ready and subprocess.run([ready, "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER],
                                         timeout=10).returncode == 0:
                 return
             time.sleep(0.1)
@@ -108,18 +109,26 @@ class PostgresServer:
         """The postmaster and its backends (for pausing a server as a hung database would be)."""
         import psutil
 
-        if self.proc is None:
+        if self.proc is None or self.proc.poll() is not None:
             return []
-        main = psutil.Process(self.proc.pid)
-        return [main, *main.children(recursive=True)]
+        try:
+            main = psutil.Process(self.proc.pid)
+            return [main, *main.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        import psutil
+
+        for process in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):  # a backend that just ended
+                process.send_signal(sig)
 
     def pause(self) -> None:
-        for process in self.processes():
-            process.send_signal(signal.SIGSTOP)
+        self._signal_all(signal.SIGSTOP)
 
     def resume(self) -> None:
-        for process in self.processes():
-            process.send_signal(signal.SIGCONT)
+        self._signal_all(signal.SIGCONT)
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT): clients are disconnected, the data stays for `start()`."""
@@ -134,7 +143,15 @@ class PostgresServer:
             self.proc = None
 
     def remove(self) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self.proc is not None:  # stop() failed half-way: never leave a server behind
+                self.proc.kill()
+                self.proc = None
+            self._remove_dir()
+
+    def _remove_dir(self) -> None:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
