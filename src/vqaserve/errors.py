@@ -139,3 +139,12 @@ class ConfigError(VQAError):
 
     status = 500
     code = "config_error"
+
+
+class CaptureUnavailable(VQAError):
+    """The capture database cannot be reached or refused a statement (capture/): the CLI prints it;
+    on the request path the capture writer counts the rows it drops instead of raising."""
+
+    status = 503
+    type = "server_error"
+    code = "capture_unavailable"

@@ -232,6 +232,48 @@ class ServerSettings(BaseModel):
         return v
 
 
+class CaptureSettings(BaseModel):
+    url: str | None = Field(default=None, description="`sqlite:///PATH` or `postgresql://...`: keep answered "
+                                                "requests for review and training (unset: capture off)")
+    sample: float = Field(default=1.0, description="share of answered requests captured (0..1, decided per "
+                                           "response id)")
+    retention_days: int = Field(default=30, description="captured requests (and their pictures) are deleted "
+                                                "after this many days (0 = kept until deleted)")
+    images: bool = Field(default=True, description="keep the pictures as the model saw them (false: their "
+                                           "content hash only)")
+    review_below: float = Field(default=0.5, description="confidence under which an answer is flagged for "
+                                                 "review (and hand-off to a person)")
+    queue_max: int = Field(default=1000, description="captured requests waiting to be written; more are dropped "
+                                             "and counted")
+    queue_max_mb: int = Field(default=256, description="MB of pictures waiting to be written; more are dropped "
+                                               "and counted")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from vqaserve.capture.store import parse_capture_url
+
+        if v is None or not v.strip():
+            return None
+        return parse_capture_url(v).url
+
+    @field_validator("sample", "review_below")
+    @classmethod
+    def _fraction(cls, v: float, info: ValidationInfo) -> float:
+        if not math.isfinite(v) or not 0.0 <= v <= 1.0:
+            name = "VQA_CAPTURE_SAMPLE" if info.field_name == "sample" else "VQA_REVIEW_BELOW"
+            raise ValueError(f"{name} must be a number from 0 to 1 (e.g. {name}=0.5)")
+        return v
+
+    @field_validator("retention_days", "queue_max", "queue_max_mb")
+    @classmethod
+    def _counts(cls, v: int, info: ValidationInfo) -> int:
+        if v < (0 if info.field_name == "retention_days" else 1):
+            least = ">= 0 (0 = kept until deleted)" if info.field_name == "retention_days" else ">= 1"
+            raise ValueError(f"{_public_name('capture', str(info.field_name))} must be {least}")
+        return v
+
+
 # Flat public env names (DESIGN.md contract) -> (group, field)
 FLAT: dict[str, tuple[str, str]] = {
     "host": ("server", "host"), "port": ("server", "port"), "workers": ("server", "workers"),
@@ -263,6 +305,9 @@ FLAT: dict[str, tuple[str, str]] = {
     "batch_max_visual_tokens": ("batching", "max_visual_tokens"),
     "safety_image": ("safety", "image"), "safety_blocklist": ("safety", "blocklist"),
     "fetch_allow_private": ("fetch", "allow_private"), "fetch_allow_hosts": ("fetch", "allow_hosts"),
+    "capture_url": ("capture", "url"), "capture_sample": ("capture", "sample"),
+    "capture_retention_days": ("capture", "retention_days"), "capture_images": ("capture", "images"),
+    "review_below": ("capture", "review_below"),
 }
 
 
@@ -279,6 +324,7 @@ class Settings(BaseSettings):
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     batching: BatchSettings = Field(default_factory=BatchSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
 
     @model_validator(mode="before")
     @classmethod

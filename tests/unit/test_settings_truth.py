@@ -46,6 +46,8 @@ def sample(group: str, fld: str, info: Any, tmp_path: Path) -> tuple[str, Any]:
         "engine": ("upstream", "upstream"), "upstream_image_format": ("png", "png"),
         "adapters": ("a=/x, b=/y", {"a": "/x", "b": "/y"}), "image": ("off", "off"),
         "forwarded_allow_ips": ("10.0.0.1, 172.30.0.0/24", ["10.0.0.1", "172.30.0.0/24"]),
+        "url": ("sqlite:///var/lib/vqa/capture.db", "sqlite:///var/lib/vqa/capture.db"),
+        "sample": ("0.25", 0.25), "review_below": ("0.3", 0.3),
     }
     if fld in special:
         return special[fld]
@@ -122,6 +124,14 @@ def test_variables_of_the_scripts_and_tests_are_not_settings_and_not_refused(
                                  "VQA_DECODED_MEMO"),
     ({"VQA_FORWARDED_ALLOW_IPS": "nginx"}, "VQA_FORWARDED_ALLOW_IPS: 'nginx' is not an IP address or network"),
     ({"VQA_ADAPTERS": "noequals"}, "VQA_ADAPTERS='noequals': adapter 'noequals' must look like NAME=PATH"),
+    ({"VQA_CAPTURE_URL": "mysql://u:secret@db/vqa"}, "VQA_CAPTURE_URL: 'mysql://u:***@db/vqa' is not a capture "
+                                                     "database; use sqlite:///PATH"),
+    ({"VQA_CAPTURE_URL": "postgresql://u:secret@db:99999/vqa"}, "VQA_CAPTURE_URL: 'postgresql://u:***@db:99999/vqa' "
+                                                                "is not a valid URL; use sqlite:///PATH"),
+    ({"VQA_CAPTURE_URL": "sqlite:///"}, "VQA_CAPTURE_URL: 'sqlite:///' names no database file"),
+    ({"VQA_CAPTURE_SAMPLE": "1.5"}, "VQA_CAPTURE_SAMPLE must be a number from 0 to 1"),
+    ({"VQA_REVIEW_BELOW": "-0.1"}, "VQA_REVIEW_BELOW must be a number from 0 to 1"),
+    ({"VQA_CAPTURE_RETENTION_DAYS": "-1"}, "VQA_CAPTURE_RETENTION_DAYS must be >= 0"),
 ])
 def test_a_bad_value_is_one_line_naming_the_variable_and_the_fix(monkeypatch: pytest.MonkeyPatch,
                                                                   env: dict[str, str], expected: str) -> None:
@@ -164,6 +174,8 @@ def serve(**env: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("env", "needle"), [
     ({"VQA_REDIS_ULR": "redis://r:6379/0"}, "unknown setting VQA_REDIS_ULR: did you mean VQA_REDIS_URL?"),
     ({"VQA_PORT": "eighty"}, "VQA_PORT='eighty' is not a whole number"),
+    ({"VQA_CAPTURE_URL": "mysql://u:pw@db/x"}, "VQA_CAPTURE_URL: 'mysql://u:***@db/x' is not a capture database; "
+                                               "use sqlite:///PATH"),
 ])
 def test_vqa_serve_refuses_a_bad_setting_in_one_line_and_exits_2(env: dict[str, str], needle: str) -> None:
     done = serve(**env)

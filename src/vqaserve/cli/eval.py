@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from vqaserve.errors import ConfigError, InvalidRequest
+from vqaserve.eval.compare import add_arguments as add_compare_arguments
+from vqaserve.eval.compare import run_from_args as run_compare
 from vqaserve.train.questions import PHRASINGS
 from vqaserve.train.synthetic import SPLITS
 
@@ -23,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Every question goes through the same pipeline as `vqa serve`. Examples:\n"
                     "  vqa eval data.jsonl --model shop-toy --out report.json\n"
                     "  vqa eval --synthetic heldout --n 1000 --seed 1\n"
-                    "  vqa eval --synthetic adapter --n 1000 --adapter shop-toy-sunglasses",
+                    "  vqa eval --synthetic adapter --n 1000 --adapter shop-toy-sunglasses\n"
+                    "  vqa eval --compare shop-toy shop-toy-sunglasses --data holdout.jsonl --data test "
+                    "--n 200 --max-regression 2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", help="jsonl file: {image, question, answer[, type, lang]} per line")
     p.add_argument("--model", help="model dir, hub id or bundled name (default: shop-toy)")
@@ -45,10 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also add the figures to DIR/train.json under 'eval' (DIR: a model or adapter dir, "
                         "or a bundled model's name)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_compare_arguments(p)  # --compare BASE CANDIDATE --data ... --max-regression (eval/compare.py)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compare:
+        return run_compare(args)
     from vqaserve.cli.ask import _adapters
     from vqaserve.eval.harness import format_table, items_from_jsonl
     from vqaserve.settings import load_settings
