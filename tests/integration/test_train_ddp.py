@@ -1,9 +1,10 @@
 """`accelerate launch -m vqaserve train`: two processes (gloo DDP on this CPU) train one adapter together.
 
-`accelerate launch --cpu` runs several CPU processes through MPI only (`--mpirun_hostfile`); without
-MPI it starts one. `--multi_gpu` starts them with torchrun, and on a machine with no GPU (or with
-ACCELERATE_USE_CPU=true, set here so a GPU machine runs the same test) each process trains on the
-CPU, synchronising gradients over gloo: the code path of a multi-GPU run but for the NCCL backend.
+Launched with the DDP config docs/train.md gives (deploy/accelerate/ddp.yaml). `accelerate launch --cpu`
+would run several CPU processes through MPI only (`--mpirun_hostfile`); without MPI it starts one. The
+multi-GPU launcher starts them with torchrun, and on a machine with no GPU (or with ACCELERATE_USE_CPU=true,
+set here so a GPU machine runs the same test) each process trains on the CPU, synchronising gradients
+over gloo: the code path of a multi-GPU run but for the NCCL backend.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from tests.conftest import free_port, subprocess_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+DDP_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "accelerate" / "ddp.yaml"  # the one docs give
 
 
 def test_two_processes_train_one_adapter_that_loads(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -26,10 +28,8 @@ def test_two_processes_train_one_adapter_that_loads(tiny_model_dir: Path, tmp_pa
     from transformers import AutoModelForImageTextToText
 
     out = tmp_path / "ddp-adapter"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
-           "--dynamo_backend", "no",
-           "-m", "vqaserve", "train", "--model", str(tiny_model_dir), "--lora", "--dtype", "bfloat16",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
+           "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "vqaserve", "train", "--model", str(tiny_model_dir), "--lora", "--dtype", "bfloat16",
            "--gradient-checkpointing", "--grad-accum", "2", "--batch-size", "2", "--steps", "3",
            "--checkpoint-every", "2", "--synthetic", "train:1", "--max-turns", "1", "--workers", "0",
            "--threads", "1", "--out", str(out)]

@@ -24,7 +24,8 @@ def machine(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
         real = precision.importlib.util.find_spec
         monkeypatch.setattr(precision.importlib.util, "find_spec",
                             lambda name: (object() if bnb else None) if name == "bitsandbytes" else real(name))
-        monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+        for env in ("ACCELERATE_USE_CPU", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+            monkeypatch.delenv(env, raising=False)
 
     return set_machine
 
@@ -85,3 +86,12 @@ def test_what_cannot_run_here_is_refused_with_the_fix(machine, setup, kwargs, sa
 def test_4bit_on_a_gpu_with_bitsandbytes_computes_in_bf16(machine) -> None:  # type: ignore[no-untyped-def]
     machine(cuda=True, bf16=True, bnb=True)
     assert choose_train_placement(lora=True, load_in_4bit=True) == TrainPlacement("cuda", "bfloat16", True)
+
+
+@pytest.mark.parametrize(("env", "name"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_a_sharding_launch_is_refused_before_any_work(machine, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                                                       env: str, name: str) -> None:
+    machine(cuda=True)
+    monkeypatch.setenv(env, "true")  # what `accelerate launch` sets for an FSDP or DeepSpeed config
+    with pytest.raises(ConfigError, match=f"accelerate launch with {name}: .* launch with DDP instead"):
+        choose_train_placement(lora=True)

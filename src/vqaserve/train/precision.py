@@ -50,6 +50,7 @@ def choose_train_placement(device: str = "auto", dtype: str = "auto", *, lora: b
         raise ConfigError(f"--device {device!r} is not a device; use auto, cpu, cuda or mps")
     if dtype != "auto" and dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not a dtype; use auto, float32, bfloat16 or float16")
+    _refuse_sharding_launch()
     has_cuda, _, cuda_bf16 = cuda_state()
     if device == "auto" and _launcher_wants_cpu():
         device = "cpu"  # `accelerate launch --cpu` on a machine that has a GPU
@@ -103,6 +104,16 @@ def _check_4bit(placement: TrainPlacement, lora: bool, has_cuda: bool) -> None:
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("--load-in-4bit needs bitsandbytes: pip install 'vqaserve[gpu]' (or pip install "
                           "bitsandbytes)")
+
+
+def _refuse_sharding_launch() -> None:
+    """FSDP and DeepSpeed shard weights and optimizer state across processes; the checkpoint and the
+    saved output here are whole tensors read on one process, so such a run would save a shard."""
+    for env, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(env, "").lower() in ("1", "true", "yes"):
+            raise ConfigError(f"accelerate launch with {name}: vqa train saves whole weights, which {name} "
+                              "shards; launch with DDP instead (--multi_gpu, or --config_file "
+                              "deploy/accelerate/ddp.yaml): a LoRA run's base fits on each GPU")
 
 
 def _launcher_wants_cpu() -> bool:
