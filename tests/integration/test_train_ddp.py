@@ -29,7 +29,8 @@ def test_two_processes_train_one_adapter_that_loads(tiny_model_dir: Path, tmp_pa
 
     out = tmp_path / "ddp-adapter"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
-           "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "vqaserve", "train", "--model", str(tiny_model_dir), "--lora", "--dtype", "bfloat16",
+           "--num_processes", "2", "--main_process_port", str(free_port()),
+           "-m", "vqaserve", "train", "--model", str(tiny_model_dir), "--lora", "--dtype", "bfloat16",
            "--gradient-checkpointing", "--grad-accum", "2", "--batch-size", "2", "--steps", "3",
            "--checkpoint-every", "2", "--synthetic", "train:1", "--max-turns", "1", "--workers", "0",
            "--threads", "1", "--out", str(out)]

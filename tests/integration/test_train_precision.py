@@ -52,6 +52,7 @@ def test_bf16_checkpointing_accumulation_lora_trains_and_serves(tiny_model_dir: 
     assert info["placement"] == {"device": "cpu", "dtype": "bfloat16", "load_in_4bit": False,
                                  "gradient_checkpointing": True}
     assert info["grad_accum"] == 2 and info["samples_seen"] == 3 * 2 * 2
+    assert info["peak_memory"]["cpu_rss_bytes"] > 100 * 2**20  # this process's peak: torch alone is more
     engine = TransformersEngine(load_settings(model=str(tiny_model_dir), adapters={"shop": str(out)}))
     asyncio.run(engine.start())
     try:

@@ -278,6 +278,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         "params_total": n_total, "params_trainable": n_train, "data": cfg.data,
         "synthetic": cfg.synthetic, "config": asdict(cfg), "loss_curve": progress.curve,
         "machine": {"cpus": os.cpu_count(), "threads": cfg.threads, "platform": platform.platform()},
+        "peak_memory": _peak_memory(placement.device),
     }
     if stopped:
         info["stopped_after"] = f"step {step} of {cfg.steps} (--stop-after); --resume continues the schedule"
@@ -296,6 +297,20 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                 f"--lora-modules NAME={out}  (check: vqa adapter check {out} --for vllm)")
     accelerator.wait_for_everyone()
     return TrainResult(str(out), step, float(info["final_loss"]), duration, info, losses, model)
+
+
+def _peak_memory(device: str) -> dict[str, int]:
+    """The main process's peak so far: resident set (model loading included) and, on CUDA, the
+    allocator's peak, so a run's train.json can be held against `vqa doctor --train`."""
+    import resource
+
+    import torch
+
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    peak = {"cpu_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit}
+    if device == "cuda":
+        peak["cuda_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return peak
 
 
 def _check(cfg: TrainConfig) -> None:
