@@ -239,6 +239,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
             fraction = step / cfg.steps
             if cfg.time_budget_min > 0:
                 fraction = max(fraction, elapsed() / (cfg.time_budget_min * 60))
+                if world > 1:  # the processes' clocks differ a little; they must stop at the same step
+                    fraction = float(accelerator.gather(torch.tensor([fraction], device=accelerator.device)).max())
                 if fraction >= 1.0:
                     say(f"time budget of {cfg.time_budget_min} min reached at step {step}")
                     break
