@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 
 def _cfg(out: Path, **kw: object) -> TrainConfig:
     base: dict[str, object] = {"synthetic": "train:1", "steps": 30, "batch_size": 8, "lr": 3e-3, "warmup": 3,
-                               "max_turns": 2, "workers": 0, "checkpoint_every": 0, "threads": 1}
+                               "max_turns": 2, "workers": 0, "checkpoint_every": 0, "threads": 1,
+                               "device": "cpu"}  # the CPU paths, on a GPU machine too
     base.update(kw)
     return TrainConfig(out=str(out), **base)  # type: ignore[arg-type]
 

@@ -33,7 +33,7 @@ def test_two_processes_train_one_adapter_that_loads(tiny_model_dir: Path, tmp_pa
            "-m", "vqaserve", "train", "--model", str(tiny_model_dir), "--lora", "--dtype", "bfloat16",
            "--gradient-checkpointing", "--grad-accum", "2", "--batch-size", "2", "--steps", "3",
            "--checkpoint-every", "2", "--synthetic", "train:1", "--max-turns", "1", "--workers", "0",
-           "--threads", "1", "--out", str(out)]
+           "--threads", "1", "--time-budget-min", "30", "--out", str(out)]  # a budget: the processes agree on it
     proc = subprocess.run(cmd, env=subprocess_env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
