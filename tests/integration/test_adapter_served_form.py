@@ -23,7 +23,8 @@ pytestmark = pytest.mark.integration
 
 def _cfg(out: Path, **kw: object) -> TrainConfig:
     base: dict[str, object] = {"synthetic": "adapter:1", "steps": 4, "batch_size": 4, "lr": 5e-2, "warmup": 1,
-                               "max_turns": 1, "workers": 0, "checkpoint_every": 0, "threads": 1}
+                               "max_turns": 1, "workers": 0, "checkpoint_every": 0, "threads": 1,
+                               "device": "cpu"}  # the CPU paths, on a GPU machine too
     base.update(kw)
     return TrainConfig(out=str(out), **base)  # type: ignore[arg-type]
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import subprocess_env, vqa_cmd
+from vqaserve.train import loop
 from vqaserve.train import trainer as tr
+from vqaserve.train.lora import token_ids
 from vqaserve.train.trainer import TrainConfig, train
 
 pytestmark = pytest.mark.integration
@@ -17,7 +19,8 @@ pytestmark = pytest.mark.integration
 
 def _cfg(out: Path, **kw: object) -> TrainConfig:
     base: dict[str, object] = {"synthetic": "train:1", "steps": 30, "batch_size": 8, "lr": 3e-3, "warmup": 3,
-                               "max_turns": 2, "workers": 0, "checkpoint_every": 0, "threads": 1}
+                               "max_turns": 2, "workers": 0, "checkpoint_every": 0, "threads": 1,
+                               "device": "cpu"}  # the CPU paths, on a GPU machine too
     base.update(kw)
     return TrainConfig(out=str(out), **base)  # type: ignore[arg-type]
 
@@ -82,7 +85,7 @@ def test_lora_new_words_train_their_embedding_rows_only(trained: tr.TrainResult,
     from vqaserve.train.synthetic import answers
 
     tokenizer = AutoTokenizer.from_pretrained(trained.out)
-    ids = tr._token_ids(tokenizer, "sunglasses,太阳镜", answers("adapter"))
+    ids = token_ids(tokenizer, "sunglasses,太阳镜", answers("adapter"))
     assert ids and set(tokenizer.encode("太阳镜", add_special_tokens=False)) <= set(ids)
     # As the answers spell it: BPE merges the word with its neighbours in Chinese descriptions.
     description = tokenizer.encode("一件红色条纹太阳镜", add_special_tokens=False)
@@ -112,7 +115,7 @@ def test_lora_new_words_train_their_embedding_rows_only(trained: tr.TrainResult,
 
 def test_resume_continues_from_the_checkpoint(trained: tr.TrainResult, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    real = tr.answer_loss
+    real = loop.answer_loss
     calls = {"n": 0}
 
     def dies_after_four(model: object, batch: dict) -> object:  # type: ignore[type-arg]
@@ -121,12 +124,12 @@ def test_resume_continues_from_the_checkpoint(trained: tr.TrainResult, tmp_path:
             raise KeyboardInterrupt
         return real(model, batch)
 
-    monkeypatch.setattr(tr, "answer_loss", dies_after_four)
+    monkeypatch.setattr(loop, "answer_loss", dies_after_four)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(out, model=trained.out, steps=6, checkpoint_every=3), log=lambda _m: None)
     assert (out / "checkpoint" / "state.pt").is_file()
-    monkeypatch.setattr(tr, "answer_loss", real)
+    monkeypatch.setattr(loop, "answer_loss", real)
     result = train(_cfg(out, model=trained.out, steps=6, checkpoint_every=3, resume=True), log=lambda _m: None)
     assert result.steps == 6 and len(result.losses) == 3  # steps 4..6 only
     assert not (out / "checkpoint").exists()

@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Supervised fine-tuning, loss on answer tokens only. Examples:\n"
                     "  vqa train --recipe shop-toy --out models/shop-toy\n"
                     "  vqa train data.jsonl --model shop-toy --lora --out my-adapter\n"
-                    "  vqa train --model shop-toy --lora --synthetic adapter:0.7,train:0.3 --out sunglasses",
+                    "  vqa train --model shop-toy --lora --synthetic adapter:0.7,train:0.3 --out sunglasses\n"
+                    "  vqa train data.jsonl --model ./Qwen3-VL-8B-Instruct --lora --dtype bfloat16 \\\n"
+                    "      --gradient-checkpointing --grad-accum 8 --batch-size 2 --out my-adapter   # one 24 GB GPU\n"
+                    "  accelerate launch -m vqaserve train ...   # one process per GPU (docs/train.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="*", help="jsonl files: {image, question, answer[, type, lang]} per line")
     p.add_argument("--out", required=True, help="output directory (HF model dir, or PEFT adapter dir)")
@@ -28,8 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", help="build a fresh model from a named recipe (e.g. shop-toy, tiny)")
     p.add_argument("--synthetic", help="on-the-fly catalogue data, SPLIT:WEIGHT[,SPLIT:WEIGHT]")
     p.add_argument("--data-weight", type=float, default=1.0, help="weight of the jsonl data in the mix")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps", type=int, help="optimizer steps (the LR schedule's length)")
+    p.add_argument("--batch-size", type=int, help="pictures a micro-batch (per process)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches an optimizer step: the effective batch is batch-size x this")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="stop after this step but keep the --steps schedule; --resume continues it")
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=int, help="warm-up steps")
     p.add_argument("--weight-decay", type=float)
@@ -49,6 +56,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-new-words", default="",
                    help="comma-separated words the adapter must learn to answer with (their embedding "
                         "rows are trained too), e.g. sunglasses,太阳镜")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="where to train (auto: where the engine would run the model)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="compute dtype; trained weights and optimizer state stay float32 (auto: bf16 on a "
+                        "GPU, float32 for a full fine-tune on CPU)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="keep only each layer's input and recompute the rest in backward: far less "
+                        "activation memory for about one more forward pass of time")
+    p.add_argument("--load-in-4bit", action="store_true",
+                   help="QLoRA: a frozen 4-bit (nf4) base under --lora; CUDA and bitsandbytes only")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--skip-bad-lines", action="store_true",
@@ -79,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
         data_weight=args.data_weight, lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, lora_targets=args.lora_targets, lora_new_words=args.lora_new_words,
         checkpoint_every=args.checkpoint_every, resume=args.resume, skip_bad_lines=args.skip_bad_lines,
-        threads=args.threads, workers=args.workers,
+        threads=args.threads, workers=args.workers, grad_accum=args.grad_accum, stop_after=args.stop_after,
+        device=args.device, dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
+        load_in_4bit=args.load_in_4bit,
         command="vqa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         **{k: v for k, v in filled.items() if v is not None})
     if cfg.lora and cfg.recipe:

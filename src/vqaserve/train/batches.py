@@ -23,7 +23,7 @@ class BatchMaker:
 
     def __init__(self, model_dir: str, budget: tuple[int, int], records: list[Any],
                  mix: list[tuple[str, float]], data_weight: float, batch_size: int, max_turns: int,
-                 seed: int, mask_curriculum_steps: int = 0) -> None:
+                 seed: int, mask_curriculum_steps: int = 0, batches_per_step: int = 1) -> None:
         from transformers import AutoProcessor
 
         from vqaserve.train.data import Encoder
@@ -35,6 +35,7 @@ class BatchMaker:
             self.sources.append(("jsonl", data_weight))
         self.batch_size, self.max_turns, self.seed = batch_size, max_turns, seed
         self.mask_curriculum_steps = mask_curriculum_steps
+        self.batches_per_step = batches_per_step  # --grad-accum: the curriculum counts optimizer steps
 
     def item(self, index: int, n_turns: int | None = None) -> dict[str, Any]:
         from vqaserve.train.data import read_image_bytes, synthetic_conversation
@@ -46,9 +47,13 @@ class BatchMaker:
             rec = self.records[rng.randrange(len(self.records))]
             return self.encoder.encode(read_image_bytes(rec.image), ((rec.question, rec.answer),), rec.where)
         conv = synthetic_conversation(source, self.seed, index, self.max_turns,
-                                      mask_share=mask_share(index // self.batch_size, self.mask_curriculum_steps),
+                                      mask_share=mask_share(self.step_of(index), self.mask_curriculum_steps),
                                       n_turns=n_turns)
         return self.encoder.encode(conv.image, conv.turns)
+
+    def step_of(self, index: int) -> int:
+        """The optimizer step that item `index` trains in."""
+        return index // (self.batch_size * self.batches_per_step)
 
     def batch(self, number: int) -> dict[str, Any]:
         """One question count for the whole batch (drawn per batch, 1..max_turns, so the mix over a

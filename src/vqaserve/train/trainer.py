@@ -2,26 +2,26 @@
 
 The loop is deliberately plain: AdamW, linear warm-up then cosine decay, gradient clipping, one
 background process preparing batches. The schedule follows max(step progress, time progress) when a
-time budget is set, so a run on a busy machine still anneals and finishes on time.
+time budget is set, so a run on a busy machine still anneals and finishes on time. Steps are optimizer
+steps: with --grad-accum N each is N micro-batches (train/loop.py). Accelerate runs the loop, so the
+same code trains in one process or, under `accelerate launch`, one per GPU (DDP); device and precision
+follow train/precision.py, checkpoints and the output directory train/checkpoint.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
-import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vqaserve.errors import ConfigError
-from vqaserve.train import adapter_format
 from vqaserve.train.batches import Prefetcher
 
 
@@ -33,8 +33,10 @@ class TrainConfig:
     data: list[str] = field(default_factory=list)  # jsonl files
     synthetic: str | None = None  # "SPLIT:WEIGHT,..." on-the-fly catalogue data
     data_weight: float = 1.0  # weight of the jsonl data next to the synthetic splits
-    steps: int = 1000
-    batch_size: int = 16
+    steps: int = 1000  # optimizer steps: the schedule's length
+    batch_size: int = 16  # pictures a micro-batch, per process
+    grad_accum: int = 1  # micro-batches an optimizer step
+    stop_after: int = 0  # stop after this step, keeping the --steps schedule (0: run them all)
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.01
@@ -52,6 +54,10 @@ class TrainConfig:
     # trained too, since q/v adapters alone cannot move an output embedding. Saved as LoRA on
     # embed_tokens and lm_head, the form vLLM serves (train/adapter_format.py).
     lora_new_words: str = ""
+    device: str = "auto"  # auto | cpu | cuda | mps (train/precision.py)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the compute dtype
+    gradient_checkpointing: bool = False
+    load_in_4bit: bool = False  # QLoRA: a frozen nf4 base (CUDA, bitsandbytes)
     checkpoint_every: int = 200
     resume: bool = False
     skip_bad_lines: bool = False
@@ -130,8 +136,10 @@ def _versions() -> dict[str, str]:
             "peft": peft.__version__, "python": platform.python_version()}
 
 
-def _prepare_model_dir(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[str, dict[str, Any] | None]:
-    """Where the starting weights come from: a recipe (built fresh into OUT) or a model dir."""
+def _prepare_model_dir(cfg: TrainConfig, log: Callable[[str], None],
+                       build: bool = True) -> tuple[str, dict[str, Any] | None]:
+    """Where the starting weights come from: a recipe (built fresh into OUT, by the process that may
+    `build`) or a model dir."""
     from vqaserve.settings import resolve_model_path
 
     if cfg.recipe:
@@ -139,7 +147,7 @@ def _prepare_model_dir(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[st
         from vqaserve.train.recipes import get_recipe
 
         recipe = get_recipe(cfg.recipe)
-        if not (cfg.resume and (Path(cfg.out) / "checkpoint").is_dir()):
+        if build and not (cfg.resume and (Path(cfg.out) / "checkpoint").is_dir()):
             log(f"building a fresh {cfg.recipe} model in {cfg.out}")
             build_model_dir(cfg.out, recipe["architecture"], cfg.seed,
                             min_pixels=recipe["min_pixels"], max_pixels=recipe["max_pixels"])
@@ -155,127 +163,189 @@ def _prepare_model_dir(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[st
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     import torch
     from tqdm import tqdm
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
 
+    from vqaserve.train import loop
+    from vqaserve.train.checkpoint import Progress, load_checkpoint, save_checkpoint, save_final
     from vqaserve.train.data import load_jsonl
-    from vqaserve.train.synthetic import answers as synthetic_answers
+    from vqaserve.train.precision import (
+        choose_train_placement,
+        load_model,
+        make_accelerator,
+        prepare_for_training,
+        upcast_trainable,
+    )
 
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        raise ConfigError("--steps and --batch-size must be at least 1")
-    if cfg.vision_lr_scale <= 0:
-        raise ConfigError("--vision-lr-scale must be > 0")
-    if cfg.mask_curriculum_steps < 0:
-        raise ConfigError("--mask-curriculum-steps must be >= 0 (0 turns the curriculum off)")
+    _check(cfg)
+    placement = choose_train_placement(cfg.device, cfg.dtype, lora=cfg.lora, load_in_4bit=cfg.load_in_4bit)
     records = [r for path in cfg.data for r in load_jsonl(path, cfg.skip_bad_lines, warn=log)]
     mix = parse_mix(cfg.synthetic)
     if not records and not mix:
         raise ConfigError("no training data: give DATA.jsonl files and/or --synthetic SPLIT:WEIGHT")
+    accelerator = make_accelerator(placement, cfg.grad_accum)
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    say = log if main else (lambda _msg: None)
+    if world > 1:  # every process says it runs, and on which data
+        log(f"process {rank} of {world} on {accelerator.device}: data seed {cfg.seed + rank}")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir, recipe = _prepare_model_dir(cfg, log)
+    model_dir, recipe = _prepare_model_dir(cfg, say, build=main)
+    accelerator.wait_for_everyone()  # the main process builds a recipe's model; the others read it
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    model = load_model(model_dir, placement, lora=cfg.lora, device=accelerator.device)
     fast_patch_embed(model)
+    model = prepare_for_training(model, gradient_checkpointing=cfg.gradient_checkpointing, lora=cfg.lora,
+                                 quantized=placement.load_in_4bit)
     if cfg.lora:
-        answers = ([r.answer for r in records] + [a for split, _ in mix for a in synthetic_answers(split)]
-                   if cfg.lora_new_words else [])
-        new_ids = _token_ids(processor.tokenizer, cfg.lora_new_words, answers)
-        if new_ids:
-            log(f"new words: training the embedding rows of {len(new_ids)} tokens")
-        model = _wrap_lora(model, cfg, new_ids)
-    core = model.get_base_model() if cfg.lora else model  # type: ignore[operator]  # LoRA layers are injected in place
+        model = _adapt(model, processor, cfg, records, mix, say)
+        upcast_trainable(model)
+    core = model.get_base_model() if cfg.lora else model  # LoRA layers are injected in place
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in trainable)
-    log(f"parameters: {n_total:,} total, {n_train:,} trainable ({100 * n_train / n_total:.2f}%)")
+    say(f"parameters: {n_total:,} total, {n_train:,} trainable ({100 * n_train / n_total:.2f}%)")
+    say(f"training on {placement.device} x{world}, computing in {placement.dtype}"
+        + (" on a 4-bit base" if placement.load_in_4bit else "")
+        + (", gradient checkpointing" if cfg.gradient_checkpointing else "")
+        + f"; {cfg.batch_size} x {cfg.grad_accum} x {world} pictures a step")
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.98))
     ckpt_dir = out / "checkpoint"
-    start_step, elapsed_before = 0, 0.0
-    curve: list[Any] = []
-    if cfg.resume:
-        start_step, elapsed_before, curve = _load_checkpoint(ckpt_dir, model, opt, log)
+    progress = load_checkpoint(ckpt_dir, model, opt, cfg.grad_accum, say) if cfg.resume else Progress()
+    if world > 1:
+        torch.manual_seed(cfg.seed + rank)  # dropout masks differ between processes, as their data does
+    # The model is on its device already (load_model); Accelerate wraps it (DDP) and the optimizer.
+    module, opt = accelerator.prepare(loop.AnswerLoss(core), opt, device_placement=[False, False])
     budget = serving_budget(processor)
-    prefetch = Prefetcher((model_dir, budget, records, mix, cfg.data_weight, cfg.batch_size,
-                           cfg.max_turns, cfg.seed, cfg.mask_curriculum_steps), cfg.workers, start_step)
-    model.train()
+    prefetch = Prefetcher((model_dir, budget, records, mix, cfg.data_weight, cfg.batch_size, cfg.max_turns,
+                           cfg.seed + rank, cfg.mask_curriculum_steps, cfg.grad_accum), cfg.workers,
+                          progress.batches)
+    module.train()
     started = time.perf_counter()
     ema: float | None = None
     losses: list[float] = []
-    step = start_step
+    step, start_step = progress.step, progress.step
+    stop_at = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
+    pictures = cfg.batch_size * cfg.grad_accum * world
     bar = tqdm(total=cfg.steps, initial=start_step, unit="step", desc="train", dynamic_ncols=True,
-               mininterval=2.0, file=sys.stderr)
+               mininterval=2.0, file=sys.stderr, disable=not main)
+
+    def elapsed() -> float:
+        return progress.elapsed + time.perf_counter() - started
+
     try:
-        while step < cfg.steps:
-            elapsed = elapsed_before + time.perf_counter() - started
-            progress = step / cfg.steps
+        while step < stop_at:
+            fraction = step / cfg.steps
             if cfg.time_budget_min > 0:
-                progress = max(progress, elapsed / (cfg.time_budget_min * 60))
-                if progress >= 1.0:
-                    log(f"time budget of {cfg.time_budget_min} min reached at step {step}")
+                fraction = max(fraction, elapsed() / (cfg.time_budget_min * 60))
+                if world > 1:  # the processes' clocks differ a little; they must stop at the same step
+                    fraction = float(accelerator.gather(torch.tensor([fraction], device=accelerator.device)).max())
+                if fraction >= 1.0:
+                    say(f"time budget of {cfg.time_budget_min} min reached at step {step}")
                     break
-            lr = _lr(cfg, step, progress)
+            lr = _lr(cfg, step, fraction)
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            batch = prefetch.get()
-            loss = answer_loss(core, batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            value = loop.optimizer_step(accelerator, module, opt, [prefetch.get() for _ in range(cfg.grad_accum)])
+            if world > 1:
+                value = float(accelerator.reduce(torch.tensor(value, device=accelerator.device), "mean"))
             step += 1
-            value = float(loss.detach())
             losses.append(value)
             ema = value if ema is None else 0.95 * ema + 0.05 * value
             if step % 10 == 0 or step == cfg.steps:
-                curve.append([step, round(ema, 4)])
-            rate = (step - start_step) * cfg.batch_size / max(1e-6, time.perf_counter() - started)
+                progress.curve.append([step, round(ema, 4)])
+            rate = (step - start_step) * pictures / max(1e-6, time.perf_counter() - started)
             bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.1e}", samples_s=f"{rate:.1f}", refresh=False)
             bar.update(1)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                _save_checkpoint(ckpt_dir, model, opt, step,
-                                 elapsed_before + time.perf_counter() - started, curve)
+            if main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                save_checkpoint(ckpt_dir, model, opt, _at(progress, step, cfg, elapsed()))
     finally:
         bar.close()
         prefetch.close()
-    duration = elapsed_before + time.perf_counter() - started
+    duration = elapsed()
+    stopped = bool(cfg.stop_after) and step == cfg.stop_after < cfg.steps
+    if stopped and main:  # --resume finishes the schedule from here
+        save_checkpoint(ckpt_dir, model, opt, _at(progress, step, cfg, duration))
     info: dict[str, Any] = {
         "command": cfg.command, "mode": "lora" if cfg.lora else "full", "recipe": cfg.recipe,
         "base_model": None if cfg.recipe else cfg.model, "seed": cfg.seed, "versions": _versions(),
-        "steps": step, "batch_size": cfg.batch_size, "samples_seen": step * cfg.batch_size,
-        "duration_s": round(duration, 1), "final_loss": round(ema or float("nan"), 4),
+        "steps": step, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "processes": world,
+        "samples_seen": step * pictures, "duration_s": round(duration, 1),
+        "final_loss": round(ema or float("nan"), 4),
+        "placement": {"device": placement.device, "dtype": placement.dtype,
+                      "load_in_4bit": placement.load_in_4bit,
+                      "gradient_checkpointing": cfg.gradient_checkpointing},
         "pixel_budget": {"min_pixels": budget[0], "max_pixels": budget[1]},
         "params_total": n_total, "params_trainable": n_train, "data": cfg.data,
-        "synthetic": cfg.synthetic, "config": asdict(cfg), "loss_curve": curve,
+        "synthetic": cfg.synthetic, "config": asdict(cfg), "loss_curve": progress.curve,
         "machine": {"cpus": os.cpu_count(), "threads": cfg.threads, "platform": platform.platform()},
+        "peak_memory": _peak_memory(placement.device),
     }
+    if stopped:
+        info["stopped_after"] = f"step {step} of {cfg.steps} (--stop-after); --resume continues the schedule"
     if recipe is not None:
         info["architecture"] = recipe["architecture"]
-    _save_final(model, processor, out, cfg, info)
-    if ckpt_dir.is_dir():
-        shutil.rmtree(ckpt_dir)
-    log(f"trained {step} steps in {duration / 60:.1f} min, final loss {info['final_loss']}; wrote {out}")
-    if cfg.lora:
-        for line in info["vllm"]["findings"]:
-            log(line)
-        log(f"to serve it with vLLM: vllm serve MODEL {' '.join(info['vllm']['serve_flags'])} "
-            f"--lora-modules NAME={out}  (check: vqa adapter check {out} --for vllm)")
+    accelerator.wait_for_everyone()
+    if main:
+        save_final(model, processor, out, cfg.lora, cfg.model, info)
+        if ckpt_dir.is_dir() and not stopped:
+            shutil.rmtree(ckpt_dir)
+        log(f"trained {step} steps in {duration / 60:.1f} min, final loss {info['final_loss']}; wrote {out}")
+        if cfg.lora:
+            for line in info["vllm"]["findings"]:
+                log(line)
+            log(f"to serve it with vLLM: vllm serve MODEL {' '.join(info['vllm']['serve_flags'])} "
+                f"--lora-modules NAME={out}  (check: vqa adapter check {out} --for vllm)")
+    accelerator.wait_for_everyone()
     return TrainResult(str(out), step, float(info["final_loss"]), duration, info, losses, model)
 
 
-def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
-    """Next-token cross-entropy on answer positions only; the vocabulary projection runs on those
-    few positions instead of the whole sequence (most of a VQA sequence is prompt and image)."""
+def _peak_memory(device: str) -> dict[str, int]:
+    """The main process's peak so far: resident set (model loading included) and, on CUDA, the
+    allocator's peak, so a run's train.json can be held against `vqa doctor --train`."""
+    import resource
+
     import torch
 
-    labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    hidden = model.model(**inputs).last_hidden_state[:, :-1]
-    targets = labels[:, 1:]
-    keep = targets != -100
-    logits = model.lm_head(hidden[keep])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    peak = {"cpu_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit}
+    if device == "cuda":
+        peak["cuda_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return peak
+
+
+def _check(cfg: TrainConfig) -> None:
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise ConfigError("--steps and --batch-size must be at least 1")
+    if cfg.grad_accum < 1:
+        raise ConfigError("--grad-accum must be at least 1 (1: no accumulation)")
+    if cfg.stop_after < 0:
+        raise ConfigError("--stop-after must be >= 0 (0: run all --steps)")
+    if cfg.vision_lr_scale <= 0:
+        raise ConfigError("--vision-lr-scale must be > 0")
+    if cfg.mask_curriculum_steps < 0:
+        raise ConfigError("--mask-curriculum-steps must be >= 0 (0 turns the curriculum off)")
+
+
+def _at(progress: Any, step: int, cfg: TrainConfig, elapsed: float) -> Any:
+    """The run's progress at the end of optimizer step `step` (a checkpoint's content)."""
+    from vqaserve.train.checkpoint import Progress
+
+    return Progress(step, step * cfg.grad_accum, elapsed, progress.curve)
+
+
+def _adapt(model: Any, processor: Any, cfg: TrainConfig, records: list[Any], mix: list[tuple[str, float]],
+           log: Callable[[str], None]) -> Any:
+    from vqaserve.train.lora import token_ids, wrap_lora
+    from vqaserve.train.synthetic import answers as synthetic_answers
+
+    answers = ([r.answer for r in records] + [a for split, _ in mix for a in synthetic_answers(split)]
+               if cfg.lora_new_words else [])
+    new_ids = token_ids(processor.tokenizer, cfg.lora_new_words, answers)
+    if new_ids:
+        log(f"new words: training the embedding rows of {len(new_ids)} tokens")
+    return wrap_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, new_ids)
 
 
 def _param_groups(model: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -297,96 +367,3 @@ def _lr(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _wrap_lora(model: Any, cfg: TrainConfig, new_token_ids: list[int]) -> Any:
-    from peft import LoraConfig, get_peft_model
-    from peft.tuners.lora import LoraLayer
-
-    targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
-    if not targets:
-        raise ConfigError("--lora-targets must name at least one module, e.g. q_proj,v_proj")
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in targets if t not in names]
-    if missing:
-        raise ConfigError(f"--lora-targets: no module named {', '.join(missing)} in this model")
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        **adapter_format.training_lora_kwargs(targets, new_token_ids))
-    wrapped = get_peft_model(model, config)
-    lora_modules = [name.removeprefix("base_model.model.") for name, module in wrapped.named_modules()
-                    if isinstance(module, LoraLayer)]
-    problems = adapter_format.module_findings(lora_modules)
-    if problems:  # refuse before training an adapter that vLLM would refuse or half-ignore
-        raise ConfigError(f"--lora-targets: {len(problems)} module(s) vLLM cannot serve LoRA on, e.g. "
-                          f"{problems[0].field}: {problems[0].message}; fix: {problems[0].fix}")
-    return wrapped
-
-
-def _token_ids(tokenizer: Any, words: str, answers: Sequence[str] = ()) -> list[int]:
-    """Token ids of comma-separated words: alone (with and without a leading space: answers start a
-    turn) and as the training answers spell them. A BPE merges a word with its neighbours
-    ("一件红色条纹太阳镜" -> "一件" "红" "色条纹太阳镜"), and a merged token the base never produced
-    keeps its random embedding unless its row trains too: the first sunglasses adapter, trained on
-    the word alone, answered 0% of Chinese "describe" questions."""
-    wanted = [w for w in (w.strip() for w in words.split(",")) if w]
-    ids: set[int] = set()
-    for word in wanted:
-        for variant in (word, " " + word):
-            ids.update(tokenizer.encode(variant, add_special_tokens=False))
-    for answer in set(answers):
-        spans = [m.span() for w in wanted for m in re.finditer(re.escape(w), answer)]
-        if not spans:
-            continue
-        enc = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
-        for tok, (start, end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
-            if any(start < hi and lo < end for lo, hi in spans):
-                ids.add(tok)
-    return sorted(ids)
-
-
-def _save_checkpoint(path: Path, model: Any, opt: Any, step: int, elapsed: float, curve: list[Any]) -> None:
-    import torch
-
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v for k, v in model.state_dict().items()}
-    tmp = path / "state.pt.tmp"
-    torch.save({"model": state, "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-                "curve": curve}, tmp)
-    tmp.replace(path / "state.pt")  # atomic: a crash mid-save keeps the previous checkpoint
-
-
-def _load_checkpoint(path: Path, model: Any, opt: Any,
-                     log: Callable[[str], None]) -> tuple[int, float, list[Any]]:
-    import torch
-
-    file = path / "state.pt"
-    if not file.is_file():
-        log("no checkpoint to resume from; starting at step 0")
-        return 0, 0.0, []
-    state = torch.load(file, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    log(f"resumed from step {state['step']}")
-    return int(state["step"]), float(state["elapsed"]), list(state.get("curve", []))
-
-
-def _save_final(model: Any, processor: Any, out: Path, cfg: TrainConfig, info: dict[str, Any]) -> None:
-    model.eval()
-    if cfg.lora:
-        model.save_pretrained(str(out))
-        adapter_format.save_for_serving(model, out)
-        _record_adapter_base(out, cfg.model)
-        verdict = adapter_format.check_vllm(out)
-        info["vllm"] = {"ok": verdict.ok, "serve_flags": verdict.serve_flags(),
-                        "findings": [f.line() for f in verdict.findings if f.level == "problem"]}
-    else:
-        model.save_pretrained(str(out), safe_serialization=True)
-        processor.save_pretrained(str(out))
-    (out / "train.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _record_adapter_base(out: Path, base: str | None) -> None:
-    """Name the base model as the user gave it (e.g. "shop-toy"), never this machine's absolute path."""
-    config_path = out / "adapter_config.json"
-    if base and config_path.is_file():
-        config = json.loads(config_path.read_text())
-        config["base_model_name_or_path"] = base
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
