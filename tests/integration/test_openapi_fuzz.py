@@ -196,7 +196,8 @@ def test_openapi_schema_holds_under_fuzzing(server: ServeProcess, tmp_path: Path
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", str(tmp_path / "openapi.json"),
                            "--url", server.url, *RUN, "--report", "ndjson", "--report-ndjson-path", str(report)],
-                          capture_output=True, text=True, timeout=1500, check=False)
+                          capture_output=True, text=True, timeout=1500, check=False,
+                          cwd=tmp_path)  # its findings cache (.schemathesis/) is replayed by the next run: fresh
     assert report.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
     form_schema = document["paths"]["/v1/vqa"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     statuses, explained, unexplained = read_report(report, form_schema)

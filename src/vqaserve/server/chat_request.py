@@ -122,7 +122,8 @@ class ImageURL(_Lenient):
 ImageURLValue = Annotated[
     Annotated[ImageURL, Tag("url object")] | Annotated[str, Field(pattern=IMAGE_URL), Tag("url string")],
     Discriminator(lambda v: "url string" if isinstance(v, str) else "url object"),
-    says("{'url': 'data:image/png;base64,...'} or {'url': 'https://...'}", note=(
+    says("{'url': 'data:image/png;base64,...'} or {'url': 'https://...'} (no spaces, control characters or "
+         "backslashes: percent-encode them)", note=(
         "a data: URI (image/jpeg, png, webp, bmp, gif, heic, heif or avif; base64) or an http(s) URL the "
         "server fetches; at most VQA_MAX_IMAGES images per request"), every_error=True)]
 
