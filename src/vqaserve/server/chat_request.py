@@ -5,14 +5,13 @@ The route takes `ChatCompletionRequest` as its body, so FastAPI validates reques
 fields OpenAI clients send, and vLLM's sampling extensions (sampling.py) that clients of a vLLM
 server send, so those clients work unchanged. Fields that would hand the client control over the
 model's internals (chat templates, processor kwargs) and features this service does not have (n > 1,
-tools, logprobs, audio, beam search) are refused with a 400 that names the field; unknown fields too.
-Rules JSON Schema cannot state (the last message is the question; min_tokens with a JSON
+tools, logprobs, audio, beam search) are refused with a 400 that names the field; unknown fields too
+(compat.py declares those, and the fields that change nothing here). Rules JSON Schema cannot state (the last message is the question; min_tokens with a JSON
 response_format) are validators, and the schema's descriptions say them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,17 +19,22 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    GetCoreSchemaHandler,
-    GetJsonSchemaHandler,
     PrivateAttr,
     Tag,
     model_validator,
 )
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, core_schema
 
 from vqaserve.engines.structured import JSON_OBJECT_SCHEMA, check_schema
 from vqaserve.errors import InvalidRequest
+from vqaserve.server.compat import (
+    REFUSED_FIELDS,
+    DefaultOnly,
+    Ignored,
+    LogprobsFields,
+    OpenAIIgnored,
+    VLLMDefaults,
+    marked,
+)
 from vqaserve.server.sampling import GenerationFields, generation_params
 from vqaserve.server.validation import Integral, Problem, no_such, says
 from vqaserve.settings import Settings
@@ -43,65 +47,6 @@ from vqaserve.types import ImageRef, Part, Question, Turn
 DATA_URL = r"^[dD][aA][tT][aA]:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;[bB][aA][sS][eE]64,"
 HTTP_URL = r"^[hH][tT][tT][pP][sS]?://[^\x00-\x20\x7f\\]+$"
 IMAGE_URL = f"({DATA_URL})|({HTTP_URL})"
-# Fields some servers accept that would let a client reach into the prompt or preprocessing: refused
-# whatever the value (and absent from the schema, which admits no unknown field).
-REFUSED_FIELDS = {
-    "chat_template": "the chat template is fixed by the model; remove chat_template",
-    "chat_template_kwargs": "chat template options are fixed by the server; remove chat_template_kwargs",
-    "mm_processor_kwargs": "image preprocessing is fixed by the server; remove mm_processor_kwargs",
-    "processor_kwargs": "image preprocessing is fixed by the server; remove processor_kwargs",
-    "tools": "tool calling is not supported; remove tools",
-    "tool_choice": "tool calling is not supported; remove tool_choice",
-    "functions": "function calling is not supported; remove functions",
-    "function_call": "function calling is not supported; remove function_call",
-    "audio": "audio output is not supported; remove audio",
-    "media_io_kwargs": "image loading is fixed by the server; remove media_io_kwargs",
-}
-
-
-# --- markers for the fields that change nothing ---------------------------------------------------
-@dataclass(frozen=True)
-class _Ignored:
-    """A known field that changes nothing here: any value is accepted and ignored."""
-
-    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return {"description": "accepted and ignored"}
-
-
-IGNORED = _Ignored()
-Ignored = Annotated[Any, IGNORED]
-
-
-@dataclass(frozen=True)
-class DefaultOnly:
-    """A field accepted only at the value that changes nothing (or null), so clients that send every
-    field at its default keep working; any other value is refused with `why`."""
-
-    accepted: tuple[object, ...]
-    why: str
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
-        return core_schema.no_info_plain_validator_function(self._check)
-
-    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return {"anyOf": [{"type": "null"}, *({"const": v} for v in self.accepted)],
-                "description": f"accepted only at this value; otherwise refused: {self.why}"}
-
-    def _check(self, value: object) -> object:
-        # The same type too: True == 1 in Python, but `best_of: true` is not `best_of: 1`.
-        if value is None or any(type(value) is type(ok) and value == ok for ok in self.accepted):
-            return value
-        raise Problem(self.why)
-
-
-def default_only(*accepted: object, why: str) -> DefaultOnly:
-    return DefaultOnly(accepted, why)
-
-
-_STRUCTURED = ("structured output through {0} is not supported; remove {0} and send response_format "
-               "(json_schema or json_object) instead")
-
-
 # --- messages -------------------------------------------------------------------------------------
 class _Lenient(BaseModel):
     """Nested objects: fields OpenAI defines that this server does not use are accepted and ignored."""
@@ -248,85 +193,6 @@ ResponseFormat = Annotated[
                   custom_error_message="use 'text', 'json_object' or 'json_schema'")]
 
 
-class LogprobsFields(BaseModel):
-    """OpenAI's log-probabilities: refused until they are implemented (issue 29). Accepting them is
-    this class: make the annotations `bool | None` and `int | None` (0..20) and read them in
-    `to_question`."""
-
-    logprobs: Annotated[Any, default_only(False, why="logprobs are not supported; remove logprobs")] = None
-    top_logprobs: Annotated[Any, default_only(
-        0, why="top_logprobs needs logprobs, which are not supported; remove top_logprobs")] = None
-
-
-class VLLMDefaults(BaseModel):
-    """vLLM's fields that neither engine can honour, or that would reach the prompt: accepted at the
-    value that changes nothing, refused otherwise; and the ones that change nothing here at all."""
-
-    use_beam_search: Annotated[Any, default_only(False, why="beam search is not supported; remove "
-                                                            "use_beam_search")] = None
-    best_of: Annotated[Any, default_only(1, why="best_of must be 1 (one completion per request); remove "
-                                                "best_of")] = None
-    skip_special_tokens: Annotated[Any, default_only(True, why="special tokens are always removed from "
-                                                               "answers; remove skip_special_tokens")] = None
-    add_generation_prompt: Annotated[Any, default_only(True, why="the prompt format is fixed by the model; "
-                                                                 "remove add_generation_prompt")] = None
-    continue_final_message: Annotated[Any, default_only(False, why=(
-        "continuing an assistant message is not supported; end with a user message and remove "
-        "continue_final_message"))] = None
-    echo: Annotated[Any, default_only(False, why="echo is not supported; remove echo")] = None
-    add_special_tokens: Annotated[Any, default_only(False, why=(
-        "the prompt's special tokens are fixed by the chat template; remove add_special_tokens"))] = None
-    documents: Annotated[Any, default_only(why=(
-        "documents would be placed in the prompt by the chat template; put their text in a message and "
-        "remove documents"))] = None
-    truncate_prompt_tokens: Annotated[Any, default_only(why=(
-        "prompts are never truncated; shorten the conversation and remove truncate_prompt_tokens"))] = None
-    truncation_side: Annotated[Any, default_only(why="prompts are never truncated; remove "
-                                                     "truncation_side")] = None
-    prompt_logprobs: Annotated[Any, default_only(why="logprobs are not supported; remove prompt_logprobs")] = None
-    allowed_token_ids: Annotated[Any, default_only([], why="allowed_token_ids is not supported; remove it")] = None
-    bad_words: Annotated[Any, default_only([], why="bad_words is not supported; remove it (or use stop)")] = None
-    watermarking: Annotated[Any, default_only(False, why="watermarking is not supported; remove "
-                                                         "watermarking")] = None
-    cache_salt: Annotated[Any, default_only(why=(
-        "cache_salt is not supported; send \"cache\": false to keep this request out of the shared answer "
-        "cache"))] = None
-    structured_outputs: Annotated[Any, default_only(why=_STRUCTURED.format("structured_outputs"))] = None
-    guided_json: Annotated[Any, default_only(why=_STRUCTURED.format("guided_json"))] = None
-    guided_regex: Annotated[Any, default_only(why=_STRUCTURED.format("guided_regex"))] = None
-    guided_choice: Annotated[Any, default_only(why=_STRUCTURED.format("guided_choice"))] = None
-    guided_grammar: Annotated[Any, default_only(why=_STRUCTURED.format("guided_grammar"))] = None
-    guided_decoding_backend: Annotated[Any, default_only(why=_STRUCTURED.format("guided_decoding_backend"))] = None
-    guided_whitespace_pattern: Annotated[Any, default_only(
-        why=_STRUCTURED.format("guided_whitespace_pattern"))] = None
-    # vLLM's that change nothing: length_penalty acts only in beam search; spaces_between_special_tokens
-    # only where special tokens are kept (never); the queue is first come, first served; ids are ours.
-    length_penalty: Ignored = None
-    spaces_between_special_tokens: Ignored = None
-    priority: Ignored = None
-    request_id: Ignored = None
-    session_id: Ignored = None
-
-
-class OpenAIIgnored(BaseModel):
-    """OpenAI's fields that change nothing here (docs/api.md lists them)."""
-
-    frequency_penalty: Ignored = None
-    presence_penalty: Ignored = None
-    logit_bias: Ignored = None
-    user: Ignored = None
-    metadata: Ignored = None
-    store: Ignored = None
-    service_tier: Ignored = None
-    parallel_tool_calls: Ignored = None
-    prediction: Ignored = None
-    reasoning_effort: Ignored = None
-    web_search_options: Ignored = None
-    safety_identifier: Ignored = None
-    prompt_cache_key: Ignored = None
-    verbosity: Ignored = None
-
-
 class Conversation(BaseModel):
     """What to answer, by which model, and how to send it."""
 
@@ -388,12 +254,7 @@ def _schema_of(response_format: TextFormat | JSONObjectFormat | JSONSchemaFormat
         raise Problem(exc.message, at=exc.param or "response_format") from None
 
 
-def marked(model: type[BaseModel], marker: type) -> dict[str, Any]:
-    """The fields of `model` carrying a marker of this type (DefaultOnly, _Ignored), with the marker."""
-    return {name: m for name, info in model.model_fields.items() for m in info.metadata if isinstance(m, marker)}
-
-
-IGNORED_FIELDS = set(marked(ChatCompletionRequest, _Ignored))
+IGNORED_FIELDS = set(marked(ChatCompletionRequest, Ignored))
 DEFAULT_ONLY: dict[str, DefaultOnly] = marked(ChatCompletionRequest, DefaultOnly)
 
 
