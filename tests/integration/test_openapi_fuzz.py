@@ -16,7 +16,8 @@ finding must be one of those, named below with the reason, or the test fails:
   as sent, part by part, against the form's schema.
 
 Below it: the unpaired-surrogate 500s found while building the first version (now 400s), and checks
-that the document is valid OpenAPI and that its request schemas are the models.
+that the document is valid OpenAPI, that its request schemas are the models, and that the findings
+are sorted as said here.
 """
 
 from __future__ import annotations
@@ -45,18 +46,20 @@ SERVER_ENV = {"VQA_MODEL": "shop-toy", "VQA_SAFETY_IMAGE": "off", "VQA_MAX_NEW_T
               "VQA_GENERATION__MAX_NEW_TOKENS_LIMIT": "8", "VQA_MIN_PIXELS": str(4 * 32 * 32),
               "VQA_MAX_PIXELS": str(16 * 32 * 32), "VQA_FETCH__TIMEOUT_S": "1"}
 RUN = ["--checks", "all", "--max-examples", "120", "--seed", "20261130", "--continue-on-failure"]
-# Refusals of schema-valid requests that no JSON Schema can avoid: (why, status, code, param pattern, words).
+# Refusals of schema-valid requests that no JSON Schema can avoid: (name, status, code, param pattern, words).
 INEXPRESSIBLE = [
-    ("the last message must be the user's: JSON Schema cannot address an array's last item",
-     400, "invalid_request", r"messages\[\d+\]\.role", "the last message must be a user message"),
-    ("min_tokens <= max_tokens: JSON Schema cannot compare two fields",
-     400, "invalid_request", r"min_tokens", "between 0 and max_tokens"),
-    ("VQA_MAX_IMAGES counts images across all messages: JSON Schema cannot count across items",
-     400, "invalid_request", r"messages", "too many images"),
-    ("whether bytes are a picture is not a matter of syntax",
-     400, "invalid_image", r"image|messages\[\d+\]\.content\[\d+\]\.image_url", ""),
-    ("the media type allowlist is answered 415 unsupported_image_format, which clients rely on",
-     415, "unsupported_image_format", r"image|messages\[\d+\]\.content\[\d+\]\.image_url", ""),
+    # JSON Schema cannot address an array's last item
+    ("last message not the user's", 400, "invalid_request", r"messages\[\d+\]\.role",
+     "the last message must be a user message"),
+    # nor compare two fields
+    ("min_tokens over max_tokens", 400, "invalid_request", r"min_tokens", "between 0 and max_tokens"),
+    # nor count across items (VQA_MAX_IMAGES is for all messages together)
+    ("too many images", 400, "invalid_request", r"messages", "too many images"),
+    # whether bytes are a picture is not a matter of syntax
+    ("not a picture", 400, "invalid_image", r"image|messages\[\d+\]\.content\[\d+\]\.image_url", ""),
+    # the media type allowlist is answered 415 unsupported_image_format, which clients rely on
+    ("media type not allowed", 415, "unsupported_image_format",
+     r"image|messages\[\d+\]\.content\[\d+\]\.image_url", ""),
 ]
 
 
@@ -80,18 +83,18 @@ def _bytes(field: Any) -> bytes:
     return str(field or "").encode()
 
 
-def unexplained_refusal(response: dict[str, Any]) -> str | None:
-    """None when a refused schema-valid request falls under INEXPRESSIBLE, else what the server said."""
+def inexpressible(response: dict[str, Any]) -> str | None:
+    """Which INEXPRESSIBLE rule refused a schema-valid request, or None when none did."""
     text = _bytes(response.get("content")).decode("utf-8", "replace")
     try:
         error = json.loads(text)["error"]
     except (ValueError, KeyError, TypeError):
-        return f"{response['status_code']} {text[:300]}"
-    for _why, status, code, param, words in INEXPRESSIBLE:
+        return None
+    for name, status, code, param, words in INEXPRESSIBLE:
         if (response["status_code"] == status and error.get("code") == code
                 and re.fullmatch(param, error.get("param") or "") and words in error.get("message", "")):
-            return None
-    return f"{response['status_code']} {error}"
+            return name
+    return None
 
 
 def form_as_sent(request: dict[str, Any]) -> dict[str, Any]:
@@ -162,17 +165,17 @@ def read_report(report: Path, form_schema: dict[str, Any]) -> tuple[dict[str, Co
             for check in recorder.get("checks", {}).get(case_id, []):
                 if check["status"] == "success":
                     continue
-                if check["name"] == "positive_data_acceptance":
-                    problems.append((check["name"], unexplained_refusal(response)))
-                elif check["name"] == "negative_data_rejection" and label == "POST /v1/vqa":
-                    ok = valid_once_encoded(interaction["request"], form_schema)
-                    problems.append((check["name"], None if ok else "a schema-breaking form was accepted"))
+                why = (inexpressible(response) if check["name"] == "positive_data_acceptance" else
+                       "valid once encoded as form text" if check["name"] == "negative_data_rejection"
+                       and label == "POST /v1/vqa" and valid_once_encoded(interaction["request"], form_schema)
+                       else None)
+                if why is not None:
+                    explained[f"{label} {check['name']}: {why}"] += 1
                 else:
-                    problems.append((check["name"], json.dumps(check.get("failure_info"))[:300]))
+                    text = _bytes(response.get("content")).decode("utf-8", "replace")[:300]
+                    problems.append((check["name"], f"{response.get('status_code')} {text}"))
             for name, problem in problems:
-                if problem is None and name != "error shape":
-                    explained[f"{key} {name}"] += 1
-                elif problem is not None:
+                if problem is not None:
                     sent = json.dumps(interaction["request"])[:600]
                     unexplained.append(f"{key} {name}: {problem}\n  request: {sent}")
     return statuses, explained, unexplained
@@ -294,3 +297,38 @@ def test_the_document_is_valid_openapi() -> None:
         assert all(operation["responses"][code]["content"]["application/json"]["schema"]
                    == {"$ref": "#/components/schemas/ErrorResponse"}
                    for code in operation["responses"] if code.startswith(("4", "5")))
+
+
+def sent(fields: dict[str, str | bytes]) -> dict[str, Any]:
+    """A multipart request as the report records it (headers, base64 body)."""
+    import httpx
+
+    files = {k: (("f.png", v, "image/png") if isinstance(v, bytes) else (None, v)) for k, v in fields.items()}
+    request = httpx.Request("POST", "http://t/v1/vqa", files=files)
+    return {"headers": {"Content-Type": [request.headers["content-type"]]},
+            "body": {"$base64": base64.b64encode(request.read()).decode()}}
+
+
+@pytest.mark.unit
+def test_the_fuzz_findings_are_sorted_as_the_docstring_says() -> None:
+    from tests.http_support import make_app
+
+    document = make_app().openapi()
+    form = document["paths"]["/v1/vqa"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    # the JSON value broke the schema (model: 5, seed: []), the form as sent does not
+    assert valid_once_encoded(sent({"image": b"\x89PNG", "question": "q", "model": "5"}), form)
+    assert valid_once_encoded(sent({"image": b"\x89PNG", "question": "q"}), form)
+    assert not valid_once_encoded(sent({"image": b"\x89PNG", "question": "q", "seed": "x"}), form)
+    assert not valid_once_encoded(sent({"image": b"\x89PNG", "question": "q", "max_tokens": "0"}), form)
+    assert not valid_once_encoded(sent({"question": "q"}), form)
+
+    def refused(status: int, code: str, param: str, message: str) -> dict[str, Any]:
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+        return {"status_code": status, "content": {"$base64": base64.b64encode(json.dumps(body).encode()).decode()}}
+
+    last = refused(400, "invalid_request", "messages[2].role", "messages[2].role: the last message must be a user "
+                   "message (the question to answer)")
+    assert inexpressible(last) == "last message not the user's"
+    assert inexpressible(refused(415, "unsupported_image_format", "image", "image: PDF files ...")) is not None
+    assert inexpressible(refused(400, "invalid_request", "temperature", "temperature must be ...")) is None
+    assert inexpressible({"status_code": 400, "content": "oops"}) is None

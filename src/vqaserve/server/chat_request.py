@@ -6,8 +6,9 @@ fields OpenAI clients send, and vLLM's sampling extensions (sampling.py) that cl
 server send, so those clients work unchanged. Fields that would hand the client control over the
 model's internals (chat templates, processor kwargs) and features this service does not have (n > 1,
 tools, logprobs, audio, beam search) are refused with a 400 that names the field; unknown fields too
-(compat.py declares those, and the fields that change nothing here). Rules JSON Schema cannot state (the last message is the question; min_tokens with a JSON
-response_format) are validators, and the schema's descriptions say them.
+(compat.py declares those, and the fields that change nothing here). Rules JSON Schema cannot state
+(the last message is the question; min_tokens with a JSON response_format) are validators, and the
+schema's descriptions say them.
 """
 
 from __future__ import annotations
