@@ -11,6 +11,7 @@ from typing import Any
 
 from tests.conftest import image_bytes
 from vqaserve.engines.scripted import ScriptedEngine
+from vqaserve.server.state import app_state
 from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest
 
@@ -98,7 +99,7 @@ class LiveServer:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.02)
         # The port opens before the model has loaded (server/startup.py): wait for the load too.
-        startup = self.server.config.app.state.startup
+        startup = app_state(self.server.config.app).startup
         if not startup.done.wait(timeout=600) or startup.failed:
             self.__exit__()
             raise RuntimeError(f"the app did not start: {startup.status()}")

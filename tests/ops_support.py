@@ -17,6 +17,7 @@ import httpx
 
 from tests.conftest import free_port, image_bytes, subprocess_env, vqa_cmd
 from tests.http_support import LiveServer
+from vqaserve.server.state import app_state
 
 __all__ = ["ServeProcess", "ThreadServer", "chat_body", "free_port", "image_bytes", "redis_server"]
 
@@ -107,7 +108,7 @@ class ThreadServer(LiveServer):
     def __init__(self, app: Any, settings: Any = None) -> None:
         from vqaserve.server.limits import uvicorn_limits
 
-        super().__init__(app, **uvicorn_limits(settings or app.state.settings))
+        super().__init__(app, **uvicorn_limits(settings or app_state(app).settings))
 
 
 @contextlib.contextmanager

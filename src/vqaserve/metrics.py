@@ -2,7 +2,7 @@
 
 Several apps in one process (tests) must not clash, so nothing is registered globally (in the
 multiprocess mode below, one app per process). The app
-creates one `Metrics`, exposes it as `app.state.metrics` and passes it to `wiring.build_pipeline`,
+creates one `Metrics`, keeps it in its AppState (server/state.py) and passes it to `wiring.build_pipeline`,
 which wires `Components.observe` to `observe_stage` and the batcher's observer to `observe_batch`.
 
 Helpers other modules call (all cheap, thread-safe):

@@ -199,7 +199,8 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8000, description="port `vqa serve` listens on")
     workers: int = Field(default=1, description="worker processes (only for engines that hold no model)")
     api_keys: CommaList = Field(default_factory=list, description="comma-separated keys; when set, a key is "
-                                                                  "needed on all routes but `/health`")
+                                                                  "needed on all routes but the probes `/health` and "
+                                                                  "`/ready`")
     api_keys_file: str | None = Field(default=None, description="file of keys, one a line (merged with the above)")
     public_web_page: bool = Field(default=True, description="the page at `/` needs no key (its API calls still do)")
     rate_limit_rpm: int = Field(default=0, description="requests per minute per key (0 = off)")

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from tests.cache_helpers import DictCache, TextKey
 from tests.conftest import image_bytes
 from tests.http_support import LiveServer, RecordingEngine, make_app, sse_payloads, user_msg
+from vqaserve.server.state import app_state
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +156,7 @@ def test_vqa_upload_picks_adapter_by_model(client: TestClient) -> None:
 
 
 def test_cache_header_says_miss_then_hit_for_plain_and_stream(client: TestClient) -> None:
-    c = client.app.state.pipeline.c  # type: ignore[attr-defined]
+    c = app_state(client.app).pipeline.c
     c.cache, c.cache_key = DictCache(), TextKey()
     first = chat(client, [user_msg("cache me")])
     second = chat(client, [user_msg("cache me")])
@@ -201,7 +202,7 @@ def test_health_ready_and_ready_reports_degraded_cache(client: TestClient) -> No
     async def redis_down() -> dict[str, object]:
         return {"redis": "down", "degraded": True}
 
-    client.app.state.pipeline.c.health["cache"] = redis_down  # type: ignore[attr-defined]
+    app_state(client.app).pipeline.c.health["cache"] = redis_down
     degraded = client.get("/ready").json()
     assert degraded["status"] == "degraded" and degraded["cache"]["redis"] == "down"
 

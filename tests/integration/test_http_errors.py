@@ -19,6 +19,7 @@ from vqaserve.errors import (
     Unauthorized,
     VQAError,
 )
+from vqaserve.server.state import app_state
 from vqaserve.types import StreamDelta
 
 pytestmark = pytest.mark.integration
@@ -187,7 +188,7 @@ def test_unknown_route_and_wrong_method(client: TestClient) -> None:
 def test_unexpected_exception_is_a_generic_500_and_the_server_stays_up(client: TestClient) -> None:
     # Engine faults become 503s further down (engine/batcher); this is the last line of defence for a
     # bug anywhere else, so the fault is planted in the pipeline itself.
-    pipeline = client.app.state.pipeline  # type: ignore[attr-defined]
+    pipeline = app_state(client.app).pipeline
     secret = "secret detail /work/model/x.py at 0x7f00deadbeef"
 
     async def answer(question: Any) -> Any:
@@ -220,7 +221,7 @@ def test_unexpected_exception_is_a_generic_500_and_the_server_stays_up(client: T
 @pytest.mark.parametrize("stream", [False, True])
 def test_pipeline_errors_keep_their_status_in_both_modes(client: TestClient, error: VQAError, status: int,
                                                         retry_after: str | None, stream: bool) -> None:
-    pipeline = client.app.state.pipeline  # type: ignore[attr-defined]
+    pipeline = app_state(client.app).pipeline
 
     async def refuse(question: Any) -> Any:
         raise error

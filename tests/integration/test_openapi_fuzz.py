@@ -1,104 +1,184 @@
 """Schemathesis against `vqa serve` with the bundled model: /openapi.json is complete and true.
 
-Every answering operation gets the schema's examples, then schema-valid (positive) and schema-breaking
-(negative) generated requests. Every response must be a non-5xx, with a status, content type and
-body the schema declares; every 4xx must be OpenAI's error JSON with no traceback or path in it; a
-schema-breaking JSON body must be refused. Hypothesis is derandomized, so a run is reproducible and
-its cost bounded. Below it: the unpaired-surrogate 500s found while building this (now 400s), and a
-check that the schema names exactly the fields the parsers know.
+The run is the issue's: `schemathesis run --checks all --max-examples 120 --seed 20261130` (examples,
+coverage and fuzzing phases, every check; the seed makes every run send the same requests), plus
+`--continue-on-failure`, so that one finding does not hide the next. It reads the server's own
+document, with image URLs narrowed to data: URIs (`offline`). The request models are the parsers,
+so what the schema says, the server does; what remains are the rules no JSON Schema can state. Each
+finding must be one of those, named below with the reason, or the test fails:
+
+- a schema-valid chat request refused by a cross-field rule (the last message is the question; at
+  most VQA_MAX_IMAGES images in all messages; min_tokens <= max_tokens), or by what a picture's bytes
+  are (an image that does not decode; a media type outside the allowlist, a 415 clients rely on);
+  the schema's descriptions state each of these;
+- a schema-breaking multipart value the server accepted because, once encoded as form text, it is
+  valid (an empty list sends no part; a number becomes its digits): checked by validating the form
+  as sent, part by part, against the form's schema.
+
+Below it: the unpaired-surrogate 500s found while building the first version (now 400s), and checks
+that the document is valid OpenAPI, that its request schemas are the models, and that the findings
+are sorted as said here.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from email.parser import BytesParser
+from email.policy import HTTP
+from pathlib import Path
 from typing import Any
 
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
-from hypothesis.errors import Unsatisfiable
-from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    negative_data_rejection,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from tests.http_support import LEAKS, ServeProcess, assert_openai_error
-from vqaserve.server.schemas import IMAGE_URL
+from vqaserve.server.chat_request import DATA_URL, IMAGE_URL
 
-# The routes of server/routes_openai.py and routes_vqa.py; /health, /ready, /metrics have tests of their own.
-OPERATIONS = (("/v1/chat/completions", "POST"), ("/v1/vqa", "POST"), ("/v1/models", "GET"))
-# Per operation and generation mode; about 500 requests in all, most refused (400) before the model runs.
-MAX_EXAMPLES = {"POST": 100, "GET": 5}
+ANSWERING = ("POST /v1/chat/completions", "POST /v1/vqa")
 # Small answers and pictures, so the requests that do reach the model are quick on a loaded CPU.
 SERVER_ENV = {"VQA_MODEL": "shop-toy", "VQA_SAFETY_IMAGE": "off", "VQA_MAX_NEW_TOKENS": "4",
               "VQA_GENERATION__MAX_NEW_TOKENS_LIMIT": "8", "VQA_MIN_PIXELS": str(4 * 32 * 32),
               "VQA_MAX_PIXELS": str(16 * 32 * 32), "VQA_FETCH__TIMEOUT_S": "1"}
+RUN = ["--checks", "all", "--max-examples", "120", "--seed", "20261130", "--continue-on-failure"]
+# Refusals of schema-valid requests that no JSON Schema can avoid: (name, status, code, param pattern, words).
+INEXPRESSIBLE = [
+    # JSON Schema cannot address an array's last item
+    ("last message not the user's", 400, "invalid_request", r"messages\[\d+\]\.role",
+     "the last message must be a user message"),
+    # nor compare two fields
+    ("min_tokens over max_tokens", 400, "invalid_request", r"min_tokens", "between 0 and max_tokens"),
+    # nor count across items (VQA_MAX_IMAGES is for all messages together)
+    ("too many images", 400, "invalid_request", r"messages", "too many images"),
+    # whether bytes are a picture is not a matter of syntax
+    ("not a picture", 400, "invalid_image", r"image|messages\[\d+\]\.content\[\d+\]\.image_url", ""),
+    # the media type allowlist is answered 415 unsupported_image_format, which clients rely on
+    ("media type not allowed", 415, "unsupported_image_format",
+     r"image|messages\[\d+\]\.content\[\d+\]\.image_url", ""),
+]
 
 
 def offline(document: Any) -> Any:
-    """The schema with image URLs narrowed to data: URIs.
+    """The document with image URLs narrowed to data: URIs.
 
     An http(s) image URL makes the server fetch it: from a test that is a DNS query for a made-up
     host, answered 502 (documented: the image host failed) or, with a network, a slow request to a
     stranger. The fetcher has its own tests (tests/safety); here every image stays inline.
     """
     if isinstance(document, dict):
-        return {k: "^[dD][aA][tT][aA]:" if k == "pattern" and v == IMAGE_URL else offline(v)
-                for k, v in document.items()}
+        return {k: DATA_URL if k == "pattern" and v == IMAGE_URL else offline(v) for k, v in document.items()}
     if isinstance(document, list):
         return [offline(v) for v in document]
     return document
 
 
-@schemathesis.check
-def openai_error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
-    """A 4xx is `{"error": {"message", "type", "param", "code"}}`, with nothing internal in it."""
-    if not 400 <= response.status_code < 500:
+def _bytes(field: Any) -> bytes:
+    if isinstance(field, dict) and "$base64" in field:
+        return base64.b64decode(field["$base64"])
+    return str(field or "").encode()
+
+
+def inexpressible(response: dict[str, Any]) -> str | None:
+    """Which INEXPRESSIBLE rule refused a schema-valid request, or None when none did."""
+    text = _bytes(response.get("content")).decode("utf-8", "replace")
+    try:
+        error = json.loads(text)["error"]
+    except (ValueError, KeyError, TypeError):
         return None
-    assert not LEAKS.search(response.text), f"internal detail in the error reply: {response.text[:300]}"
-    body = response.json()
-    assert isinstance(body, dict) and set(body) == {"error"}, f"not OpenAI error JSON: {response.text[:300]}"
-    error = body["error"]
-    assert isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}, error
-    assert isinstance(error["message"], str) and error["message"], error
-    assert isinstance(error["type"], str) and error["type"], error
-    assert error["param"] is None or isinstance(error["param"], str), error
-    assert error["code"] is None or isinstance(error["code"], str), error
+    for name, status, code, param, words in INEXPRESSIBLE:
+        if (response["status_code"] == status and error.get("code") == code
+                and re.fullmatch(param, error.get("param") or "") and words in error.get("message", "")):
+            return name
     return None
 
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          openai_error_shape]
-# A JSON request that breaks the schema must be refused: the schema is no stricter than the parser
-# (a value the parser takes but the schema forbids fails here). Not for the multipart form: there a
-# schema-breaking value (an empty list, a number for a text field) is valid text once serialized.
-JSON_CHECKS = [*CHECKS, negative_data_rejection]
+def form_as_sent(request: dict[str, Any]) -> dict[str, Any]:
+    """A multipart request's fields as the server receives them: text parts as text, files as bytes."""
+    headers = {k.lower(): v[0] if isinstance(v, list) else v for k, v in request["headers"].items()}
+    raw = f"Content-Type: {headers['content-type']}\r\n\r\n".encode() + _bytes(request.get("body"))
+    fields: dict[str, Any] = {}
+    for part in BytesParser(policy=HTTP).parsebytes(raw).iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        fields[str(name)] = payload if part.get_filename() else payload.decode("utf-8", "replace")
+    return fields
 
 
-def _run(strategy: st.SearchStrategy[Any], max_examples: int, url: str, session: Any, checks: list[Any],
-         statuses: Counter[int], failures: list[str]) -> None:
-    """Sends every generated case, noting each failure (the run goes on, so one report shows them all)."""
+def valid_once_encoded(request: dict[str, Any], form_schema: dict[str, Any]) -> bool:
+    """Whether the form, as sent, fits its schema with each part read as the server reads it."""
+    import jsonschema_rs  # schemathesis's own validator
 
-    @settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-              phases=[Phase.explicit, Phase.generate],  # no shrinking: a live server makes it slow
-              suppress_health_check=list(HealthCheck))
-    @given(case=strategy)
-    def send(case: Any) -> None:
+    fields = form_as_sent(request)
+    for name, value in list(fields.items()):
+        kind = form_schema["properties"].get(name, {}).get("type")
         try:
-            response = case.call_and_validate(base_url=url, session=session, checks=checks, timeout=60)
-            statuses[response.status_code] += 1
-        except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - every failure is reported below
-            failures.append(f"{case.operation.label}: {str(exc)[:1500]}\n  reproduce: "
-                            f"{case.as_curl_command()[:1500]}")
+            if kind == "integer":
+                fields[name] = int(value)
+            elif kind == "number":
+                fields[name] = float(value)
+            elif kind == "object":
+                fields[name] = json.loads(value)
+            elif isinstance(value, bytes):
+                fields[name] = value.decode("latin-1")  # a file: any bytes are a binary string
+        except ValueError:
+            return False
+    return bool(jsonschema_rs.validator_for(form_schema).is_valid(fields))
 
-    send()
+
+def openai_error_problem(response: dict[str, Any]) -> str | None:
+    """A 4xx must be `{"error": {"message", "type", "param", "code"}}` with nothing internal in it."""
+    text = _bytes(response.get("content")).decode("utf-8", "replace")
+    if LEAKS.search(text):
+        return f"internal detail in the reply: {text[:300]}"
+    try:
+        error = json.loads(text)["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["type"]
+    except (ValueError, KeyError, TypeError, AssertionError):
+        return f"not OpenAI error JSON: {text[:300]}"
+    return None
+
+
+def read_report(report: Path, form_schema: dict[str, Any]) -> tuple[dict[str, Counter[int]], Counter[str], list[str]]:
+    """Statuses per operation, phase and mode; explained findings; the rest, each with its request."""
+    statuses: dict[str, Counter[int]] = {}
+    explained: Counter[str] = Counter()
+    unexplained: list[str] = []
+    for line in report.read_text().splitlines():
+        finished = json.loads(line).get("ScenarioFinished")
+        if finished is None:
+            continue
+        recorder = finished["recorder"]
+        label = recorder["label"]
+        for case_id, interaction in recorder.get("interactions", {}).items():
+            mode = recorder["cases"].get(case_id, {}).get("value", {}).get("meta", {}).get("generation", {}).get("mode")
+            key = f"{label} {finished['phase']} {mode}"
+            response = interaction.get("response") or {}
+            statuses.setdefault(key, Counter())[response.get("status_code", 0)] += 1
+            problems = []
+            if label in ANSWERING and 400 <= response.get("status_code", 0) < 500:
+                problems.append(("error shape", openai_error_problem(response)))
+            for check in recorder.get("checks", {}).get(case_id, []):
+                if check["status"] == "success":
+                    continue
+                why = (inexpressible(response) if check["name"] == "positive_data_acceptance" else
+                       "valid once encoded as form text" if check["name"] == "negative_data_rejection"
+                       and label == "POST /v1/vqa" and valid_once_encoded(interaction["request"], form_schema)
+                       else None)
+                if why is not None:
+                    explained[f"{label} {check['name']}: {why}"] += 1
+                else:
+                    text = _bytes(response.get("content")).decode("utf-8", "replace")[:300]
+                    problems.append((check["name"], f"{response.get('status_code')} {text}"))
+            for name, problem in problems:
+                if problem is not None:
+                    sent = json.dumps(interaction["request"])[:600]
+                    unexplained.append(f"{key} {name}: {problem}\n  request: {sent}")
+    return statuses, explained, unexplained
 
 
 @pytest.fixture(scope="module")
@@ -109,50 +189,38 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_openapi_schema_holds_under_fuzzing(server: ServeProcess, capsys: pytest.CaptureFixture[str]) -> None:
-    import requests
+def test_openapi_schema_holds_under_fuzzing(server: ServeProcess, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import httpx
 
-    schema = schemathesis.openapi.from_dict(offline(requests.get(server.url + "/openapi.json").json()))
-    failures: list[str] = []
-    answered: dict[str, Counter[int]] = {}
+    document = offline(httpx.get(server.url + "/openapi.json", timeout=30).json())
+    (tmp_path / "openapi.json").write_text(json.dumps(document))
+    report = tmp_path / "events.ndjson"
     started = time.monotonic()
-    with requests.Session() as session:
-        for path, method in OPERATIONS:
-            operation = schema[path][method]
-            examples = operation.get_strategies_from_examples()
-            phases: list[tuple[str, st.SearchStrategy[Any] | None]] = [
-                ("examples", st.one_of(examples) if examples else None),
-                ("positive", operation.as_strategy(GenerationMode.POSITIVE)),
-                ("negative", operation.as_strategy(GenerationMode.NEGATIVE)),
-            ]
-            for phase, strategy in phases:
-                statuses: Counter[int] = Counter()
-                before, t0 = len(failures), time.monotonic()
-                try:
-                    if strategy is not None:
-                        checks = CHECKS if path == "/v1/vqa" else JSON_CHECKS
-                        _run(strategy, MAX_EXAMPLES[method], server.url, session, checks, statuses, failures)
-                except Unsatisfiable:  # e.g. negative cases of an operation that takes no input
-                    pass
-                answered[f"{method} {path} {phase}"] = statuses
-                failed = len(failures) - before
-                with capsys.disabled():  # the figures show in every run, passing or not
-                    print(("\nschemathesis against vqa serve (shop-toy):" if len(answered) == 1 else "")
-                          + f"\n  {method} {path} {phase}: {sum(statuses.values()) + failed} cases, {failed} "
-                          f"failures, statuses {dict(sorted(statuses.items()))}, {time.monotonic() - t0:.1f} s",
-                          flush=True)
-    with capsys.disabled():
-        print(f"\n  total {time.monotonic() - started:.1f} s", flush=True)
+    done = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", str(tmp_path / "openapi.json"),
+                           "--url", server.url, *RUN, "--report", "ndjson", "--report-ndjson-path", str(report)],
+                          capture_output=True, text=True, timeout=1500, check=False,
+                          cwd=tmp_path)  # its findings cache (.schemathesis/) is replayed by the next run: fresh
+    assert report.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
+    form_schema = document["paths"]["/v1/vqa"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    statuses, explained, unexplained = read_report(report, form_schema)
+    with capsys.disabled():  # the figures show in every run, passing or not
+        print(f"\nschemathesis {' '.join(RUN)} against vqa serve (shop-toy), {time.monotonic() - started:.0f} s:")
+        for key, counts in sorted(statuses.items()):
+            print(f"  {key}: {sum(counts.values())} cases, statuses {dict(sorted(counts.items()))}")
+        for where, n in sorted(explained.items()):
+            print(f"  explained: {where}: {n}")
+        print(f"  unexplained: {len(unexplained)}", flush=True)
+    assert not unexplained, f"{len(unexplained)} findings:\n" + "\n".join(unexplained[:10])
     # The chat route's examples (plain and streamed) are real requests: the model must have answered both.
-    assert answered["POST /v1/chat/completions examples"][200] == 2, answered
+    assert statuses["POST /v1/chat/completions examples positive"][200] == 2, statuses
     # Schema-valid requests must reach the answer, not only the refusals.
-    assert answered["POST /v1/chat/completions positive"][200] > 0, answered
-    assert answered["POST /v1/vqa positive"][200] > 0, answered
-    assert not failures, f"{len(failures)} failing cases:\n" + "\n".join(failures[:10])
+    assert statuses["POST /v1/chat/completions fuzzing positive"][200] > 0, statuses
+    assert statuses["POST /v1/vqa fuzzing positive"][200] > 0, statuses
 
 
 # JSON may escape half a UTF-16 pair ("\\ud800"); json.loads accepts it, UTF-8 cannot hold it. These
-# answered 500 (the reply, the tokenizer or the cache key failed to encode it) before protocol.lone_surrogate.
+# answered 500 (the reply, the tokenizer or the cache key failed to encode it) before they were refused.
 SURROGATES = [
     ('{"\\ud800": 1, "messages": []}', "\\ud800"),
     ('{"messages": [{"role": "user", "content": "what is \\udc00 this?"}]}', "messages[0].content"),
@@ -188,31 +256,79 @@ def test_paired_surrogates_are_text(server: ServeProcess) -> None:
 
 
 @pytest.mark.unit
-def test_the_schemas_name_exactly_the_fields_the_parsers_know() -> None:
-    """schemas.py describes protocol.py and routes_vqa.py: a field added to a parser must be added there."""
-    from vqaserve.server import protocol, routes_vqa, schemas
+def test_the_request_schemas_are_the_models() -> None:
+    """/openapi.json's request bodies come from the models that parse them, nothing added or left out."""
+    from tests.http_support import make_app
+    from vqaserve.server.chat_request import REFUSED_FIELDS, ChatCompletionRequest
+    from vqaserve.server.vqa_form import VQAForm
 
-    chat = set(schemas.chat_request_schema()["properties"])
-    parsed = set(protocol.ChatCompletionRequest.model_fields)
-    assert chat == parsed | protocol.IGNORED_FIELDS | set(protocol.DEFAULT_ONLY)
-    assert not chat & set(protocol.REFUSED_FIELDS)  # always refused: not in the schema at all
-    assert set(schemas.UPLOAD_FORM_SCHEMA["properties"]) == set(routes_vqa.FIELDS)
+    document = make_app().openapi()
+    chat = document["components"]["schemas"]["ChatCompletionRequest"]
+    assert set(chat["properties"]) == {f.alias or name for name, f in ChatCompletionRequest.model_fields.items()}
+    assert chat["additionalProperties"] is False and not set(chat["properties"]) & set(REFUSED_FIELDS)
+    form = document["paths"]["/v1/vqa"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(form["properties"]) == {f.alias or name for name, f in VQAForm.model_fields.items()}
+    assert form["additionalProperties"] is False
+    # the server's own max_tokens limit, which the models cannot know
+    assert form["properties"]["max_tokens"]["maximum"] == 2048
+    chat_max = chat["properties"]["max_tokens"]["anyOf"][0]
+    assert (chat_max["type"], chat_max["minimum"], chat_max["maximum"]) == ("integer", 1, 2048)
 
 
 @pytest.mark.unit
 def test_the_document_is_valid_openapi() -> None:
+    import schemathesis
+
     from tests.http_support import make_app
 
     document = make_app().openapi()
     schemathesis.openapi.from_dict(document).validate()  # raises on a document the 3.1 meta-schema refuses
     chat = document["paths"]["/v1/chat/completions"]["post"]
     assert set(chat["requestBody"]["content"]) == {"application/json"}
+    assert chat["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ChatCompletionRequest"}
     assert set(chat["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
     vqa = document["paths"]["/v1/vqa"]["post"]
     assert set(vqa["requestBody"]["content"]) == {"multipart/form-data"}
     assert vqa["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/VQAResponse"}
     for operation in (chat, vqa):
+        assert "422" not in operation["responses"]  # a refused body is a 400, as the others
         assert all(operation["responses"][code]["content"]["application/json"]["schema"]
                    == {"$ref": "#/components/schemas/ErrorResponse"}
                    for code in operation["responses"] if code.startswith(("4", "5")))
+
+
+def sent(fields: dict[str, str | bytes]) -> dict[str, Any]:
+    """A multipart request as the report records it (headers, base64 body)."""
+    import httpx
+
+    files = {k: (("f.png", v, "image/png") if isinstance(v, bytes) else (None, v)) for k, v in fields.items()}
+    request = httpx.Request("POST", "http://t/v1/vqa", files=files)
+    return {"headers": {"Content-Type": [request.headers["content-type"]]},
+            "body": {"$base64": base64.b64encode(request.read()).decode()}}
+
+
+@pytest.mark.unit
+def test_the_fuzz_findings_are_sorted_as_the_docstring_says() -> None:
+    from tests.http_support import make_app
+
+    document = make_app().openapi()
+    form = document["paths"]["/v1/vqa"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    # the JSON value broke the schema (model: 5, seed: []), the form as sent does not
+    assert valid_once_encoded(sent({"image": b"\x89PNG", "question": "q", "model": "5"}), form)
+    assert valid_once_encoded(sent({"image": b"\x89PNG", "question": "q"}), form)
+    assert not valid_once_encoded(sent({"image": b"\x89PNG", "question": "q", "seed": "x"}), form)
+    assert not valid_once_encoded(sent({"image": b"\x89PNG", "question": "q", "max_tokens": "0"}), form)
+    assert not valid_once_encoded(sent({"question": "q"}), form)
+
+    def refused(status: int, code: str, param: str, message: str) -> dict[str, Any]:
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+        return {"status_code": status, "content": {"$base64": base64.b64encode(json.dumps(body).encode()).decode()}}
+
+    last = refused(400, "invalid_request", "messages[2].role", "messages[2].role: the last message must be a user "
+                   "message (the question to answer)")
+    assert inexpressible(last) == "last message not the user's"
+    assert inexpressible(refused(415, "unsupported_image_format", "image", "image: PDF files ...")) is not None
+    assert inexpressible(refused(400, "invalid_request", "temperature", "temperature must be ...")) is None
+    assert inexpressible({"status_code": 400, "content": "oops"}) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import re
 import time
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from tests.ops_support import ThreadServer, chat_body, image_bytes, redis_server
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.server.app import create_app
+from vqaserve.server.state import app_state
 from vqaserve.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -45,12 +47,12 @@ def every_route(app: Any) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("public_page", [True, False])
-def test_a_key_is_needed_on_every_route_but_health(public_page: bool) -> None:
+def test_a_key_is_needed_on_every_route_but_the_probes(public_page: bool) -> None:
     app = app_with(api_keys=f"{KEY},{OTHER}", public_web_page=public_page)
     routes = every_route(app)
     assert {p for _, p in routes} >= {"/v1/chat/completions", "/v1/vqa", "/v1/models", "/ready",
                                       "/metrics", "/", "/static/app.js", "/health", "/openapi.json"}
-    open_paths = {"/health"} | ({"/", "/static/app.js"} if public_page else set())
+    open_paths = {"/health", "/ready"} | ({"/", "/static/app.js"} if public_page else set())
     with TestClient(app) as client:
         for method, path in routes:
             for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": f"Basic {KEY}"},
@@ -68,6 +70,32 @@ def test_a_key_is_needed_on_every_route_but_health(public_page: bool) -> None:
         ok = client.post("/v1/chat/completions", json=chat_body("what is it?"),
                          headers={"Authorization": f"Bearer {KEY}"})
         assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
+
+
+async def test_probes_need_no_key_and_tell_only_status(tmp_path: Any) -> None:
+    """An orchestrator's liveness and readiness probes carry no secret; what they answer is status."""
+    release = asyncio.Event()
+
+    class SlowEngine(ScriptedEngine):
+        async def start(self) -> None:
+            await release.wait()
+
+    model_dir = tmp_path / "private-models" / "shop-toy-v2"
+    app = create_app(load_settings(engine="scripted", safety_image="off", api_keys=KEY, model=str(model_dir)),
+                     engine=SlowEngine(model_id="shop-toy-v2"))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        loading = await client.get("/ready")  # no key: 503 with the phase
+        release.set()
+        while not app_state(app).startup.done.is_set():
+            await asyncio.sleep(0.02)
+        ready = await client.get("/ready")
+        assert (await client.get("/health")).status_code == 200
+        assert_error(await client.get("/v1/models"), 401, "invalid_api_key")
+    assert loading.status_code == 503 and loading.json()["status"] == "loading", loading.text
+    assert ready.status_code == 200 and set(ready.json()) == {"status", "model", "adapters", "engine", "cache"}
+    for reply in (loading, ready):
+        assert KEY not in reply.text and "private-models" not in reply.text and not LEAKS.search(reply.text)
 
 
 def test_without_keys_configured_the_service_is_open() -> None:
@@ -236,8 +264,8 @@ def test_while_draining_new_requests_get_503_and_ready_is_false_but_health_is_ok
     with TestClient(app) as client:
         assert client.post("/v1/chat/completions", json=chat_body("a", stream=True), headers=auth).status_code == 200
         assert client.post("/v1/chat/completions", json=chat_body("b [[raise]]"), headers=auth).status_code == 503
-        assert app.state.drain.in_flight == 0  # every finished request (streamed, failed) was counted out
-        app.state.drain.start()
+        assert app_state(app).drain.in_flight == 0  # every finished request (streamed, failed) was counted out
+        app_state(app).drain.start()
         r = client.post("/v1/chat/completions", json=chat_body("late"), headers=auth)
         err = assert_error(r, 503, "shutting_down")
         assert "shutting down" in err["message"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vqaserve.engines.upstream_wire import build_body
-from vqaserve.server.protocol import DEFAULT_ONLY, IGNORED_FIELDS, ChatCompletionRequest
+from vqaserve.server.chat_request import DEFAULT_ONLY, IGNORED_FIELDS, ChatCompletionRequest
 from vqaserve.types import EngineRequest, GenerationParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.slow]  # importing vLLM takes ~20 s here

@@ -21,6 +21,7 @@ from tests.conftest import image_bytes
 from tests.http_support import LEAKS, ServeProcess, assert_openai_error, make_app, user_msg
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import ConfigError
+from vqaserve.server.state import app_state
 
 pytestmark = pytest.mark.integration
 DELAY_S = 12  # long enough to poll a busy 2-core machine several times while loading
@@ -85,7 +86,7 @@ async def serving(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 async def wait_done(app: Any) -> None:
     for _ in range(200):
-        if app.state.startup.done.is_set():
+        if app_state(app).startup.done.is_set():
             return
         await asyncio.sleep(0.02)
     raise AssertionError("start-up never ended")
@@ -110,7 +111,7 @@ async def test_a_known_load_failure_is_reported_by_ready_without_paths(caplog: p
             assert (await client.get("/health")).status_code == 200
     (line,) = [r for r in caplog.records if "start-up failed" in r.getMessage()]
     assert secret in line.getMessage() and line.exc_info is None  # the operator's log has the path
-    assert app.state.startup.error.message.startswith(f"model {secret!r}")  # what `vqa serve` prints
+    assert app_state(app).startup.error.message.startswith(f"model {secret!r}")  # what `vqa serve` prints
 
 
 async def test_an_unexpected_load_failure_is_logged_with_its_traceback_not_sent(

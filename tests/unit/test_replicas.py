@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vqaserve.errors import ConfigError
-from vqaserve.replicas import check_workers
+from vqaserve.server.replicas import check_workers
 from vqaserve.settings import load_settings
 
 pytestmark = pytest.mark.unit

@@ -12,7 +12,8 @@ from vqaserve.cache.keys import CacheKeyBuilder
 from vqaserve.engines.hf_generation import cut_at_stop, stop_ids
 from vqaserve.engines.upstream_wire import build_body
 from vqaserve.images import decode as imgs
-from vqaserve.server.protocol import generation_params, parse_chat_request
+from vqaserve.server.chat_request import ChatCompletionRequest
+from vqaserve.server.sampling import generation_params
 from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest, GenerationParams, Part, Question, Turn
 
@@ -22,8 +23,8 @@ SET = {"min_tokens": 2, "ignore_eos": True, "min_p": 0.05, "repetition_penalty":
 
 
 def params_of(**body: object) -> GenerationParams:
-    request = parse_chat_request({"messages": [{"role": "user", "content": "hi"}], **body})
-    return generation_params(request, load_settings(engine="scripted"))
+    request = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], **body})
+    return generation_params(request, load_settings(engine="scripted").generation)
 
 
 def test_parsed_extensions_land_in_params_under_vllm_names() -> None:

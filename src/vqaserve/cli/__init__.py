@@ -17,6 +17,10 @@ from vqaserve.errors import VQAError
 SUBCOMMANDS = ["ask", "serve", "data", "train", "eval", "bench", "doctor", "adapter", "capture"]
 
 
+class BrokenSubcommand(Exception):
+    """A subcommand module that cannot be imported or registered: a broken install, never skipped."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqa", description="Answer questions about images.")
     parser.add_argument("--version", action="version", version=f"vqaserve {__version__}")
@@ -24,17 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
-            module = importlib.import_module(f"vqaserve.cli.{name}")
-        except ModuleNotFoundError as exc:  # a subcommand still being written on another branch
-            if exc.name != f"vqaserve.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+            importlib.import_module(f"vqaserve.cli.{name}").register(sub)
+        except Exception as exc:  # noqa: BLE001 - reported by main() as one line
+            raise BrokenSubcommand(f"the subcommand {name!r} could not be loaded ({type(exc).__name__}: {exc}); "
+                                   "reinstall vqaserve (pip install -e .), or run with --debug for the "
+                                   "traceback") from exc
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except BrokenSubcommand as exc:
+        if "--debug" in (sys.argv[1:] if argv is None else argv):
+            raise
+        print(f"vqa: error: {exc}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -1,4 +1,4 @@
-"""API keys: `Authorization: Bearer <key>` on every route but `/health` (and the page, if public).
+"""API keys: `Authorization: Bearer <key>` on every route but the probes (and the page, if public).
 
 Keys come from VQA_API_KEYS and/or VQA_API_KEYS_FILE (settings merge both). No keys = open
 service (the default for a laptop on 127.0.0.1). The given key is compared with every configured
@@ -17,8 +17,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vqaserve.server.middleware import error_json
 
-# Paths that never need a key. The web page itself may be public (its API calls still need the key).
-OPEN_PATHS = frozenset({"/health"})
+# Paths that never need a key: the probes, so that an orchestrator needs no secret (their answers
+# say how the service fares, never a key or a path). The web page itself may be public (its API
+# calls still need the key).
+OPEN_PATHS = frozenset({"/health", "/ready"})
 PAGE_PATHS = frozenset({"/", "/favicon.ico"})
 PAGE_PREFIX = "/static/"
 

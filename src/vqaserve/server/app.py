@@ -6,10 +6,9 @@ as OpenAI error JSON from the handlers below: VQAError with its own status, vali
 400 naming the field, anything else as a generic 500 from the access middleware (details go to the
 server log, never to the client).
 
-Hooks for later layers (API keys, rate limits, graceful shutdown): pass `middleware=[Middleware(...)]`
-(they run inside the request-id/access-log and body-limit layers, so their refusals are logged and
-carry a request id); the pipeline is `app.state.pipeline`, settings `app.state.settings`, metrics
-`app.state.metrics`.
+Hooks for later layers: pass `middleware=[Middleware(...)]` (they run inside the request-id/access-log
+and body-limit layers, so their refusals are logged and carry a request id). The app's state (settings,
+metrics, start-up, drain, pipeline) is one `AppState` (server/state.py), read with `app_state(app)`.
 """
 
 from __future__ import annotations
@@ -33,9 +32,12 @@ from vqaserve.engines.base import Engine
 from vqaserve.errors import BlockedInput, EngineFailure, VQAError
 from vqaserve.metrics import Metrics
 from vqaserve.server.middleware import AccessLogMiddleware, BodyLimitMiddleware, error_json
+from vqaserve.server.openapi import finish_document
 from vqaserve.server.operations import ops_middleware, ops_middleware_after_body
 from vqaserve.server.shutdown import Drain
 from vqaserve.server.startup import LoadingGate, Startup, load
+from vqaserve.server.state import AppState, install
+from vqaserve.server.validation import invalid_request
 from vqaserve.settings import Settings
 
 if TYPE_CHECKING:
@@ -50,10 +52,11 @@ _HTTP_TYPES = {404: ("not_found_error", "not_found"), 405: ("invalid_request_err
 
 def create_app(settings: Settings, engine: Engine | None = None,
                middleware: Sequence[Middleware] = ()) -> FastAPI:
-    metrics = Metrics()
+    held = AppState(settings=settings, metrics=Metrics(), drain=Drain(settings.server.shutdown_grace_s),
+                    startup=Startup(engine.name if engine is not None else settings.llm.engine,
+                                    _public_model(settings)))
     # One Redis connection for the process (cache L2 and shared rate limits), closed at shutdown.
     redis = RedisLink.from_settings(settings.cache)
-    startup = Startup(engine.name if engine is not None else settings.llm.engine, _public_model(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,12 +69,12 @@ def create_app(settings: Settings, engine: Engine | None = None,
             await built[0].start()
 
         def build() -> None:
-            pipeline = build_pipeline(settings, built[0], metrics=metrics, redis=redis)  # batcher reports to metrics
-            app.state.pipeline = pipeline
-            log.info("engine %s ready: model %s", built[0].name, pipeline.model_id)
+            # the batcher and every breaker report to metrics; the cache shares the Redis link
+            held.pipeline = build_pipeline(settings, built[0], metrics=held.metrics, redis=redis)
+            log.info("engine %s ready: model %s", built[0].name, held.pipeline.model_id)
 
         # The port opens when this function yields, so the load runs as a task (server/startup.py).
-        task = asyncio.create_task(load(startup, start_engine, build), name="vqa-startup")
+        task = asyncio.create_task(load(held.startup, start_engine, build), name="vqa-startup")
         # One turn of the loop: a load that never waits (scripted engine, an engine already loaded)
         # is then complete before the first request; anything that waits goes on in the background.
         await asyncio.sleep(0)
@@ -83,31 +86,26 @@ def create_app(settings: Settings, engine: Engine | None = None,
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await _close(app.state.pipeline, built[0] if built else None)
+            await _close(held.pipeline, built[0] if built else None)
             if redis is not None:
                 await redis.aclose()
-            metrics.close()
+            held.metrics.close()
 
-    drain = Drain(settings.server.shutdown_grace_s)
     # /docs and /redoc would load Swagger/ReDoc from a CDN: off (offline sites); /openapi.json stays.
     app = FastAPI(title="vqaserve", summary="Visual question answering, OpenAI-compatible",
                   docs_url=None, redoc_url=None, lifespan=lifespan, middleware=[
-                      Middleware(AccessLogMiddleware, metrics=metrics),
+                      Middleware(AccessLogMiddleware, metrics=held.metrics),
                       # Refusals that cost nothing come before the body is read (ops layers).
-                      *ops_middleware(settings, drain),
+                      *ops_middleware(settings, held.drain),
                       # After the key check (a stranger learns nothing), before the body is read.
-                      Middleware(LoadingGate, startup=startup),
+                      Middleware(LoadingGate, startup=held.startup),
                       Middleware(BodyLimitMiddleware,
                                  max_bytes=settings.images.max_body_bytes),
                       *ops_middleware_after_body(settings, redis),
                       *middleware,
                   ])
-    app.state.drain = drain  # the server's graceful shutdown waits on it (server/shutdown.py)
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.startup = startup  # /ready, `vqa serve` (exits on a failed load) and tests read it
-    app.state.pipeline = None  # set by the start-up task once the engine is loaded
-    _install_error_handlers(app, metrics)
+    install(app, held)
+    _install_error_handlers(app, held.metrics)
 
     from vqaserve.server import routes_openai, routes_ops, routes_vqa
 
@@ -115,6 +113,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app.include_router(routes_vqa.router)
     app.include_router(routes_ops.router)
     routes_ops.mount_static(app, STATIC_DIR)
+    finish_document(app, settings.generation)
     return app
 
 
@@ -148,12 +147,9 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return vqa_error_response(exc)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        # A request body refused by its model (FastAPI validates it): a 400 naming the field.
         assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "form")]
-        param = ".".join(loc) or "body"
-        return error_json(400, f"{param}: {first.get('msg', 'invalid value')}", "invalid_request_error",
-                          param, "invalid_request")
+        return vqa_error_response(invalid_request(exc.errors(), strip=_without_body))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -169,24 +165,14 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
 
 
+def _without_body(loc: Sequence[str | int]) -> Sequence[str | int]:
+    """FastAPI's locations start with where the value came from ("body", "query")."""
+    return loc[1:] if loc and loc[0] in ("body", "query", "form") else loc
+
+
 def vqa_error_response(exc: VQAError) -> JSONResponse:
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     status = exc.status if exc.status >= 400 else 400
     return JSONResponse(exc.to_openai(), status_code=status, headers=headers)
-
-
-def create_app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory` (several workers): settings from VQA_* variables."""
-    from vqaserve.cli.serve import configure_logging
-    from vqaserve.server.limits import timed_protocol
-    from vqaserve.settings import load_settings
-
-    settings = load_settings()
-    # A worker process starts with bare logging (no access log): set it up as `vqa serve` did in the
-    # parent, at the --log-level uvicorn has already applied to its own loggers here.
-    level = logging.getLevelName(logging.getLogger("uvicorn.error").getEffectiveLevel())
-    configure_logging(str(level).lower(), settings.server.log_json)
-    timed_protocol(settings.server.header_timeout_s, settings.server.body_timeout_s)  # this worker's
-    return create_app(settings)

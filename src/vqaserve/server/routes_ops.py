@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from vqaserve.metrics import Metrics
-from vqaserve.server.startup import RETRY_AFTER_S, Startup
+from vqaserve.server.startup import RETRY_AFTER_S
+from vqaserve.server.state import state
 from vqaserve.server.static_files import SafeStaticFiles
-
-if TYPE_CHECKING:
-    from vqaserve.pipeline import Pipeline
 
 router = APIRouter()
 
@@ -43,13 +40,14 @@ def _degraded(state: dict[str, Any]) -> bool:
 async def ready(request: Request) -> JSONResponse:
     """200 once the engine is loaded ("degraded" when e.g. Redis is down but answers still flow).
 
-    503 before: `loading` with the phase and seconds so far, or `failed` with the reason.
+    503 before: `loading` with the phase and seconds so far, or `failed` with the reason. Open without
+    an API key, like /health: it names the model and adapters and says how the parts fare, no more.
     """
-    startup: Startup = request.app.state.startup
-    if not startup.ready:
-        headers = {} if startup.failed else {"Retry-After": str(RETRY_AFTER_S)}
-        return JSONResponse(startup.status(), status_code=503, headers=headers)
-    pipeline: Pipeline = request.app.state.pipeline
+    app = state(request)
+    pipeline = app.pipeline
+    if not app.startup.ready or pipeline is None:
+        headers = {} if app.startup.failed else {"Retry-After": str(RETRY_AFTER_S)}
+        return JSONResponse(app.startup.status(), status_code=503, headers=headers)
     engine_state = await _call(pipeline.engine.health)
     body: dict[str, Any] = {"model": pipeline.model_id, "adapters": pipeline.engine.adapters(),
                             "engine": engine_state}
@@ -65,7 +63,7 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("/metrics", response_class=PlainTextResponse,
             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
 async def metrics(request: Request) -> Response:
-    m: Metrics = request.app.state.metrics
+    m = state(request).metrics
     return Response(m.render(), media_type=m.content_type)
 
 

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from vqaserve.server.state import app_state
 from vqaserve.settings import BUNDLED_MODELS, Settings, resolve_model_path
 
 PAGE_INFO = "page.json"
@@ -77,7 +78,7 @@ class SafeStaticFiles(StaticFiles):
         if not is_safe_relative(route_path.removeprefix("/")):
             raise HTTPException(status_code=404)
         if path == PAGE_INFO and scope["method"] in ("GET", "HEAD"):
-            info = page_info(scope["app"].state.settings, str(self.directory))
+            info = page_info(app_state(scope["app"]).settings, str(self.directory))
             # no-store: a server restarted with another model must not leave a stale line on the page.
             return JSONResponse(info, headers={"cache-control": "no-store"})
         return await super().get_response(path, scope)
