@@ -45,8 +45,6 @@ def chat(**body: Any) -> ChatCompletionRequest:
      "messages[0].content[0].image_url", "must be {'url': 'data:image/png;base64,...'}"),
     ({"messages": [{"role": "system", "content": [IMAGE]}, *HI]}, "messages[0].content[0]",
      "images are accepted in user messages only"),
-    ({"messages": [*HI, {"role": "developer", "content": "be brief"}]}, "messages[1].role",
-     "the last message must be a user message"),
     ({"messages": HI, "max_tokens": 0}, "max_tokens", "max_tokens must be at least 1"),
     ({"messages": HI, "max_tokens": 8.5}, "max_tokens", "valid integer"),
     ({"messages": HI, "n": True}, "n", "valid integer"),
@@ -84,6 +82,11 @@ def test_what_the_chat_model_accepts() -> None:
     question = to_question(chat(messages=turns), load_settings(engine="scripted"), "rid")
     assert [t.role for t in question.turns] == ["system", "user"]
     assert question.image_refs[0].name == "messages[1].content[0].image_url"
+    # As with OpenAI and vLLM, any role may end the conversation: the answer is the next turn.
+    trailing = to_question(chat(messages=[*turns, {"role": "developer", "content": "in one word"}]),
+                           load_settings(engine="scripted"), "rid")
+    assert [t.role for t in trailing.turns] == ["system", "user", "system"]
+    assert trailing.last_user_text == "what?"
 
 
 def test_the_server_settings_are_applied_when_the_params_are_made() -> None:
@@ -130,6 +133,7 @@ def test_the_form_shares_the_chat_rules() -> None:
 def test_the_schema_says_the_rules() -> None:
     props = ChatCompletionRequest.model_json_schema(by_alias=True)["properties"]
     assert props["min_p"]["description"].startswith("between 0 and 1")
-    assert "the last message" in props["messages"]["description"]
+    assert "at most VQA_MAX_IMAGES in all" in props["messages"]["description"]
     assert props["best_of"]["anyOf"] == [{"type": "null"}, {"const": 1}]
     assert props["user"] == {"description": "accepted and ignored", "default": None, "title": "User"}
+

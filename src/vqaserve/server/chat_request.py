@@ -7,8 +7,8 @@ server send, so those clients work unchanged. Fields that would hand the client 
 model's internals (chat templates, processor kwargs) and features this service does not have (n > 1,
 tools, logprobs, audio, beam search) are refused with a 400 that names the field; unknown fields too
 (compat.py declares those, and the fields that change nothing here). Rules JSON Schema cannot state
-(the last message is the question; min_tokens with a JSON response_format) are validators, and the
-schema's descriptions say them.
+(min_tokens with a JSON response_format) are validators, and the schema's descriptions say them. As
+with OpenAI and vLLM, a conversation may end with any role: the answer is the next assistant turn.
 """
 
 from __future__ import annotations
@@ -198,8 +198,8 @@ class Conversation(BaseModel):
     """What to answer, by which model, and how to send it."""
 
     messages: Annotated[list[Message], Field(min_length=1), says("a non-empty list of messages", note=(
-        "the conversation; the last message is the question to answer and must be the user's; images "
-        "only in user messages, at most VQA_MAX_IMAGES in all"))]
+        "the conversation; the answer is the assistant turn that follows it; images only in user "
+        "messages, at most VQA_MAX_IMAGES in all"))]
     model: str | None = Field(None, description="the base model or a LoRA adapter name (GET /v1/models)")
     stream: bool = Field(False, description="true: server-sent events (text/event-stream)")
     stream_options: StreamOptions | None = None
@@ -228,10 +228,6 @@ class ChatCompletionRequest(OpenAIIgnored, VLLMDefaults, LogprobsFields, Generat
 
     @model_validator(mode="after")
     def _cross_field(self) -> ChatCompletionRequest:
-        last = len(self.messages) - 1
-        if self.messages[last].role != "user":
-            raise Problem("the last message must be a user message (the question to answer)",
-                          at=f"messages[{last}].role")
         self._json_schema = _schema_of(self.response_format)
         if self._json_schema and self.min_tokens:  # the grammar ends the answer where its JSON ends
             raise Problem("min_tokens cannot be combined with a JSON response_format (the answer ends where "

@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from vqaserve.components import DeltaStream
 from vqaserve.errors import VQAError
 from vqaserve.metrics import Metrics
 from vqaserve.server.responses import ChatCompletionChunk, ChunkChoice, Delta, UsageModel, completion_id
 from vqaserve.server.route_support import record_answer
-from vqaserve.types import StreamDelta, Usage
+from vqaserve.types import Usage
 
 log = logging.getLogger("vqaserve.server")
 
@@ -48,14 +49,23 @@ def _chunk(cid: str, created: int, model: str, delta: Delta | None, finish: str 
     return _event(payload)
 
 
-async def sse_events(deltas: AsyncIterator[StreamDelta], *, model: str, cache: str, include_usage: bool,
-                     metrics: Metrics, count: Any) -> AsyncIterator[str]:
+def _content_events(cid: str, created: int, model: str) -> Callable[[str], str]:
+    """The text chunk of this stream, as `_chunk` writes it but without building a model per token:
+    the part around the text is serialised once (a stream sends one such event per delta)."""
+    template = _chunk(cid, created, model, Delta(content="\x00"))
+    head, tail = template.split(json.dumps("\x00"), 1)
+    return lambda text: head + json.dumps(text, ensure_ascii=False) + tail
+
+
+async def sse_events(deltas: DeltaStream, *, model: str, cache: str, include_usage: bool,
+                     metrics: Metrics, count: Callable[[str], int]) -> AsyncIterator[str]:
     """Role chunk, content deltas, final chunk (finish_reason), usage chunk (if asked), [DONE].
 
     An error after the stream has started can no longer change the HTTP status: it becomes an SSE
     error event followed by [DONE].
     """
     cid, created = completion_id(), int(time.time())
+    content = _content_events(cid, created, model)
     yield _chunk(cid, created, model, Delta(role="assistant", content=""))
     pieces: list[str] = []
     finish: str | None = None
@@ -64,7 +74,7 @@ async def sse_events(deltas: AsyncIterator[StreamDelta], *, model: str, cache: s
         async for delta in deltas:
             if delta.text:
                 pieces.append(delta.text)
-                yield _chunk(cid, created, model, Delta(content=delta.text))
+                yield content(delta.text)
             if delta.finish_reason is not None:
                 # no break: the pipeline writes the cache after its final delta, when resumed once more
                 finish, usage = delta.finish_reason, delta.usage
@@ -80,7 +90,7 @@ async def sse_events(deltas: AsyncIterator[StreamDelta], *, model: str, cache: s
         yield "data: [DONE]\n\n"
         return
     finally:
-        await deltas.aclose()  # type: ignore[attr-defined]
+        await deltas.aclose()
     usage = usage or Usage(prompt_tokens=0, completion_tokens=count("".join(pieces)) if pieces else 0)
     record_answer(metrics, cache, usage, finish)
     yield _chunk(cid, created, model, Delta(), finish=finish or "stop")
