@@ -3,25 +3,16 @@ Qwen's vocabulary and ids, and the very builder run on a shrunken copy of the 2B
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
 
 import pytest
-from tiny_vlm import ok, picture, request
+from tiny_vlm import SHRUNK_2B, ok, picture, request
 
 from vqaserve.modeling.standins import ARCHITECTURES, build_standin, parameter_count, standin_config
 
 pytestmark = pytest.mark.integration
-
-# The 2B's published architecture with every width and depth shrunk; vocabulary, ids, processor,
-# dtype, file layout and code path are the real ones.
-SHRUNK_2B = dataclasses.replace(
-    ARCHITECTURES["qwen3-vl-2b"], name="qwen3-vl-2b-shrunk", text_hidden=64, text_intermediate=128,
-    text_layers=2, text_heads=2, text_kv_heads=1, head_dim=64, vision_hidden=64, vision_intermediate=128,
-    vision_depth=2, vision_heads=2, deepstack=(0,))
-
 
 @pytest.fixture(scope="module")
 def shrunk_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -11,6 +11,7 @@ import pytest
 from vqaserve import doctor
 from vqaserve.doctor import memory
 from vqaserve.doctor import model as doctor_model
+from vqaserve.doctor import report as doctor_report
 from vqaserve.settings import load_settings
 
 pytestmark = pytest.mark.unit
@@ -83,7 +84,7 @@ def cpu_only_machine(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(placement, "cuda_state", lambda: (False, 0, False))
     monkeypatch.setattr(placement, "cpu_bf16_flags", lambda: [])
-    monkeypatch.setattr(doctor, "check_devices", devices)
+    monkeypatch.setattr(doctor_report, "check_devices", devices)
 
 
 @pytest.fixture

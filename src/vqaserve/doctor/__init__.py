@@ -1,32 +1,19 @@
 """`vqa doctor`: is this machine able to serve (or fine-tune) the configured model, and if not,
 what to do. report.py holds the report and the environment checks, model.py the model checks and
-memory.py the peak-memory forecast of the asked workload."""
+`diagnose`, memory.py the peak-memory forecast (plain arithmetic: the GPU check imports it on a
+machine that has torch and transformers but not the service's own dependencies)."""
 
 from __future__ import annotations
 
-import platform
+import importlib
+from typing import Any
 
-from vqaserve.doctor.model import Workload, check_model
-from vqaserve.doctor.report import (
-    PACKAGES,
-    Finding,
-    Report,
-    check_adapters,
-    check_devices,
-    check_versions,
-    package_versions,
-    render,
-    to_json,
-)
-from vqaserve.settings import Settings
-
-__all__ = ["PACKAGES", "Finding", "Report", "Workload", "diagnose", "render", "to_json"]
+_LAZY = {"diagnose": "model", "Workload": "model", "Report": "report", "Finding": "report",
+         "PACKAGES": "report", "render": "report", "to_json": "report"}
+__all__ = sorted(_LAZY)
 
 
-def diagnose(settings: Settings, work: Workload | None = None) -> Report:
-    report = Report(python=platform.python_version(), packages=package_versions())
-    check_versions(report)
-    check_devices(report)
-    check_model(report, settings, work or Workload())
-    check_adapters(report, settings)
-    return report
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"vqaserve.doctor.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'vqaserve.doctor' has no attribute {name!r}")

@@ -19,8 +19,8 @@ weights of every linear layer) adds the adapter's weights, gradients and AdamW m
 TRAIN_WIDTHS per token and layer without gradient checkpointing, one hidden state per token and
 layer plus one layer's worth with it.
 
-The constants were measured on this project's stand-ins (docs/deploy.md, "Memory"): peak RSS
-minus the terms above, on CPU in bfloat16. On CUDA the same activations are allocated by the
+The constants were measured on this project's stand-ins (below, and docs/deploy.md "Memory"):
+peak RSS minus the terms above, on CPU in bfloat16. On CUDA the same activations are allocated by the
 caching allocator; the CUDA context (CUDA_CONTEXT_BYTES) is on the device but outside
 torch.cuda.max_memory_allocated().
 """
@@ -31,17 +31,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 GIB = 1024**3
-# Measured: RSS of `python -c "import torch, transformers, vqaserve.wiring, fastapi"` = 0.66 GB (CPU,
-# torch 2.14.1, transformers 5.25); `vqa ask` on a 10 M-parameter stand-in with Qwen's 151,669-token
-# tokenizer (NudeNet on, so everything but the weights) peaked at FRAMEWORK_SERVE_BYTES.
-FRAMEWORK_IMPORT_BYTES = 660 * 1024**2
-FRAMEWORK_SERVE_BYTES = 1_150 * 1024**2
-FRAMEWORK_TRAIN_BYTES = 1_000 * 1024**2  # no image checker, no server; the trainer's data pipeline
+# Measured on this project's CPU machine (torch 2.14.1, transformers 5.25, bfloat16; peak RSS by the
+# kernel's high-water mark; docs/deploy.md "Memory" has the commands and the load at the time):
+# - `vqa ask` (NudeNet on) with a 10 M-parameter stand-in that has Qwen's 151,669-token tokenizer:
+#   1.53 GB, all but ~0.1 GB of it the process itself (torch + transformers + vqaserve: 0.66 GB
+#   imported; the tokenizer, its counting copy and the grammar compiler's vocabulary; NudeNet).
+# - one LoRA step on a 2B-wide stand-in with 6 text layers, with and without gradient checkpointing
+#   (1,311 tokens) and at batch 2 (574 tokens): 4.28, 3.37 and 3.45 GB, which these widths and
+#   FRAMEWORK_TRAIN_BYTES reproduce within 2%.
+FRAMEWORK_SERVE_BYTES = 1_430_000_000
+FRAMEWORK_TRAIN_BYTES = 1_440_000_000
 CUDA_CONTEXT_BYTES = 512 * 1024**2  # the CUDA runtime on each device
 TEXT_TOKENS = 64  # chat template (~20 tokens) + a product question, per request
 VISION_WIDTHS = 12.0  # live hidden-sized tensors per patch in a vision block (MLP = 4 widths)
 LLM_WIDTHS = 6.0  # live hidden-sized tensors per token in an LLM layer, besides 3 MLP-width ones
-TRAIN_WIDTHS = 8.0  # saved per token and layer for backward, besides 3 MLP-width ones (bf16 units)
+TRAIN_WIDTHS = 26.0  # saved per token and LLM layer for backward, besides 3 MLP-width ones (bf16 units):
+#                      float32 RMSNorm inputs, LoRA's float32 dropout inputs, q/k/v, attention, MLP
 QUANT_BYTES_PER_WEIGHT = 0.5 + 4 / 64  # NF4 + a float32 absmax per 64-weight block
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 

@@ -4,11 +4,13 @@ workload (serving, or a LoRA training step) fits in the memory that is free."""
 from __future__ import annotations
 
 import json
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vqaserve.doctor import memory
+from vqaserve.doctor import report as checks
 from vqaserve.doctor.report import Report, size
 from vqaserve.engines.placement import choose_placement, stored_parameters
 from vqaserve.errors import ConfigError
@@ -137,3 +139,12 @@ def check_model(report: Report, settings: Settings, work: Workload) -> None:
         report.model["note"] = ("weights are memory-mapped from safetensors: under memory pressure the OS "
                                 "evicts and re-reads them, so RSS stays below the forecast and answers slow "
                                 "down many times")
+
+
+def diagnose(settings: Settings, work: Workload | None = None) -> Report:
+    report = Report(python=platform.python_version(), packages=checks.package_versions())
+    checks.check_versions(report)
+    checks.check_devices(report)
+    check_model(report, settings, work or Workload())
+    checks.check_adapters(report, settings)
+    return report

