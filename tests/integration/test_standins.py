@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import pytest
-from tiny_vlm import SHRUNK_2B, ok, picture, request
+from tiny_vlm import ok, picture, request
 
-from vqaserve.modeling.standins import ARCHITECTURES, build_standin, parameter_count, standin_config
+from vqaserve.modeling.standins import ARCHITECTURES, parameter_count, standin_config
 
 pytestmark = pytest.mark.integration
 
-@pytest.fixture(scope="module")
-def shrunk_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # small shards, so the multi-shard index path (the 8B's 9 shards) is what gets loaded
-    return build_standin(tmp_path_factory.mktemp("standin"), SHRUNK_2B, seed=3, shard_bytes=8_000_000,
-                         command="pytest shrunk 2B")
+@pytest.fixture
+def shrunk_dir(shrunk_standin: Path) -> Path:
+    return shrunk_standin
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
@@ -56,7 +55,7 @@ def test_the_shrunk_standin_loads_in_bf16_and_says_it_is_random(shrunk_dir: Path
 
     info = json.loads((shrunk_dir / "standin.json").read_text())
     assert info["random_weights"] is True and "RANDOM WEIGHTS" in info["warning"]
-    assert info["seed"] == 3 and info["command"] == "pytest shrunk 2B" and info["versions"]["torch"]
+    assert info["seed"] == 0 and info["command"] == "pytest shrunk 2B" and info["versions"]["torch"]
     assert info["sources"]["architecture"].startswith("pytorch/torchtitan")
     assert "RANDOM WEIGHTS" in (shrunk_dir / "README.md").read_text().splitlines()[0]
     index = json.loads((shrunk_dir / "model.safetensors.index.json").read_text())
@@ -96,3 +95,40 @@ def test_vqa_model_random_refuses_a_used_directory(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err.strip()
     assert err.startswith("vqa: error: --out") and "not empty" in err and "\n" not in err
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_gpu_check_rehearses_on_the_cpu(shrunk_standin: Path, tmp_path: Path) -> None:
+    """scripts/gpu-check.sh's measurements (--dry-run: CPU, the shrunk 2B, small pictures): every part
+    of the record is there, and doctor's forecast sits next to each measured peak."""
+    from vqaserve.bench import gpu_check
+
+    assert shrunk_standin.name == gpu_check.SHRUNK.name  # so --work finds it and does not rebuild
+    out = tmp_path / "record.json"
+    assert gpu_check.main(["--dry-run", "--work", str(shrunk_standin.parent), "--out", str(out),
+                           "--no-trainer-cli"]) == 0
+    record = json.loads(out.read_text())
+    assert record["dry_run"] and record["device"] == "cpu" and record["load"]["seconds"] > 0
+    for part in ("answers_batch_1", "answers_batch_16", "lora_no_checkpointing", "lora_checkpointing"):
+        assert record[part]["measured_bytes"] > 0 and record[part]["forecast"]["total_bytes"] > 0, part
+    assert record["answers_batch_16"]["batch"] == 2 and record["answers_batch_1"]["new_tokens"] == 32
+    assert record["lora_checkpointing"]["gradient_checkpointing"] is True
+
+
+def test_gpu_check_runs_vqa_train_with_the_trainers_cuda_flags() -> None:
+    from vqaserve.bench.gpu_check import train_command
+
+    cmd = train_command("d.jsonl", "M", "O", device="cuda", steps=2, batch=2, checkpointing=True, load_in_4bit=True)
+    assert cmd[1:] == ["-m", "vqaserve", "train", "d.jsonl", "--model", "M", "--lora", "--device", "cuda",
+                       "--dtype", "bfloat16", "--grad-accum", "1", "--steps", "2", "--batch-size", "2",
+                       "--out", "O", "--gradient-checkpointing", "--load-in-4bit"]
+
+
+def test_gpu_check_without_cuda_says_so_and_stops() -> None:
+    import subprocess
+
+    from tests.conftest import REPO, subprocess_env
+
+    proc = subprocess.run(["bash", "scripts/gpu-check.sh"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=subprocess_env(CUDA_VISIBLE_DEVICES="", PYTHON=sys.executable, OUT=str(REPO / "no-out")))
+    assert proc.returncode == 2 and "CUDA is not available" in proc.stderr, proc.stderr
+    assert not (REPO / "no-out").exists()  # nothing written before the check
