@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_vlm import SHRUNK_2B, TINY_MAX_PIXELS, TINY_MIN_PIXELS
+from tiny_vlm import TINY_MAX_PIXELS, TINY_MIN_PIXELS
+
+from vqaserve.modeling.standins import SHRUNK_2B
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +20,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def shrunk_standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`vqa model random qwen3-vl-2b`'s code path with every width shrunk (tiny_vlm.SHRUNK_2B): Qwen's real
+    """`vqa model random qwen3-vl-2b`'s code path with every width shrunk (standins.SHRUNK_2B): Qwen's real
     vocabulary, processor and file layout, in small shards so the multi-shard index is what loads."""
     from vqaserve.modeling.standins import build_standin
 

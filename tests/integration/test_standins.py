@@ -102,7 +102,7 @@ def test_gpu_check_rehearses_on_the_cpu(shrunk_standin: Path, tmp_path: Path) ->
     of the record is there, and doctor's forecast sits next to each measured peak."""
     from vqaserve.bench import gpu_check
 
-    assert shrunk_standin.name == gpu_check.SHRUNK.name  # so --work finds it and does not rebuild
+    assert shrunk_standin.name == gpu_check.SHRUNK_2B.name  # so --work finds it and does not rebuild
     out = tmp_path / "record.json"
     assert gpu_check.main(["--dry-run", "--work", str(shrunk_standin.parent), "--out", str(out),
                            "--no-trainer-cli"]) == 0

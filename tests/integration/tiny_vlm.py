@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from typing import Any
 
@@ -10,15 +9,7 @@ from PIL import Image
 
 from vqaserve.errors import VQAError
 from vqaserve.images import decode as imgs
-from vqaserve.modeling.standins import ARCHITECTURES
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, NormalizedImage, Part, Turn
-
-# The 2B stand-in's published architecture (vqaserve.modeling.standins) with every width and depth
-# shrunk; vocabulary, ids, processor, dtype, file layout and code path are the real ones.
-SHRUNK_2B = dataclasses.replace(
-    ARCHITECTURES["qwen3-vl-2b"], name="qwen3-vl-2b-shrunk", text_hidden=64, text_intermediate=128,
-    text_layers=2, text_heads=2, text_kv_heads=1, head_dim=64, vision_hidden=64, vision_intermediate=128,
-    vision_depth=2, vision_heads=2, deepstack=(0,))
 
 # The tiny model's processor budget: 4..64 visual tokens per image keeps the vision tower cheap.
 TINY_MIN_PIXELS = 4 * 32 * 32

@@ -72,6 +72,7 @@ def test_vqa_ask_batch_1_peak_is_forecast(arch: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_vqa_serve_16_concurrent_full_budget_peak_is_forecast(arch: str, tmp_path: Path) -> None:
     model = standin(arch)
+    # the server splits 16 full-budget pictures at VQA_BATCH_MAX_VISUAL_TOKENS; doctor forecasts the same
     forecast = doctor_forecast(model, "--batch-size", "16", "--max-pixels", str(PIXELS))
     if not _fits_or_doctor_said_why(forecast, f"{arch}-serve16"):
         return

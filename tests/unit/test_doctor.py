@@ -109,7 +109,8 @@ def test_json_report_has_every_field(fake_model: Path, monkeypatch: pytest.Monke
     forecast = data["forecast"]
     assert data["model"]["parameters"] == 2_000_000 and forecast["terms"]["weights"] == 8_000_000
     assert forecast["total_bytes"] == sum(forecast["terms"].values()) and forecast["fits"]
-    assert forecast["workload"]["batch"] == 16  # VQA_BATCH_MAX_SIZE's default when --batch-size is not given
+    # without --batch-size: VQA_BATCH_MAX_SIZE (16), closed at 16384 visual tokens = 12 full-budget pictures
+    assert (forecast["workload"]["asked_batch"], forecast["workload"]["batch"]) == (16, 12)
     assert data["ok"] is True
     assert "fits" in doctor.render(report)
 
@@ -118,8 +119,13 @@ def test_the_asked_workload_is_the_one_forecast(fake_model: Path) -> None:
     settings = load_settings(model=str(fake_model), device="cpu")
     one = doctor.diagnose(settings, doctor.Workload(batch_size=1, max_pixels=256 * 32 * 32, max_new_tokens=8))
     assert one.forecast is not None
-    assert one.forecast["workload"] == {"batch": 1, "max_pixels": 256 * 32 * 32, "patches": 1024,
+    assert one.forecast["workload"] == {"batch": 1, "asked_batch": 1, "max_pixels": 256 * 32 * 32, "patches": 1024,
                                         "prompt_tokens": 256 + memory.TEXT_TOKENS, "max_new_tokens": 8}
+    # 16 pictures of 1280 visual tokens: the batcher closes the batch at 16384 visual tokens, after 12
+    full = doctor.diagnose(settings, doctor.Workload(batch_size=16, max_pixels=1280 * 32 * 32))
+    assert full.forecast is not None
+    assert (full.forecast["workload"]["batch"], full.forecast["workload"]["asked_batch"]) == (12, 16)
+    assert "16 asked" in doctor.render(full)
     train = doctor.diagnose(settings, doctor.Workload(train=True, batch_size=2, gradient_checkpointing=True))
     assert train.forecast is not None and train.forecast["kind"] == "train"
     assert train.forecast["workload"]["gradient_checkpointing"] and train.forecast["workload"]["batch"] == 2
@@ -148,3 +154,10 @@ def test_a_missing_adapter_is_a_problem(fake_model: Path, tmp_path: Path) -> Non
     report = doctor.diagnose(load_settings(model=str(fake_model), device="cpu",
                                            adapters={"shop": str(tmp_path / "no-adapter")}))
     assert any("adapter 'shop'" in f.message and f.level == "problem" for f in report.findings)
+
+
+def test_a_workload_flag_below_one_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from vqaserve.cli import main
+
+    assert main(["doctor", "--batch-size", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "vqa: error: --batch-size must be at least 1"

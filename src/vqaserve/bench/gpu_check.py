@@ -18,7 +18,6 @@ shrunk 2B stand-in and small pictures in seconds, for the tests.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import subprocess
@@ -28,13 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from vqaserve.doctor import memory
-from vqaserve.modeling.standins import ARCHITECTURES, build_standin
+from vqaserve.modeling.standins import ARCHITECTURES, SHRUNK_2B, build_standin
 
 FULL = (1024, 1280)  # 1,310,720 pixels: 1280 visual tokens
-SHRUNK = dataclasses.replace(  # the 2B's architecture with every width and depth shrunk (--dry-run)
-    ARCHITECTURES["qwen3-vl-2b"], name="qwen3-vl-2b-shrunk", text_hidden=64, text_intermediate=128,
-    text_layers=2, text_heads=2, text_kv_heads=1, head_dim=64, vision_hidden=64, vision_intermediate=128,
-    vision_depth=2, vision_heads=2, deepstack=(0,))
+
 
 
 def train_command(data: str, model: str, out: str, *, device: str, steps: int, batch: int,
@@ -201,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
               "NVIDIA GPU; use --dry-run for the CPU rehearsal", file=sys.stderr)
         return 2
     work = Path(args.work)
-    arch = SHRUNK if args.dry_run else ARCHITECTURES[args.arch]
+    arch = SHRUNK_2B if args.dry_run else ARCHITECTURES[args.arch]
     dev = Device("cpu" if args.dry_run else "cuda")
     size, big = ((64, 64), 2) if args.dry_run else (FULL, 16)
     record: dict[str, Any] = {"check": "gpu-check", "arch": arch.name, "dry_run": args.dry_run,

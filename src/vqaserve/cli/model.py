@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 
 from vqaserve.errors import InvalidRequest
-
-ARCH_NAMES = ["qwen3-vl-2b", "qwen3-vl-4b", "qwen3-vl-8b"]  # vqaserve.modeling.standins.ARCHITECTURES
+from vqaserve.modeling.standins import ARCHITECTURES  # plain data: no torch at `vqa --help`
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
@@ -23,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
                     "random bfloat16 weights, Qwen's vocabulary and processor. Real size, speed and code "
                     "paths for measuring memory and speed; it answers noise. 2B: 4.3 GB, 4B: 8.9 GB, "
                     "8B: 17.5 GB on disk, about one 2 GB shard of memory while building.")
-    r.add_argument("arch", choices=ARCH_NAMES, help="which published architecture")
+    r.add_argument("arch", choices=list(ARCHITECTURES), help="which published architecture")
     r.add_argument("--out", required=True, help="output directory (must be empty or absent)")
     r.add_argument("--seed", type=int, default=0, help="random seed of the weights (default 0)")
     r.set_defaults(func=run_random)

@@ -76,10 +76,16 @@ def forecast(shape: memory.Shape, dtype: str, device: str, settings: Settings, w
             shape, dtype, batch=work.batch_size or work.train_batch_size, max_pixels=pixels,
             lora_rank=work.lora_r, lora_targets=work.lora_targets, device=device,
             gradient_checkpointing=work.gradient_checkpointing, load_in_4bit=work.load_in_4bit)
-    return memory.serve_forecast(
-        shape, dtype, batch=work.batch_size or settings.batching.max_size, max_pixels=pixels,
+    asked = work.batch_size or settings.batching.max_size
+    # the batcher closes a batch at VQA_BATCH_MAX_VISUAL_TOKENS (16384: 12 pictures of 1280 tokens)
+    per_request = max(1, pixels // (shape.pixels_per_patch * shape.patches_per_token))
+    batch = min(asked, max(1, settings.batching.max_visual_tokens // per_request))
+    result = memory.serve_forecast(
+        shape, dtype, batch=batch, max_pixels=pixels,
         max_new_tokens=work.max_new_tokens or settings.generation.max_new_tokens,
         vision_memo_bytes=settings.llm.vision_memo_mb * 2**20, device=device)
+    result.workload["asked_batch"] = asked
+    return result
 
 
 def check_model(report: Report, settings: Settings, work: Workload) -> None:

@@ -192,7 +192,9 @@ def render(report: Report) -> str:
 def render_forecast(f: dict[str, Any]) -> list[str]:
     w = f["workload"]
     if f["kind"] == "serve":
-        what = (f"serving {w['batch']} request(s) at once, {w['max_pixels']:,} pixels "
+        split = (f" ({w['asked_batch']} asked: VQA_BATCH_MAX_VISUAL_TOKENS closes a batch there)"
+                 if w.get("asked_batch", w["batch"]) != w["batch"] else "")
+        what = (f"serving {w['batch']} request(s) at once{split}, {w['max_pixels']:,} pixels "
                 f"({w['prompt_tokens']} prompt tokens) + {w['max_new_tokens']} new tokens each")
     else:
         what = (f"a LoRA step, batch {w['batch']}, {w['max_pixels']:,} pixels, r={w['lora_rank']} on "

@@ -75,6 +75,14 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
                  (8, 16, 24), 8.77, "pytorch/torchtitan qwen3_vl_configs['8B']"),
 )}
 
+# The 2B with every width and depth shrunk (head dims kept: vLLM's M-RoPE needs 128 in the text, its
+# vision attention 64): the real vocabulary, ids, processor and code path in seconds, for tests and
+# rehearsals (`python -m vqaserve.bench.gpu_check --dry-run`). Not a published architecture.
+SHRUNK_2B = dataclasses.replace(
+    ARCHITECTURES["qwen3-vl-2b"], name="qwen3-vl-2b-shrunk", text_hidden=64, text_intermediate=128,
+    text_layers=2, text_heads=2, text_kv_heads=1, vision_hidden=128, vision_intermediate=256,
+    vision_depth=2, vision_heads=2, deepstack=(0,))
+
 # Shared by every dense Qwen3-VL-Instruct (the 4B config.json copy above; torchtitan agrees).
 FAMILY: dict[str, Any] = {
     "max_position_embeddings": 262144, "rope_theta": 5_000_000.0, "mrope_section": [24, 20, 20],
