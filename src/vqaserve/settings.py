@@ -365,8 +365,9 @@ class Settings(BaseSettings):
         return self
 
 
-# VQA_* variables that are not settings: read by scripts/vllm.sh (VQA_VLLM_VENV, ...) and by tests.
-FOREIGN_PREFIXES = ("VQA_VLLM_", "VQA_TEST_")
+# VQA_* variables that are not settings: read by scripts/vllm.sh (VQA_VLLM_VENV, ...), by tests and by the
+# full-size runs (tests/realsize: VQA_REALSIZE_DIR, ...).
+FOREIGN_PREFIXES = ("VQA_VLLM_", "VQA_TEST_", "VQA_REALSIZE_")
 
 
 def _groups() -> dict[str, type[BaseModel]]:

@@ -22,9 +22,10 @@ def test_doctor_json_counts_the_real_parameters(tiny_model_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     built = json.loads((tiny_model_dir / "build_info.json").read_text())
-    # counted on the meta device from config.json alone, equal to the parameters the builder made
-    assert report["model"]["fit"]["parameters"] == built["parameters"]
-    assert report["model"]["fit"]["fits"] and report["ok"]
+    # counted from the safetensors headers alone, equal to the parameters the builder made
+    assert report["model"]["parameters"] == built["parameters"]
+    assert report["forecast"]["fits"] and report["ok"]
+    assert report["forecast"]["terms"]["weights"] == 4 * built["parameters"]  # float32: a tiny model
     assert report["packages"]["torch"] and report["packages"]["transformers"]
     assert report["devices"][0]["index"] == "cpu"
     if not report["cuda_available"]:

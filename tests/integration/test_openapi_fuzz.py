@@ -7,7 +7,8 @@ document, with image URLs narrowed to data: URIs (`offline`). The request models
 so what the schema says, the server does; what remains are the rules no JSON Schema can state. Each
 finding must be one of those, named below with the reason, or the test fails:
 
-- a schema-valid chat request refused by a cross-field rule (at most VQA_MAX_IMAGES images in all messages; min_tokens <= max_tokens), or by what a picture's bytes
+- a schema-valid chat request refused by a cross-field rule (at most VQA_MAX_IMAGES images in all
+  messages; min_tokens <= max_tokens), or by what a picture's bytes
   are (an image that does not decode; a media type outside the allowlist, a 415 clients rely on);
   the schema's descriptions state each of these;
 - a schema-breaking multipart value the server accepted because, once encoded as form text, it is

@@ -9,46 +9,68 @@ from typing import Any
 import pytest
 
 from vqaserve import doctor
+from vqaserve.doctor import memory
+from vqaserve.doctor import model as doctor_model
+from vqaserve.doctor import report as doctor_report
 from vqaserve.settings import load_settings
 
 pytestmark = pytest.mark.unit
 
 # Qwen3-VL-8B-Instruct's text tower (as published): 36 layers, 32 query heads, 8 KV heads, head_dim 128.
 QWEN3_VL_8B_TEXT = {"num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
-                    "head_dim": 128, "hidden_size": 4096}
+                    "head_dim": 128, "hidden_size": 4096, "intermediate_size": 12288, "vocab_size": 151936}
+QWEN3_VL_8B = {"text_config": QWEN3_VL_8B_TEXT, "tie_word_embeddings": False,
+               "vision_config": {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "patch_size": 16,
+                                 "spatial_merge_size": 2, "deepstack_visual_indexes": [8, 16, 24]}}
 GIB = 1024**3
 
 
 def test_kv_cache_bytes_counts_k_and_v_per_layer_and_kv_head() -> None:
-    per_token = doctor.kv_cache_bytes(QWEN3_VL_8B_TEXT, "bfloat16", 1)
+    shape = memory.shape_from_config({"text_config": QWEN3_VL_8B_TEXT}, 8_767_123_696)
+    per_token = memory.kv_cache_bytes(shape, "bfloat16", 1)
     assert per_token == 2 * 36 * 8 * 128 * 2  # 144 KiB per token
-    assert doctor.kv_cache_bytes(QWEN3_VL_8B_TEXT, "float32", 1000) == 2 * per_token * 1000
+    assert memory.kv_cache_bytes(shape, "float32", 1000) == 2 * per_token * 1000
     # no head_dim and no KV heads in the config: hidden / heads, and every head has its own KV
-    legacy = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 256}
-    assert doctor.kv_cache_bytes(legacy, "float16", 1) == 2 * 2 * 4 * 64 * 2
+    legacy = memory.shape_from_config({"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 256}, 1)
+    assert memory.kv_cache_bytes(legacy, "float16", 1) == 2 * 2 * 4 * 64 * 2
 
 
-def test_an_8b_model_fits_a_big_gpu_and_not_a_small_one() -> None:
-    def fit(free_gib: float, batch: int = 16, dtype: str = "bfloat16") -> doctor.Fit:
-        return doctor.estimate_fit(8_770_000_000, QWEN3_VL_8B_TEXT, dtype, int(free_gib * GIB), batch=batch,
-                                   tokens_per_request=1856, gpu=True)
+def test_serve_forecast_grows_with_the_asked_workload() -> None:
+    shape = memory.shape_from_config(QWEN3_VL_8B, 8_767_123_696)
 
-    big, small = fit(80), fit(16)
-    assert big.weights_bytes == 8_770_000_000 * 2  # ~17.5 GB in bf16, as DESIGN.md says
-    assert big.need_bytes == big.weights_bytes + big.kv_cache_bytes + big.overhead_bytes
-    assert big.kv_cache_bytes == doctor.kv_cache_bytes(QWEN3_VL_8B_TEXT, "bfloat16", 16 * 1856)
-    assert big.fits and not small.fits
-    # more concurrent requests need more KV cache; float32 doubles the weights
-    assert fit(80, batch=32).need_bytes > big.need_bytes
-    assert fit(80, dtype="float32").weights_bytes == 2 * big.weights_bytes
+    def total(**kw: Any) -> int:
+        args: dict[str, Any] = {"batch": 1, "max_pixels": 1280 * 32 * 32, "max_new_tokens": 64, **kw}
+        return memory.serve_forecast(shape, args.pop("dtype", "bfloat16"), **args).total
+
+    one = memory.serve_forecast(shape, "bfloat16", batch=1, max_pixels=1280 * 32 * 32, max_new_tokens=64)
+    assert one.terms["weights"] == 8_767_123_696 * 2  # ~17.5 GB in bf16, as DESIGN.md says
+    assert one.workload["prompt_tokens"] == 1280 + memory.TEXT_TOKENS and one.workload["patches"] == 5120
+    assert one.terms["kv_cache"] == memory.kv_cache_bytes(shape, "bfloat16", 1280 + memory.TEXT_TOKENS + 64)
+    assert total(batch=16) > total() and total(max_pixels=256 * 32 * 32) < total()
+    assert total(max_new_tokens=512) > total()
+    assert total(dtype="float32") - total() > one.terms["weights"]  # float32 doubles the weights and more
+    # batch 16 at the full budget costs KV cache and activations in proportion, weights once
+    sixteen = memory.serve_forecast(shape, "bfloat16", batch=16, max_pixels=1280 * 32 * 32, max_new_tokens=64)
+    assert sixteen.terms["kv_cache"] == 16 * one.terms["kv_cache"]
+    assert sixteen.terms["weights"] == one.terms["weights"]
 
 
-def test_cpu_fit_has_no_cuda_context() -> None:
-    cpu = doctor.estimate_fit(1000, QWEN3_VL_8B_TEXT, "float32", GIB, batch=1, tokens_per_request=1,
-                              gpu=False)
-    gpu = doctor.estimate_fit(1000, QWEN3_VL_8B_TEXT, "float32", GIB, batch=1, tokens_per_request=1,
-                              gpu=True)
-    assert gpu.overhead_bytes - cpu.overhead_bytes == doctor.CUDA_CONTEXT_BYTES
+def test_train_forecast_terms_follow_the_flags() -> None:
+    shape = memory.shape_from_config(QWEN3_VL_8B, 8_767_123_696)
+
+    def step(**kw: Any) -> memory.Forecast:
+        return memory.train_forecast(shape, "bfloat16", batch=2, max_pixels=1280 * 32 * 32, **kw)
+
+    plain = step()
+    # q_proj (4096 -> 4096) and v_proj (4096 -> 1024) at rank 8 in 36 layers, 16 bytes each with AdamW
+    assert plain.workload["lora_parameters"] == 36 * 8 * ((4096 + 4096) + (4096 + 1024))
+    assert plain.terms["lora_and_adamw"] == 16 * plain.workload["lora_parameters"]
+    assert step(gradient_checkpointing=True).terms["activations"] < plain.terms["activations"] / 4
+    four_bit = step(load_in_4bit=True).terms["weights"]
+    assert 0.25 * plain.terms["weights"] < four_bit < 0.45 * plain.terms["weights"]
+    assert step(lora_rank=64).terms["lora_and_adamw"] == 8 * plain.terms["lora_and_adamw"]
+    with pytest.raises(ValueError, match="qkv"):
+        step(lora_targets=("qkv",))
 
 
 @pytest.fixture(autouse=True)
@@ -61,14 +83,15 @@ def cpu_only_machine(monkeypatch: pytest.MonkeyPatch) -> None:
                                "total_bytes": 32 * GIB, "bf16": False})
 
     monkeypatch.setattr(placement, "cuda_state", lambda: (False, 0, False))
-    monkeypatch.setattr(doctor, "check_devices", devices)
+    monkeypatch.setattr(placement, "cpu_bf16_flags", lambda: [])
+    monkeypatch.setattr(doctor_report, "check_devices", devices)
 
 
 @pytest.fixture
 def fake_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A model directory whose parameter count the test decides (no transformers, no weights)."""
     (tmp_path / "config.json").write_text('{"model_type": "qwen3_vl"}')
-    monkeypatch.setattr(doctor, "count_parameters", lambda source, trust=False: (2_000_000, QWEN3_VL_8B_TEXT))
+    monkeypatch.setattr(doctor_model, "count_parameters", lambda source, trust=False: (2_000_000, QWEN3_VL_8B))
     return tmp_path
 
 
@@ -76,19 +99,41 @@ def test_json_report_has_every_field(fake_model: Path, monkeypatch: pytest.Monke
     report = doctor.diagnose(load_settings(model=str(fake_model), device="cpu"))
     data: dict[str, Any] = json.loads(doctor.to_json(report))
     for key in ("python", "packages", "torch_cuda_build", "cuda_available", "devices", "bf16_supported",
-                "flash_attention", "placement", "model", "findings", "ok"):
+                "flash_attention", "placement", "model", "forecast", "findings", "ok"):
         assert key in data
     assert set(doctor.PACKAGES) <= set(data["packages"])
-    assert data["placement"] == {"device": "cpu", "dtype": "float32", "attn_implementation": "sdpa"}
+    placed = data["placement"]
+    assert (placed["device"], placed["dtype"], placed["attn_implementation"]) == ("cpu", "float32", "sdpa")
+    assert "no native bfloat16" in placed["reason"]
     assert data["devices"][0]["index"] == "cpu" and data["devices"][0]["free_bytes"] > 0
-    fit = data["model"]["fit"]
-    assert fit["parameters"] == 2_000_000 and fit["weights_bytes"] == 8_000_000 and fit["fits"]
+    forecast = data["forecast"]
+    assert data["model"]["parameters"] == 2_000_000 and forecast["terms"]["weights"] == 8_000_000
+    assert forecast["total_bytes"] == sum(forecast["terms"].values()) and forecast["fits"]
+    # without --batch-size: VQA_BATCH_MAX_SIZE (16), closed at 16384 visual tokens = 12 full-budget pictures
+    assert (forecast["workload"]["asked_batch"], forecast["workload"]["batch"]) == (16, 12)
     assert data["ok"] is True
     assert "fits" in doctor.render(report)
 
 
+def test_the_asked_workload_is_the_one_forecast(fake_model: Path) -> None:
+    settings = load_settings(model=str(fake_model), device="cpu")
+    one = doctor.diagnose(settings, doctor.Workload(batch_size=1, max_pixels=256 * 32 * 32, max_new_tokens=8))
+    assert one.forecast is not None
+    assert one.forecast["workload"] == {"batch": 1, "asked_batch": 1, "max_pixels": 256 * 32 * 32, "patches": 1024,
+                                        "prompt_tokens": 256 + memory.TEXT_TOKENS, "max_new_tokens": 8}
+    # 16 pictures of 1280 visual tokens: the batcher closes the batch at 16384 visual tokens, after 12
+    full = doctor.diagnose(settings, doctor.Workload(batch_size=16, max_pixels=1280 * 32 * 32))
+    assert full.forecast is not None
+    assert (full.forecast["workload"]["batch"], full.forecast["workload"]["asked_batch"]) == (12, 16)
+    assert "16 asked" in doctor.render(full)
+    train = doctor.diagnose(settings, doctor.Workload(train=True, batch_size=2, gradient_checkpointing=True))
+    assert train.forecast is not None and train.forecast["kind"] == "train"
+    assert train.forecast["workload"]["gradient_checkpointing"] and train.forecast["workload"]["batch"] == 2
+    assert "a LoRA step, batch 2" in doctor.render(train)
+
+
 def test_a_model_too_big_is_a_problem_with_a_fix(fake_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor, "count_parameters", lambda source, trust=False: (10**13, QWEN3_VL_8B_TEXT))
+    monkeypatch.setattr(doctor_model, "count_parameters", lambda source, trust=False: (10**13, QWEN3_VL_8B))
     report = doctor.diagnose(load_settings(model=str(fake_model), device="cpu"))
     assert not report.ok
     (problem,) = [f for f in report.findings if f.level == "problem"]
@@ -109,3 +154,10 @@ def test_a_missing_adapter_is_a_problem(fake_model: Path, tmp_path: Path) -> Non
     report = doctor.diagnose(load_settings(model=str(fake_model), device="cpu",
                                            adapters={"shop": str(tmp_path / "no-adapter")}))
     assert any("adapter 'shop'" in f.message and f.level == "problem" for f in report.findings)
+
+
+def test_a_workload_flag_below_one_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from vqaserve.cli import main
+
+    assert main(["doctor", "--batch-size", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "vqa: error: --batch-size must be at least 1"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from vqaserve.engines import placement
@@ -83,3 +86,42 @@ def test_cut_at_stop_uses_the_earliest_stop() -> None:
     assert cut_at_stop("red. blue, green", [",", "."]) == ("red", True)
     assert cut_at_stop("red", ["x", ""]) == ("red", False)
     assert cut_at_stop("", []) == ("", False)
+
+
+def test_cpu_bf16_only_for_big_models_on_a_bf16_native_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    machine(monkeypatch, cuda=False)
+    monkeypatch.setattr(placement, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    big = placement.choose_placement(parameters=2_127_532_032)
+    assert big.dtype == "bfloat16" and "avx512_bf16" in big.reason and "2.13 B" in big.reason
+    small = placement.choose_placement(parameters=1_750_000)  # shop-toy keeps its float32 figures
+    assert small.dtype == "float32" and "< 1 B" in small.reason
+    assert placement.choose_placement().dtype == "float32"  # size unknown (a hub id): float32
+    pinned = placement.choose_placement("cpu", "float32", parameters=8_767_123_696)
+    assert pinned.dtype == "float32" and "explicit" in pinned.reason  # VQA_DTYPE always wins
+    monkeypatch.setattr(placement, "cpu_bf16_flags", lambda: [])
+    emulated = placement.choose_placement(parameters=8_767_123_696)
+    assert emulated.dtype == "float32" and "no native bfloat16" in emulated.reason
+
+
+def test_cpu_bf16_flags_read_from_cpuinfo(tmp_path: Path) -> None:
+    x86 = tmp_path / "x86"
+    x86.write_text("processor : 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    arm = tmp_path / "arm"
+    arm.write_text("Features\t: fp asimd bf16 i8mm\n")
+    old = tmp_path / "old"
+    old.write_text("flags\t\t: fpu avx2 avx512f avx512bw\n")
+    assert placement.cpu_bf16_flags(x86) == ["avx512_bf16"]
+    assert placement.cpu_bf16_flags(arm) == ["bf16"]
+    assert placement.cpu_bf16_flags(old) == [] and placement.cpu_bf16_flags(tmp_path / "none") == []
+
+
+def test_stored_parameters_reads_safetensors_headers_only(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({"a": np.zeros((3, 4), dtype=np.float32), "b": np.zeros(5, dtype=np.float16)},
+              str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({"c": np.zeros((2, 2, 2), dtype=np.int8)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    assert placement.stored_parameters(tmp_path) == 12 + 5 + 8
+    assert placement.stored_parameters(tmp_path / "empty") is None
+    (tmp_path / "broken.safetensors").write_bytes(b"\x01")
+    assert placement.stored_parameters(tmp_path) is None

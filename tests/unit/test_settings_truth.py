@@ -148,7 +148,8 @@ def test_a_bad_flag_names_the_flag() -> None:
 
 
 # Placeholders in prose and help texts, not variables: VQA_NAME=VALUE, VQA_GROUP__FIELD, VQA_FETCH__*, ...
-PLACEHOLDERS = {"VQA_NAME", "VQA_X", "VQA_GROUP", "VQA_GROUP__FIELD", "VQA_FETCH", "VQA_TEST", "VQA_VLLM"}
+PLACEHOLDERS = {"VQA_NAME", "VQA_X", "VQA_GROUP", "VQA_GROUP__FIELD", "VQA_FETCH", "VQA_TEST", "VQA_VLLM",
+                "VQA_REALSIZE"}
 
 
 def test_every_vqa_name_in_the_repo_is_a_setting() -> None:

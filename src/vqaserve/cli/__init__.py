@@ -14,7 +14,7 @@ from vqaserve import __version__
 from vqaserve.errors import VQAError
 
 # Each module defines register(subparsers) and sets `func` on its parser.
-SUBCOMMANDS = ["ask", "serve", "data", "train", "eval", "bench", "doctor", "adapter", "capture"]
+SUBCOMMANDS = ["ask", "serve", "data", "train", "eval", "bench", "doctor", "adapter", "capture", "model"]
 
 
 class BrokenSubcommand(Exception):

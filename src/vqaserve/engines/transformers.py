@@ -31,12 +31,13 @@ from vqaserve.engines.hf_generation import (
     stop_ids,
     to_messages,
 )
-from vqaserve.engines.placement import Placement, choose_placement
+from vqaserve.engines.placement import Placement, choose_placement, stored_parameters
 from vqaserve.engines.row_streams import LoopHop, RowFeed, RowStreamer, RowText
 from vqaserve.engines.structured import GrammarCache
 from vqaserve.engines.vision_memo import VisionMemo, picture_ids, serving
 from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, NotFound, VQAError
 from vqaserve.images.budget import PixelBudget, processor_budget
+from vqaserve.modeling.standins import standin_notice
 from vqaserve.settings import BUNDLED_MODELS, Settings, resolve_model_path
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, StreamDelta, Usage
 
@@ -115,7 +116,13 @@ class TransformersEngine(Engine):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         llm = self.settings.llm
-        placement = choose_placement(llm.device, llm.dtype)
+        local = Path(source).is_dir()
+        placement = choose_placement(llm.device, llm.dtype, stored_parameters(source) if local else None)
+        log.info("placing %s on %s in %s: %s", self.model_name, placement.device, placement.dtype,
+                 placement.reason)
+        notice = standin_notice(source) if local else None
+        if notice:
+            log.warning("model %s: %s", self.model_name, notice)
         common = {"trust_remote_code": llm.trust_remote_code}
         try:
             processor = AutoProcessor.from_pretrained(source, **common)

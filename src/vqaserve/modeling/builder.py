@@ -36,6 +36,7 @@ from vqaserve.modeling.chat_template import QWEN3_VL_CHAT_TEMPLATE
 from vqaserve.modeling.corpus import corpus
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
 PATCH_SIZE = 16
@@ -118,9 +119,8 @@ def resolve_recipe(recipe: str | dict[str, Any]) -> dict[str, Any]:
 
 def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     """The project's byte-level BPE tokenizer with Qwen3-VL's special tokens and chat template."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers import trainers as tk_trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
@@ -133,12 +133,20 @@ def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
         vocab_size=vocab_size, min_frequency=2, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
     tok.train_from_iterator(corpus(), trainer=trainer)
-    # Added after training so, as in Qwen, they sit above the BPE vocabulary.
+    return finish_tokenizer(tok, RECIPES["tiny"]["max_position_embeddings"])
+
+
+def finish_tokenizer(tok: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
+    """Qwen3-VL's added tokens on top of a byte-level BPE, wrapped as transformers loads Qwen's."""
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    # Added after the BPE vocabulary so, as in Qwen, they sit above it (151643.. in Qwen's own).
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        unk_token=None, bos_token=None, model_max_length=RECIPES["tiny"]["max_position_embeddings"],
+        unk_token=None, bos_token=None, model_max_length=model_max_length,
         clean_up_tokenization_spaces=False, padding_side="left")
     fast.chat_template = QWEN3_VL_CHAT_TEMPLATE
     return fast

@@ -43,8 +43,10 @@ class TrainPlacement:
 
 
 def choose_train_placement(device: str = "auto", dtype: str = "auto", *, lora: bool = False,
-                           load_in_4bit: bool = False) -> TrainPlacement:
-    """Resolve --device/--dtype/--load-in-4bit into a TrainPlacement; a ConfigError names the fix."""
+                           load_in_4bit: bool = False, parameters: int | None = None) -> TrainPlacement:
+    """Resolve --device/--dtype/--load-in-4bit into a TrainPlacement; a ConfigError names the fix.
+    `parameters` (the base model's size, when known) lets a LoRA run on a bf16-native CPU take the
+    engine's rule: bfloat16 for models of a billion parameters and more."""
     device, dtype = (device or "auto").lower(), (dtype or "auto").lower()
     if device not in DEVICES:
         raise ConfigError(f"--device {device!r} is not a device; use auto, cpu, cuda or mps")
@@ -61,18 +63,18 @@ def choose_train_placement(device: str = "auto", dtype: str = "auto", *, lora: b
             raise ConfigError("--device cuda but CUDA is not available here; use --device cpu (or auto), or "
                               "install a CUDA build of torch (`vqa doctor` says what it sees)")
         where = "cuda" if choose_placement(device, "auto").device.startswith("cuda") else "cpu"
-        placement = TrainPlacement(where, _dtype(where, dtype, lora or load_in_4bit, cuda_bf16))
+        placement = TrainPlacement(where, _dtype(where, dtype, lora or load_in_4bit, cuda_bf16, parameters))
     if load_in_4bit:
         _check_4bit(placement, lora, has_cuda)
         placement = TrainPlacement(placement.device, placement.dtype, load_in_4bit=True)
     return placement
 
 
-def _dtype(device: str, asked: str, frozen_base: bool, cuda_bf16: bool) -> str:
+def _dtype(device: str, asked: str, frozen_base: bool, cuda_bf16: bool, parameters: int | None) -> str:
     if asked == "auto":
         if device == "cpu" and not frozen_base:
             return "float32"
-        return choose_placement(device, "auto").dtype  # the engine's rule
+        return choose_placement(device, "auto", parameters).dtype  # the engine's rule
     chosen = DTYPES[asked]
     if chosen == "float16" and device != "cuda":
         raise ConfigError("--dtype float16 trains on CUDA only (it needs a loss scaler); use --dtype bfloat16 "

@@ -160,6 +160,17 @@ def _prepare_model_dir(cfg: TrainConfig, log: Callable[[str], None],
     return path, None
 
 
+def _base_parameters(cfg: TrainConfig) -> int | None:
+    """The size of the model a run starts from, read from its safetensors headers (None: unknown)."""
+    from vqaserve.engines.placement import stored_parameters
+    from vqaserve.settings import resolve_model_path
+
+    if not cfg.model:
+        return None
+    path = Path(resolve_model_path(cfg.model))
+    return stored_parameters(path) if path.is_dir() else None
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     import torch
     from tqdm import tqdm
@@ -177,7 +188,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     )
 
     _check(cfg)
-    placement = choose_train_placement(cfg.device, cfg.dtype, lora=cfg.lora, load_in_4bit=cfg.load_in_4bit)
+    placement = choose_train_placement(cfg.device, cfg.dtype, lora=cfg.lora, load_in_4bit=cfg.load_in_4bit,
+                                       parameters=_base_parameters(cfg))
     records = [r for path in cfg.data for r in load_jsonl(path, cfg.skip_bad_lines, warn=log)]
     mix = parse_mix(cfg.synthetic)
     if not records and not mix:

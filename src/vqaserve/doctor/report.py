@@ -1,10 +1,8 @@
-"""`vqa doctor`: is this machine able to serve the configured model, and if not, what to do.
+"""The doctor's report: versions, devices and findings, rendered for people or as JSON.
 
 The usual set-up pains are a CUDA/PyTorch mismatch, a GPU without bfloat16, and running out of
-memory on the first load. The doctor reports versions, devices, the placement the engine would
-choose, and whether the model fits (parameters x bytes per parameter + a KV-cache allowance +
-overhead vs free memory), counting parameters from the config on the meta device (no weights
-read). Every problem comes with a one-line fix.
+memory on the first load. Every problem comes with a one-line fix. The model checks (placement,
+parameters, the memory forecast) are in doctor/model.py, the forecast's arithmetic in memory.py.
 """
 
 from __future__ import annotations
@@ -17,14 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vqaserve.engines.placement import BYTES_PER_PARAM, choose_placement, flash_attn_available
-from vqaserve.errors import ConfigError
+from vqaserve.engines.placement import cpu_bf16_flags, flash_attn_available
 from vqaserve.settings import Settings
 
 PACKAGES = ["torch", "torchvision", "transformers", "peft", "tokenizers", "accelerate", "flash-attn"]
 GIB = 1024**3
-CUDA_CONTEXT_BYTES = 512 * 1024**2  # what the CUDA runtime itself takes on each device
-TEXT_TOKENS_ALLOWANCE = 512  # prompt text + chat template around the image, per request
 
 
 @dataclass
@@ -32,18 +27,6 @@ class Finding:
     level: str  # "problem" (will not work as configured) or "warning" (works, but worse)
     message: str
     fix: str
-
-
-@dataclass
-class Fit:
-    parameters: int
-    dtype: str
-    weights_bytes: int
-    kv_cache_bytes: int
-    overhead_bytes: int
-    need_bytes: int
-    available_bytes: int
-    fits: bool
 
 
 @dataclass
@@ -57,6 +40,7 @@ class Report:
     flash_attention: bool = False
     placement: dict[str, str] | None = None
     model: dict[str, Any] = field(default_factory=dict)
+    forecast: dict[str, Any] | None = None  # the memory forecast of the asked workload (memory.Forecast)
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -156,96 +140,9 @@ def check_devices(report: Report) -> None:
         ram = psutil.virtual_memory()
         report.devices.insert(0, {"index": "cpu", "name": platform.processor() or platform.machine(),
                                   "free_bytes": int(ram.available), "total_bytes": int(ram.total),
-                                  "bf16": False})
+                                  "bf16": bool(cpu_bf16_flags()), "bf16_flags": cpu_bf16_flags()})
     except ImportError:
         pass
-
-
-def kv_cache_bytes(text_config: dict[str, Any], dtype: str, tokens: int) -> int:
-    """K and V for every layer, KV head and head dim, for `tokens` positions in total."""
-    layers = int(text_config.get("num_hidden_layers", 0))
-    heads = int(text_config.get("num_attention_heads", 1))
-    kv_heads = int(text_config.get("num_key_value_heads") or heads)
-    head_dim = int(text_config.get("head_dim") or int(text_config.get("hidden_size", 0)) // max(heads, 1))
-    return 2 * layers * kv_heads * head_dim * BYTES_PER_PARAM[dtype] * tokens
-
-
-def estimate_fit(parameters: int, text_config: dict[str, Any], dtype: str, available_bytes: int, *,
-                 batch: int, tokens_per_request: int, gpu: bool) -> Fit:
-    """Weights + KV cache for a full batch of full-length requests + overhead, vs free memory."""
-    weights = parameters * BYTES_PER_PARAM[dtype]
-    kv = kv_cache_bytes(text_config, dtype, batch * tokens_per_request)
-    # activations, allocator fragmentation, and (on GPU) the CUDA context
-    overhead = weights // 10 + (CUDA_CONTEXT_BYTES if gpu else 0)
-    need = weights + kv + overhead
-    return Fit(parameters=parameters, dtype=dtype, weights_bytes=weights, kv_cache_bytes=kv,
-               overhead_bytes=overhead, need_bytes=need, available_bytes=available_bytes,
-               fits=need <= available_bytes)
-
-
-def count_parameters(source: str, trust_remote_code: bool = False) -> tuple[int, dict[str, Any]]:
-    """Parameters of the model a config describes, built on the meta device (no memory, no weights)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code)
-    total = sum(p.numel() for p in model.parameters())
-    text = config.get_text_config().to_dict()
-    return int(total), text
-
-
-def check_model(report: Report, settings: Settings) -> None:
-    from vqaserve.engines.transformers import resolve_model_source
-
-    name = settings.llm.model
-    report.model = {"name": name}
-    if settings.llm.trust_remote_code:
-        report.warn("trust_remote_code is on: the model repository's own code will run",
-                    "unset VQA_TRUST_REMOTE_CODE unless you audited that code (Qwen3-VL does not need it)")
-    try:
-        placement = choose_placement(settings.llm.device, settings.llm.dtype)
-    except ConfigError as exc:
-        report.problem(exc.message, "set VQA_DEVICE / VQA_DTYPE to auto, or to what this machine has")
-        return
-    report.placement = {"device": placement.device, "dtype": placement.dtype,
-                        "attn_implementation": placement.attn_implementation}
-    try:
-        source = resolve_model_source(name)
-    except ConfigError as exc:
-        report.problem(exc.message, "pass --model DIR_OR_HUB_ID (or set VQA_MODEL)")
-        return
-    report.model["source"] = "local directory" if Path(source).is_dir() else "hub id"
-    try:
-        parameters, text = count_parameters(source, settings.llm.trust_remote_code)
-    except Exception as exc:  # noqa: BLE001 - any failure here is a finding, not a crash
-        report.problem(f"cannot read the config of model {name!r} ({type(exc).__name__})",
-                       "check the directory has config.json, or that the hub is reachable "
-                       "(a local directory needs no network)")
-        return
-    gpu = placement.device.startswith("cuda")
-    if gpu:
-        pool = report.devices[1:] if placement.device == "cuda" else [
-            d for d in report.devices if str(d["index"]) == placement.device.partition(":")[2]]
-        available = sum(int(d["free_bytes"]) for d in pool)
-    else:
-        available = int(report.devices[0]["free_bytes"]) if report.devices else 0
-    tokens = (settings.images.max_pixels // (32 * 32) + settings.generation.max_new_tokens
-              + TEXT_TOKENS_ALLOWANCE)
-    fit = estimate_fit(parameters, text, placement.dtype, available, batch=settings.batching.max_size,
-                       tokens_per_request=tokens, gpu=gpu)
-    report.model.update({"fit": asdict(fit), "batch": settings.batching.max_size,
-                         "tokens_per_request": tokens})
-    if not fit.fits:
-        report.problem(
-            f"model needs ~{fit.need_bytes / GIB:.1f} GiB on {placement.device} but "
-            f"{fit.available_bytes / GIB:.1f} GiB are free",
-            "lower VQA_BATCH_MAX_SIZE or VQA_MAX_PIXELS, use a smaller model, or a GPU with more memory"
-            if gpu else "use a smaller model, lower VQA_BATCH_MAX_SIZE, or run on a GPU")
-    if not gpu and parameters > 3_000_000_000:
-        report.warn(f"a {parameters / 1e9:.1f}B-parameter model on CPU answers slowly (seconds per token)",
-                    "run on a GPU, or use the upstream engine (VQA_ENGINE=upstream) against vLLM")
 
 
 def check_adapters(report: Report, settings: Settings) -> None:
@@ -255,15 +152,6 @@ def check_adapters(report: Report, settings: Settings) -> None:
         if not (Path(resolve_model_path(path)) / "adapter_config.json").is_file():
             report.problem(f"adapter {name!r} has no adapter_config.json at {path!r}",
                            "VQA_ADAPTERS takes NAME=PATH to a PEFT LoRA directory (with adapter_config.json)")
-
-
-def diagnose(settings: Settings) -> Report:
-    report = Report(python=platform.python_version(), packages=package_versions())
-    check_versions(report)
-    check_devices(report)
-    check_model(report, settings)
-    check_adapters(report, settings)
-    return report
 
 
 def size(n: int) -> str:
@@ -279,25 +167,44 @@ def render(report: Report) -> str:
                  + (f" (torch built for CUDA {report.torch_cuda_build})" if report.torch_cuda_build else ""))
     for d in report.devices:
         label = "cpu" if d["index"] == "cpu" else f"cuda:{d['index']} {d['name']}"
-        extra = "" if d["index"] == "cpu" else f", bf16 {'yes' if d['bf16'] else 'no'}"
+        if d["index"] == "cpu":
+            flags = d.get("bf16_flags") or []
+            extra = f", native bf16 {'yes (' + '+'.join(flags) + ')' if flags else 'no'}"
+        else:
+            extra = f", bf16 {'yes' if d['bf16'] else 'no'}"
         free, total = size(d["free_bytes"]), size(d["total_bytes"])
         lines.append(f"device        {label}: {free} free of {total}{extra}")
     lines.append(f"flash-attn    {'importable' if report.flash_attention else 'not importable'}")
     if report.placement:
         p = report.placement
-        lines.append(f"engine would  {p['device']}, {p['dtype']}, attention {p['attn_implementation']}")
-    fit = report.model.get("fit")
-    if fit:
-        verdict = "fits" if fit["fits"] else "DOES NOT FIT"
-        lines.append(f"model         {report.model['name']}: {fit['parameters'] / 1e6:.1f}M parameters "
-                     f"in {fit['dtype']} needs ~{size(fit['need_bytes'])} "
-                     f"(weights {size(fit['weights_bytes'])} + KV cache {size(fit['kv_cache_bytes'])} "
-                     f"+ overhead {size(fit['overhead_bytes'])}) "
-                     f"of {size(fit['available_bytes'])} free: {verdict}")
+        lines.append(f"engine would  {p['device']}, {p['dtype']}, attention {p['attn_implementation']}"
+                     + (f" ({p['reason']})" if p.get("reason") else ""))
+    if report.model.get("parameters"):
+        lines.append(f"model         {report.model['name']}: {report.model['parameters'] / 1e9:.2f} B parameters")
+    if report.forecast:
+        lines += render_forecast(report.forecast)
     for f in report.findings:
         lines.append(f"{f.level:<13} {f.message}\n{'':<13} fix: {f.fix}")
     lines.append("ok" if report.ok else "problems found")
     return "\n".join(lines)
+
+
+def render_forecast(f: dict[str, Any]) -> list[str]:
+    w = f["workload"]
+    if f["kind"] == "serve":
+        split = (f" ({w['asked_batch']} asked: VQA_BATCH_MAX_VISUAL_TOKENS closes a batch there)"
+                 if w.get("asked_batch", w["batch"]) != w["batch"] else "")
+        what = (f"serving {w['batch']} request(s) at once{split}, {w['max_pixels']:,} pixels "
+                f"({w['prompt_tokens']} prompt tokens) + {w['max_new_tokens']} new tokens each")
+    else:
+        what = (f"a LoRA step, batch {w['batch']}, {w['max_pixels']:,} pixels, r={w['lora_rank']} on "
+                f"{'+'.join(w['lora_targets'])}" + (", gradient checkpointing" if w["gradient_checkpointing"] else "")
+                + (", 4-bit base" if w["load_in_4bit"] else ""))
+    terms = " + ".join(f"{name.replace('_', ' ')} {size(n)}" for name, n in f["terms"].items())
+    verdict = "fits" if f["fits"] else "DOES NOT FIT"
+    return [f"memory        {what}, in {f['dtype']} on {f['device']}:",
+            f"              peak ~{size(f['total_bytes'])} = {terms}",
+            f"              of {size(f['available_bytes'])} free: {verdict}"]
 
 
 def to_json(report: Report) -> str:
