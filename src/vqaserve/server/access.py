@@ -19,6 +19,8 @@ from vqaserve.server.middleware import error_json
 
 # Paths that never need a key. The web page itself may be public (its API calls still need the key).
 OPEN_PATHS = frozenset({"/health"})
+# The admin API checks admin keys itself (server/admin_access.py): an API key never opens it.
+ADMIN_PREFIX = "/admin/"
 PAGE_PATHS = frozenset({"/", "/favicon.ico"})
 PAGE_PREFIX = "/static/"
 
@@ -66,7 +68,7 @@ class ApiKeyMiddleware:
 
     def _open(self, scope: Scope) -> bool:
         path = scope["path"]
-        if path in OPEN_PATHS:
+        if path in OPEN_PATHS or path.startswith(ADMIN_PREFIX):
             return True
         return self.public_web_page and scope["method"] in ("GET", "HEAD") and (
             path in PAGE_PATHS or path.startswith(PAGE_PREFIX))

@@ -109,11 +109,12 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app.state.pipeline = None  # set by the start-up task once the engine is loaded
     _install_error_handlers(app, metrics)
 
-    from vqaserve.server import routes_openai, routes_ops, routes_vqa
+    from vqaserve.server import routes_admin, routes_openai, routes_ops, routes_vqa
 
     app.include_router(routes_openai.router)
     app.include_router(routes_vqa.router)
     app.include_router(routes_ops.router)
+    app.include_router(routes_admin.router)
     routes_ops.mount_static(app, STATIC_DIR)
     return app
 

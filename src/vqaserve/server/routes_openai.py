@@ -137,13 +137,15 @@ async def chat_completions(request: Request) -> Any:
         answer = await pipeline.answer(question)
         record_answer(metrics, answer.cache, answer.usage, answer.finish_reason)
         body = ChatCompletion.of(answer, completion_id())
-        return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache})
+        return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache,
+                                                        "x-vqa-model": answer.served_by})
     status, deltas = await pipeline.open_stream(question)
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-    events = sse_events(deltas, model=question.model or pipeline.model_id, cache=status,
+    events = sse_events(deltas, model=question.answered_by, cache=status,
                         include_usage=include_usage, metrics=metrics, count=pipeline.engine.count_tokens)
     return ClosingStreamingResponse(events, media_type="text/event-stream",
-                             headers={"x-vqa-cache": status, "cache-control": "no-cache",
+                             headers={"x-vqa-cache": status, "x-vqa-model": question.served_by,
+                                      "cache-control": "no-cache",
                                       "x-accel-buffering": "no"})
 
 

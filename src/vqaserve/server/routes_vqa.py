@@ -124,4 +124,4 @@ async def vqa(request: Request) -> JSONResponse:
     body = VQAResponse(answer=answer.text, model=answer.model, cached=answer.cached,
                        finish_reason=answer.finish_reason, usage=UsageModel.of(answer.usage), timings=timings,
                        request_id=q.request_id)
-    return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache})
+    return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache, "x-vqa-model": answer.served_by})
