@@ -117,6 +117,14 @@ class AdapterTable:
         """An attached version (current or retiring) by its key."""
         return self._live.get(key)
 
+    def resolve(self, adapter: str | None) -> str | None:
+        """A version key as it is, a public name as its current version's key (callers of an engine
+        other than the pipeline may name adapters; they get no pin, and no reload is in their way)."""
+        if adapter is None or adapter in self._live:
+            return adapter
+        current = self._current.get(adapter)
+        return adapter if current is None else current.key
+
     def retiring(self) -> list[AdapterVersion]:
         """Versions replaced or unloaded that requests in flight still use."""
         current = {v.key for v in self._current.values()}

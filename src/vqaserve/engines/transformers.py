@@ -224,6 +224,8 @@ class TransformersEngine(Engine):
         if self._model is None:
             raise EngineFailure("the model is not loaded yet; retry in a moment", retry_after=5)
         loop = asyncio.get_running_loop()
+        for request in batch:
+            request.adapter = self.adapter_table.resolve(request.adapter)
         feeds: list[RowFeed | None] = [None if sink is None else RowText(r.params, sink).feed(loop)
                                         for r, sink in zip(batch, sinks, strict=True)]
         # The feeds' callbacks are queued before the result's, so every delta lands before it.

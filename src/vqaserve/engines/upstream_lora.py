@@ -46,7 +46,8 @@ class UpstreamAdapters:
         for name, upstream in configured.items():
             self._serve(AdapterVersion(name), upstream)
 
-    def upstream_name(self, key: str) -> str:
+    def upstream_name(self, adapter: str) -> str:
+        key = self.table.resolve(adapter) or adapter
         if key not in self._upstream:
             raise NotFound(f"adapter {key.split('@')[0]!r} is not served; GET /v1/models lists the served "
                            "models", param="model")
