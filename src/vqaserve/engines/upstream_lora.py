@@ -99,6 +99,10 @@ async def load(client: httpx.AsyncClient, version: AdapterVersion, timeout: floa
         raise InvalidRequest(f"the model server cannot read an adapter at {version.requested!r}: the path "
                              "must be a LoRA directory readable by the vLLM server (not only by the gateway)",
                              param="path")
+    if resp.status_code >= 500 and not (resp.status_code == 500 and _vllm_error(resp.content)):
+        raise EngineFailure(f"the model server failed loading adapter {version.name!r} (HTTP {resp.status_code}: "
+                            f"{detail}); retry", retry_after=1.0)
+    # vLLM answers 500 with its reason when the weights do not fit its settings (rank, modules)
     raise InvalidRequest(f"the model server refused adapter {version.name!r}: {detail} (check it with "
                          "`vqa adapter check PATH --for vllm`)", param="path")
 
