@@ -87,3 +87,12 @@ def test_a_starting_gateway_adopts_the_versions_others_loaded() -> None:
     lora.discovered(entries, "shop-toy")
     assert lora.table.names() == ["shop-toy-sunglasses", "v2"]
     assert lora.upstream_name("v2") == "v2@aaaa" and seen == []
+
+
+async def test_replacing_a_start_up_adapter_leaves_vllms_own_copy_in_place() -> None:
+    seen: list[dict[str, str]] = []
+    lora = adapters(lambda r: httpx.Response(200), seen)
+    await lora.table.load(AdapterVersion("sunglasses", "eeee", "/srv/sg2"))  # VQA_ADAPTERS' sunglasses reloaded
+    await lora.table.settle()
+    assert [s["path"] for s in seen] == ["/v1/load_lora_adapter"]  # shop-toy-sunglasses stays in vLLM
+    assert lora.upstream_name("sunglasses") == "sunglasses@eeee"

@@ -92,7 +92,8 @@ class TransformersEngine(Engine):
         self._placement: Placement | None = None
         self._control_tokens: list[str] = []
         self._counter: Any = None  # a private tokenizer copy for count_tokens (off the worker thread)
-        self._peft = PeftAdapters(self.model_name)  # adapter versions on the model (worker thread only)
+        # Adapter versions on the model (worker thread only); errors name the model as clients know it.
+        self._peft = PeftAdapters(public_model_id(self.model_name))
         self._adapter_table = AdapterTable(attach=self._attach, detach=self._detach)
         self._fingerprint = ""
         self._pixel_budget: PixelBudget | None = None  # what the model's image processor declares

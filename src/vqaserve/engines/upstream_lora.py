@@ -43,6 +43,9 @@ class UpstreamAdapters:
         # version key -> upstream name: UPSTREAM_NAME of VQA_ADAPTERS' NAME=UPSTREAM_NAME (vLLM
         # --lora-modules), or the key itself for a version loaded at run time.
         self._upstream: dict[str, str] = {}
+        # Versions loaded at run time (by this gateway or, adopted, another): the ones to unload from
+        # the model server when they go. vLLM's own --lora-modules stay there.
+        self._runtime: set[str] = set()
         for name, upstream in configured.items():
             self._serve(AdapterVersion(name), upstream)
 
@@ -63,6 +66,7 @@ class UpstreamAdapters:
         for version in adopt(entries, base):
             if self.table.current(version.name) is None:
                 self._serve(version, version.key)
+                self._runtime.add(version.key)
 
     async def version(self, name: str, path: str) -> AdapterVersion:
         # The model server reads the weights; when the gateway can read them too, they are fingerprinted.
@@ -76,12 +80,15 @@ class UpstreamAdapters:
     async def _attach(self, version: AdapterVersion) -> None:
         await load(self.client(), version, self.timeout_s)
         self._upstream[version.key] = version.key
+        self._runtime.add(version.key)
 
     async def _detach(self, version: AdapterVersion) -> None:
         try:
-            await unload(self.client(), version, self.timeout_s)
+            if version.key in self._runtime:
+                await unload(self.client(), version, self.timeout_s)
         finally:
             self._upstream.pop(version.key, None)
+            self._runtime.discard(version.key)
 
 
 async def load(client: httpx.AsyncClient, version: AdapterVersion, timeout: float) -> None:
