@@ -199,3 +199,10 @@ def test_the_admin_routes_are_documented_as_admin(client: TestClient) -> None:
     assert document["components"]["securitySchemes"]["AdminKey"]["scheme"] == "bearer"
     post = document["paths"]["/admin/adapters"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(post["required"]) == {"name", "path"}
+
+
+def test_an_adapter_named_outside_ascii_is_percent_encoded_in_the_header() -> None:
+    with TestClient(make_app(RecordingEngine(model_id="shop-toy", adapter_names=["太阳镜"]))) as c:
+        r = ask(c, "太阳镜")
+        assert r.status_code == 200 and r.json()["model"] == "太阳镜"
+        assert r.headers["x-vqa-model"] == "%E5%A4%AA%E9%98%B3%E9%95%9C"

@@ -65,6 +65,13 @@ def pipeline_of(request: Request) -> Pipeline:
     return pipeline
 
 
+def model_header(served_by: str) -> str:
+    """`x-vqa-model`: the weights that answered; a name outside ASCII (VQA_ADAPTERS allows any) percent-encoded."""
+    from urllib.parse import quote
+
+    return quote(served_by, safe="@._-:+")
+
+
 def record_answer(metrics: Metrics, cache: str, usage: Usage, finish_reason: str | None) -> None:
     metrics.count_cache(cache)
     metrics.count_tokens(usage.prompt_tokens, usage.completion_tokens)
@@ -138,13 +145,13 @@ async def chat_completions(request: Request) -> Any:
         record_answer(metrics, answer.cache, answer.usage, answer.finish_reason)
         body = ChatCompletion.of(answer, completion_id())
         return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache,
-                                                        "x-vqa-model": answer.served_by})
+                                                        "x-vqa-model": model_header(answer.served_by)})
     status, deltas = await pipeline.open_stream(question)
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
     events = sse_events(deltas, model=question.answered_by, cache=status,
                         include_usage=include_usage, metrics=metrics, count=pipeline.engine.count_tokens)
     return ClosingStreamingResponse(events, media_type="text/event-stream",
-                             headers={"x-vqa-cache": status, "x-vqa-model": question.served_by,
+                             headers={"x-vqa-cache": status, "x-vqa-model": model_header(question.served_by),
                                       "cache-control": "no-cache",
                                       "x-accel-buffering": "no"})
 

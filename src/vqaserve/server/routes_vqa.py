@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vqaserve.engines.structured import schema_from_text
 from vqaserve.errors import InvalidRequest, UnsupportedMediaType
 from vqaserve.server.protocol import UsageModel
-from vqaserve.server.routes_openai import pipeline_of, record_answer
+from vqaserve.server.routes_openai import model_header, pipeline_of, record_answer
 from vqaserve.server.schemas import CACHE_HEADER, UPLOAD_FORM_SCHEMA, VQAResponse, error_responses
 from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
 
@@ -124,4 +124,5 @@ async def vqa(request: Request) -> JSONResponse:
     body = VQAResponse(answer=answer.text, model=answer.model, cached=answer.cached,
                        finish_reason=answer.finish_reason, usage=UsageModel.of(answer.usage), timings=timings,
                        request_id=q.request_id)
-    return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache, "x-vqa-model": answer.served_by})
+    return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache,
+                                                    "x-vqa-model": model_header(answer.served_by)})
