@@ -145,6 +145,26 @@ def test_load_canary_reload_and_unload_under_load_fail_no_request(live: LiveServ
     assert engine._peft.peft_names() == []  # every version's PEFT weights are gone
 
 
+class WorkerHeld:
+    """Holds the engine's one worker thread: what is admitted meanwhile waits (no timing in the tests)."""
+
+    def __init__(self, live: LiveServer) -> None:
+        self.engine = live.server.config.app.state.pipeline.engine
+        self.gate = threading.Event()
+
+    def __enter__(self) -> WorkerHeld:
+        wait_for(lambda: self.queued() == 0, 60, "the worker's earlier jobs (e.g. a detach) started")
+        self.engine._executor.submit(self.gate.wait)
+        return self
+
+    def queued(self) -> int:
+        """Jobs waiting for the worker (generations, adapter loads)."""
+        return int(self.engine._executor._work_queue.qsize())
+
+    def __exit__(self, *exc: object) -> None:
+        self.gate.set()
+
+
 def test_admitted_requests_finish_on_their_weights_and_a_reload_misses_the_cache(
         live: LiveServer, adapters: dict[str, str]) -> None:
     url = live.url
@@ -154,25 +174,25 @@ def test_admitted_requests_finish_on_their_weights_and_a_reload_misses_the_cache
     cached = chat(url, "v3", (9, 9, 9), **short)
     assert chat(url, "v3", (9, 9, 9), **short).headers["x-vqa-cache"] == "hit"
 
-    results: dict[str, httpx.Response] = {}
-
-    def ask(key: str, **body: Any) -> None:
-        results[key] = chat(url, "v3", (5, 6, 7), cache=False, **body)
-
-    long = threading.Thread(target=ask, args=("long",),
-                            kwargs={"max_tokens": 200, "ignore_eos": True, "temperature": 0})
-    long.start()  # keeps the engine busy: what is admitted meanwhile waits for it
-    wait_for(lambda: state(url, "v3")["serving"]["in_flight"] == 1, 60, "the long request admitted")
-    queued = threading.Thread(target=ask, args=("queued",), kwargs=short)
-    queued.start()
-    wait_for(lambda: state(url, "v3")["serving"]["in_flight"] == 2, 60, "the second request admitted")
-    b = admin(url, "POST", "/admin/adapters", {"name": "v3", "path": adapters["b"]})["version"]  # between batches
-    long.join(120)
-    queued.join(120)
-    assert results["long"].status_code == 200 and results["long"].headers["x-vqa-model"] == a
-    assert results["long"].json()["choices"][0]["finish_reason"] == "length"
-    assert results["queued"].headers["x-vqa-model"] == a  # admitted on v3@a, answered by it after the reload
-    assert answer(results["queued"]) == reference
+    results: dict[str, Any] = {}
+    threads = [threading.Thread(target=lambda k=k: results.update({k: chat(url, "v3", (5, 6, 7), cache=False,
+                                                                          **short)})) for k in ("first", "second")]
+    threads.append(threading.Thread(target=lambda: results.update(
+        reload=admin(url, "POST", "/admin/adapters", {"name": "v3", "path": adapters["b"]}))))
+    with WorkerHeld(live) as worker:
+        threads[0].start()  # handed to the engine: it waits for the worker
+        wait_for(lambda: state(url, "v3")["serving"]["in_flight"] == 1 and worker.queued() == 1, 60,
+                 "the first request at the worker")
+        threads[1].start()  # admitted on v3@a; waits in the batcher for the first's batch to end
+        wait_for(lambda: state(url, "v3")["serving"]["in_flight"] == 2, 60, "the second request admitted")
+        threads[2].start()  # the reload: v3@b's weights load on the worker after the first request
+        wait_for(lambda: worker.queued() == 2, 60, "the reload at the worker")
+    for thread in threads:
+        thread.join(120)
+    b = results["reload"]["version"]
+    assert results["reload"]["replaced"] == a
+    for key in ("first", "second"):  # both admitted on v3@a: answered by it, the second after the switch
+        assert results[key].headers["x-vqa-model"] == a and answer(results[key]) == reference
     after = chat(url, "v3", (5, 6, 7), cache=False, **short)
     assert after.headers["x-vqa-model"] == b and answer(after) != reference
 
@@ -181,6 +201,7 @@ def test_admitted_requests_finish_on_their_weights_and_a_reload_misses_the_cache
     assert answer(again) != answer(cached)  # the new weights' own answer, not the old entry
     wait_for(lambda: set(state(url, "v3")) == {"serving"}, 60, "v3@a detached")
     admin(url, "DELETE", "/admin/adapters/v3")
+    wait_for(lambda: state(url, "v3") == {}, 60, "v3@b detached")
 
 
 def test_unload_lets_the_request_in_flight_finish_and_refuses_new_ones(live: LiveServer,
@@ -188,16 +209,17 @@ def test_unload_lets_the_request_in_flight_finish_and_refuses_new_ones(live: Liv
     url = live.url
     version = admin(url, "POST", "/admin/adapters", {"name": "v4", "path": adapters["a"]})["version"]
     results: dict[str, httpx.Response] = {}
-    long = threading.Thread(target=lambda: results.update(long=chat(
-        url, "v4", (1, 1, 1), max_tokens=150, ignore_eos=True, temperature=0, stream=True, cache=False)))
-    long.start()
-    wait_for(lambda: state(url, "v4")["serving"]["in_flight"] == 1, 60, "the long request admitted")
-    admin(url, "DELETE", "/admin/adapters/v4")
-    refused = chat(url, "v4", (1, 1, 1))
-    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
-    assert "retiring" in state(url, "v4") or not long.is_alive()
-    long.join(120)
-    events = sse_payloads(results["long"].text)
-    assert results["long"].headers["x-vqa-model"] == version and events[-1] == "[DONE]"
+    streaming = threading.Thread(target=lambda: results.update(r=chat(
+        url, "v4", (1, 1, 1), max_tokens=12, ignore_eos=True, temperature=0, stream=True, cache=False)))
+    with WorkerHeld(live):  # the stream cannot end before the unload
+        streaming.start()
+        wait_for(lambda: state(url, "v4")["serving"]["in_flight"] == 1, 60, "the stream admitted")
+        admin(url, "DELETE", "/admin/adapters/v4")
+        refused = chat(url, "v4", (1, 1, 1))
+        assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+        assert state(url, "v4")["retiring"]["in_flight"] == 1 and "serving" not in state(url, "v4")
+    streaming.join(120)
+    events = sse_payloads(results["r"].text)
+    assert results["r"].headers["x-vqa-model"] == version and events[-1] == "[DONE]"
     assert [e["choices"][0]["finish_reason"] for e in events[:-1] if e["choices"]][-1] == "length"
     wait_for(lambda: state(url, "v4") == {}, 60, "v4 detached")
