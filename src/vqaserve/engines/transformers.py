@@ -6,6 +6,8 @@ adapter, same sampling settings); each group is one batched processor call (left
 generate(); when a group fails, its members are retried one by one so only the bad one fails.
 A follow-up question about a picture reuses its vision-tower output (vision_memo.py). Streaming
 rows ride in the same generate(): a per-row streamer hands each its own text (row_streams.py).
+LoRA adapters are loaded and removed while serving (peft_adapters.py) on the same worker thread, so
+between two batches, each version under its own PEFT name (engines/adapters.py has the bookkeeping).
 """
 
 from __future__ import annotations
