@@ -2,7 +2,9 @@
 # A real vLLM on this machine, in one command.
 #
 #   scripts/vllm.sh install                      create .venv-vllm (once; ~3 min, ~7 GB of disk)
-#   scripts/vllm.sh serve MODEL_DIR --port N [--adapter NAME=PATH]... [-- extra vllm serve args]
+#   scripts/vllm.sh serve MODEL_DIR --port N [--adapter NAME=PATH]... [--lora] [-- extra vllm serve args]
+#                                                LoRA is on with any --adapter, or with --lora alone; then
+#                                                adapters can also be loaded at run time (`vqa adapter load`)
 #   scripts/vllm.sh python ...                   run the venv's python
 #   scripts/vllm.sh bench serve ...              vLLM's load generator (see scripts/vllm_bench_client.sh)
 #
@@ -63,17 +65,18 @@ PY
 }
 
 serve() {
-  [ $# -ge 1 ] || die "usage: scripts/vllm.sh serve MODEL_DIR --port N [--adapter NAME=PATH]... [-- vllm args]"
+  [ $# -ge 1 ] || die "usage: scripts/vllm.sh serve MODEL_DIR --port N [--adapter NAME=PATH]... [--lora] [-- vllm args]"
   local model="$1"; shift
   [ -f "$model/config.json" ] || die "MODEL_DIR '$model' has no config.json; pass a model directory (e.g. src/vqaserve/models/shop-toy)"
-  local port="" name="" adapters=() extra=() default_bind
+  local port="" name="" lora="" adapters=() extra=() default_bind
   while [ $# -gt 0 ]; do
     case "$1" in
       --port) port="$2"; shift 2 ;;
       --served-model-name) name="$2"; shift 2 ;;
       --adapter)
         [[ "$2" == *=* ]] || die "--adapter takes NAME=PATH, got '$2'"
-        adapters+=("$2"); shift 2 ;;
+        adapters+=("$2"); lora=1; shift 2 ;;
+      --lora) lora=1; shift ;;
       --) shift; extra=("$@"); break ;;
       *) die "unknown option '$1' (vllm serve's own flags go after --)" ;;
     esac
@@ -88,11 +91,16 @@ serve() {
     --structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}')
   # The context defaults to the model's own (shop-toy: 2048); a real 8B wants e.g. 16384.
   [ -z "${VQA_VLLM_MAX_MODEL_LEN:-}" ] || args+=(--max-model-len "$VQA_VLLM_MAX_MODEL_LEN")
-  if [ ${#adapters[@]} -gt 0 ]; then
+  if [ -n "$lora" ]; then
     # The tower/connector flags make vLLM apply the adapter's vision-tower half too (else ignored);
     # the processor cache must be off for that in vLLM 0.32.
     args+=(--enable-lora --max-lora-rank "${VQA_VLLM_MAX_LORA_RANK:-64}" --enable-tower-connector-lora
-      --mm-processor-cache-gb 0 --lora-modules "${adapters[@]}")
+      --mm-processor-cache-gb 0)
+    [ ${#adapters[@]} -eq 0 ] || args+=(--lora-modules "${adapters[@]}")
+    # POST /v1/load_lora_adapter and /v1/unload_lora_adapter: the gateway's admin API puts adapters
+    # live through them (`vqa adapter load`). vLLM warns that they are for development: only the
+    # gateway should reach vLLM's port (docs/deploy.md).
+    export VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
   fi
   export VLLM_TARGET_DEVICE=cpu
   export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"   # GiB; shop-toy needs little
@@ -112,5 +120,5 @@ case "$cmd" in
   serve) serve "$@" ;;
   python) install; VLLM_TARGET_DEVICE=cpu exec "$VENV/bin/python" "$@" ;;
   bench) install; VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 exec "$VENV/bin/vllm" bench "$@" ;;
-  *) die "usage: scripts/vllm.sh install | serve MODEL_DIR --port N [--adapter NAME=PATH]... [-- args] | python ARGS | bench ARGS" ;;
+  *) die "usage: scripts/vllm.sh install | serve MODEL_DIR --port N [--adapter NAME=PATH]... [--lora] [-- args] | python ARGS | bench ARGS" ;;
 esac

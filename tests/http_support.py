@@ -142,13 +142,13 @@ def catalogue_sample(split: str, qtype: str, lang: str = "en", index: int = 0) -
     return synthetic.png_bytes(sample.image), sample.question, sample.answer
 
 
-def random_lora_adapter(model_dir: str, out_dir: str) -> str:
+def random_lora_adapter(model_dir: str, out_dir: str, seed: int = 0) -> str:
     """A LoRA adapter with random (not zero) weights for a model dir: it must change the answers."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(out_dir)

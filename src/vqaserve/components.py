@@ -8,7 +8,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vqaserve.types import Answer, EngineRequest, EngineResult, ImageRef, NormalizedImage, Question, StreamDelta
+from vqaserve.types import (
+    Answer,
+    CacheStatus,
+    EngineRequest,
+    EngineResult,
+    ImageRef,
+    NormalizedImage,
+    Question,
+    StreamDelta,
+)
 
 
 # Implemented in safety/, cache/, scheduling/ and images/fetch.py.
@@ -101,6 +110,9 @@ class Components:
     batcher: Submitter | None = None
     fetcher: ImageLoader | None = None
     observe: Callable[[str, float], None] | None = None  # (stage, seconds) -> metrics
+    # An answer given (read to its end, for a stream): (which weights answered, i.e. Question.served_by;
+    # cache status; seconds since the request reached the pipeline) -> metrics by answering model
+    answered: Callable[[str, CacheStatus, float], None] | None = None
     health: dict[str, HealthProbe] = field(default_factory=dict)
     # Run at server shutdown, in order (the batcher first, then the Redis pool); one failing
     # does not skip the others.

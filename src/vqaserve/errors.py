@@ -40,6 +40,12 @@ class Unauthorized(VQAError):
     code = "invalid_api_key"
 
 
+class Forbidden(VQAError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
 class NotFound(VQAError):
     status = 404
     type = "not_found_error"

@@ -15,6 +15,9 @@ Helpers other modules call (all cheap, thread-safe):
                                             batch_seconds, rejected, queue_seconds (-> the
                                             "queue" stage) (create_app wires it in)
     metrics.count_cache(status)             "hit" | "miss" | "bypass" per answer
+    metrics.observe_answer(model, cache, s) an answer given, by the model that answered (the pipeline's
+                                            Components.answered): vqa_answers_total{model,cache} and
+                                            vqa_answer_seconds{model}
     metrics.count_tokens(prompt, completion)
     metrics.safety_blocks.labels(stage="input"|"output").inc()
     metrics.engine_errors.labels(code="engine_failure"|...).inc()
@@ -24,6 +27,12 @@ Helpers other modules call (all cheap, thread-safe):
     vqa_vision_tower_images_total{result="hit"|"miss"}  pictures whose vision-tower output was reused
                                             or computed (read from engines.vision_memo at scrape time)
 Request counts and latencies per route are recorded by the app's access middleware.
+
+The `model` label names the weights that answered, as the `x-vqa-model` header does (Question.served_by):
+the base model by its name (`shop-toy`), an adapter by its version, `NAME@FINGERPRINT`
+(`v2@3f2a9c1b0d4e5f67`, engines/adapters.py). A canary's two sides are two values, and a reloaded
+adapter is a new value: its figures never mix with its predecessor's. Every per-model figure
+(answers, latency, confidence, thumbs) uses this label name and value.
 
 Several worker processes (`vqa serve --workers N`): each has its own app and Metrics, so a scrape
 would see only the worker that answered it. `vqa serve` sets PROMETHEUS_MULTIPROC_DIR to a fresh
@@ -100,6 +109,11 @@ class Metrics:
                                  registry=r, multiprocess_mode="livesum")
         self.cache = Counter("cache_lookups", "Answer cache results", ["result"], namespace=ns,
                              registry=r)
+        self.answers = Counter("answers", "Answers given, by the model (adapter version) that answered and "
+                               "cache result", ["model", "cache"], namespace=ns, registry=r)
+        self.answer_latency = Histogram("answer_seconds", "Seconds from a request reaching the pipeline to "
+                                        "its answer (a stream: its last piece), by the model that answered",
+                                        ["model"], namespace=ns, registry=r, buckets=STAGE_BUCKETS)
         self.safety_blocks = Counter("safety_blocks", "Requests or answers blocked by safety checks",
                                      ["stage"], namespace=ns, registry=r)
         self.engine_errors = Counter("engine_errors", "Engine failures by error code", ["code"],
@@ -135,6 +149,10 @@ class Metrics:
             self.queue_rejections.inc(value)
         elif metric in ("queue_seconds", "queue"):  # time a request waited before its batch ran
             self.observe_stage("queue", value)
+
+    def observe_answer(self, model: str, cache: str, seconds: float) -> None:
+        self.answers.labels(model=model, cache=cache).inc()
+        self.answer_latency.labels(model=model).observe(seconds)
 
     def count_cache(self, status: str) -> None:
         self.cache.labels(result=status).inc()

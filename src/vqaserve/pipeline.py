@@ -1,7 +1,8 @@
 """THE request path. Only this module knows the order of the stages:
 
     question -> images (fetch, decode, validate, fit, hash) -> safety_in (image check, prompt guard)
-             -> cache lookup -> batcher (admit or 429) -> engine -> safety_out (blocklist)
+             -> route (which model answers; its adapter version pinned) -> cache lookup
+             -> batcher (admit or 429) -> engine -> safety_out (blocklist)
              -> cache write (complete, allowed, deterministic answers only) -> Answer
 
 Routes, the CLI, `vqa eval` and the web page all call `Pipeline.answer` / `Pipeline.open_stream`.
@@ -9,6 +10,8 @@ Each stage is a component passed in; a missing component means that stage is ski
 A stream is an answer whose pieces the client sees as they come: the same moderation (a blocked
 answer ends with the refusal text), the same cache-write rule (`_conclude`), the same deadline rule
 (scheduling/admission.py) and the same coalescing (while it generates, identical requests wait for its answer).
+An adapter version pinned by `_route` is released when the answer or the stream ends, however it ends:
+until then a reload or unload leaves that version's weights in place (engines/adapters.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from vqaserve.engines.base import Engine
 from vqaserve.errors import DeadlineExceeded, InvalidRequest, NotFound, VQAError
 from vqaserve.images.budget import PixelBudget, pixel_budget
 from vqaserve.images.loading import PictureLoader
+from vqaserve.routing import RoutingTable
 from vqaserve.scheduling.admission import within_deadline
 from vqaserve.settings import Settings
 from vqaserve.types import (
@@ -65,6 +69,7 @@ class Pipeline:
         self.inflight: Coalescer[Answer] = Coalescer(self.c.cache.note_coalesced if self.c.cache else None)
         # Fetch, decode, fit and hash; the same upload again (a cache hit's usual case) skips decoding.
         self.pictures = PictureLoader(settings, self.image_pool)
+        self.routes = RoutingTable()  # canary shares (routing.py), changed by the admin API
 
     # --- public API --------------------------------------------------------------------------------
     @property
@@ -75,21 +80,29 @@ class Pipeline:
         return [self.model_id, *self.engine.adapters()]
 
     async def answer(self, question: Question) -> Answer:
-        timer = Timer(observe=self.c.observe)
+        started, timer = time.perf_counter(), Timer(observe=self.c.observe)
         await self._prepare(question, timer)
+        try:
+            answer = await self._answer_prepared(question, timer)
+        finally:
+            self._release(question)
+        self._answered(question, answer.cache, started)
+        return answer
+
+    async def _answer_prepared(self, question: Question, timer: Timer) -> Answer:
         key = await self._cache_key(question)
         cached = await self._cache_get(key, timer)
         if cached is not None:
             cached.timings = timer.timings
             cached.request_id = question.request_id
+            cached.model, cached.served_by = question.answered_by, question.served_by
             return cached
         if key is None:
             return await self._answer_fresh(question, None, timer)
         answer, shared = await self.inflight.run(key, lambda: self._answer_fresh(question, key, timer))
         if shared:  # the leader's Answer object: give this request its own copy
             answer = dataclasses.replace(answer, usage=dataclasses.replace(answer.usage),
-                                         timings=timer.timings, request_id=question.request_id,
-                                         model=question.model or self.model_id)
+                                         timings=timer.timings, request_id=question.request_id)
         return answer
 
     async def _answer_fresh(self, question: Question, key: str | None, timer: Timer) -> Answer:
@@ -98,10 +111,19 @@ class Pipeline:
         await self._conclude(question, key, answer, timer)
         return answer
 
-    async def open_stream(self, question: Question) -> tuple[CacheStatus, AsyncGenerator[StreamDelta, None]]:
+    async def open_stream(self, question: Question) -> tuple[CacheStatus, DeltaStream]:
         """Validate everything up front (so errors become proper HTTP statuses), then stream."""
-        timer = Timer(observe=self.c.observe)
+        started, timer = time.perf_counter(), Timer(observe=self.c.observe)
         await self._prepare(question, timer)
+        try:
+            status, deltas = await self._open_prepared(question, timer)
+        except BaseException:
+            self._release(question)
+            raise
+        return status, _Concluded(deltas, lambda finished: self._stream_ended(question, status, started, finished))
+
+    async def _open_prepared(self, question: Question,
+                             timer: Timer) -> tuple[CacheStatus, AsyncGenerator[StreamDelta, None]]:
         key = await self._cache_key(question)
         cached = await self._cache_get(key, timer)
         if cached is not None:
@@ -149,16 +171,39 @@ class Pipeline:
             for image in q.images:
                 await loop.run_in_executor(self.image_pool, self.c.image_checker.check, image)
             timer.add("safety", t1)
+        self._route(q)  # last: from here on the adapter version is pinned until `_release`
 
     def _resolve_model(self, q: Question) -> None:
-        if q.model in (None, "", self.model_id):
-            q.adapter = None
-            return
-        if q.model in self.engine.adapters():
-            q.adapter = q.model
-            return
-        raise NotFound(f"model {q.model!r} does not exist; GET /v1/models lists the served models",
-                       param="model")
+        """The model asked for exists (before any image work); who answers is `_route`'s."""
+        q.adapter, q.answered_by = None, ""
+        if q.model not in (None, "", self.model_id) and q.model not in self.engine.adapters():
+            raise NotFound(f"model {q.model!r} does not exist; GET /v1/models lists the served models",
+                           param="model")
+
+    def _route(self, q: Question) -> None:
+        """Which model answers (a canary route may pick another, sticky per picture), and for an
+        adapter the version it answers with, pinned until the answer is done."""
+        asked = q.model or self.model_id
+        sticky = q.images[0].content_hash if q.images else q.request_id
+        chosen = self.routes.pick(asked, sticky)
+        if chosen != self.model_id and chosen not in self.engine.adapters():
+            chosen = asked  # the target was unloaded after the route was set
+        q.answered_by = chosen
+        if chosen != self.model_id:
+            q.adapter = self.engine.adapter_table.pin(chosen).key
+
+    def _release(self, q: Question) -> None:
+        if q.adapter is not None:
+            self.engine.adapter_table.unpin(q.adapter)
+
+    def _answered(self, q: Question, cache: CacheStatus, started: float) -> None:
+        if self.c.answered is not None:
+            self.c.answered(q.served_by, cache, time.perf_counter() - started)
+
+    def _stream_ended(self, q: Question, status: CacheStatus, started: float, finished: bool) -> None:
+        self._release(q)
+        if finished:
+            self._answered(q, status, started)
 
     def _policy(self) -> str:
         return self.c.output_filter.version if self.c.output_filter else "none"
@@ -235,8 +280,8 @@ class Pipeline:
 
     def _answer_of(self, q: Question, text: str, finish: FinishReason, usage: Usage | None,
                    timer: Timer) -> Answer:
-        return Answer(text=text, model=q.model or self.model_id, finish_reason=finish,
-                      usage=usage or Usage(), timings=timer.timings, request_id=q.request_id)
+        return Answer(text=text, model=q.answered_by, finish_reason=finish, usage=usage or Usage(),
+                      timings=timer.timings, request_id=q.request_id, served_by=q.served_by)
 
     async def _replay(self, answer: Answer) -> AsyncGenerator[StreamDelta, None]:
         """A finished answer as a stream, word by word (the pieces join to exactly the text)."""
@@ -341,6 +386,38 @@ class Pipeline:
         emit(StreamDelta(text=("\n" if "".join(sent).strip() else "") + refusal,
                          finish_reason="content_filter", usage=last.usage))
         return answer
+
+
+class _Concluded:
+    """A stream that reports its end once, however it ends: read to its last delta, failed, or closed
+    by a reader that left (started or not: closing a generator never started does not run its code)."""
+
+    def __init__(self, inner: AsyncGenerator[StreamDelta, None], on_end: Callable[[bool], None]) -> None:
+        self.inner, self.on_end = inner, on_end
+        self.finished = self.ended = False
+
+    def __aiter__(self) -> _Concluded:
+        return self
+
+    async def __anext__(self) -> StreamDelta:
+        try:
+            delta = await self.inner.__anext__()
+        except BaseException:
+            self._end()
+            raise
+        self.finished = self.finished or delta.finish_reason is not None
+        return delta
+
+    async def aclose(self) -> None:
+        try:
+            await self.inner.aclose()
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.on_end(self.finished)
 
 
 def _joined(deltas: asyncio.Queue[StreamDelta]) -> StreamDelta:

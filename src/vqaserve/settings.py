@@ -202,6 +202,10 @@ class ServerSettings(BaseModel):
                                                                   "needed on all routes but the probes `/health` and "
                                                                   "`/ready`")
     api_keys_file: str | None = Field(default=None, description="file of keys, one a line (merged with the above)")
+    admin_keys: CommaList = Field(default_factory=list, description="comma-separated keys of the admin API "
+                                  "(`/admin/...`: loading adapters, canary routes); unset: the admin API is off")
+    admin_keys_file: str | None = Field(default=None, description="file of admin keys, one a line (merged with "
+                                                          "the above)")
     public_web_page: bool = Field(default=True, description="the page at `/` needs no key (its API calls still do)")
     rate_limit_rpm: int = Field(default=0, description="requests per minute per key (0 = off)")
     rate_limit_ipm: int = Field(default=0, description="images per minute per key (0 = off)")
@@ -279,6 +283,7 @@ class CaptureSettings(BaseModel):
 FLAT: dict[str, tuple[str, str]] = {
     "host": ("server", "host"), "port": ("server", "port"), "workers": ("server", "workers"),
     "api_keys": ("server", "api_keys"), "api_keys_file": ("server", "api_keys_file"),
+    "admin_keys": ("server", "admin_keys"), "admin_keys_file": ("server", "admin_keys_file"),
     "rate_limit_rpm": ("server", "rate_limit_rpm"), "rate_limit_ipm": ("server", "rate_limit_ipm"),
     "shutdown_grace_s": ("server", "shutdown_grace_s"),
     "max_connections": ("server", "max_connections"),
@@ -355,19 +360,29 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _keys_file(self) -> Settings:
-        if self.server.api_keys_file:
-            path = Path(self.server.api_keys_file)
-            if not path.is_file():
-                raise ValueError("VQA_API_KEYS_FILE does not name a readable file; fix the path")
-            keys = [ln.strip() for ln in path.read_text().splitlines()
-                    if ln.strip() and not ln.startswith("#")]
-            self.server.api_keys = [*self.server.api_keys, *keys]
+        s = self.server
+        if s.api_keys_file:
+            s.api_keys = [*s.api_keys, *_keys_in(s.api_keys_file, "VQA_API_KEYS_FILE")]
+        if s.admin_keys_file:
+            s.admin_keys = [*s.admin_keys, *_keys_in(s.admin_keys_file, "VQA_ADMIN_KEYS_FILE")]
+        if set(s.admin_keys) & set(s.api_keys):
+            raise ValueError("VQA_ADMIN_KEYS: a key is both an admin key and an API key; give the admin API "
+                             "keys of its own (an API key must never grant admin)")
         return self
 
 
+def _keys_in(path_text: str, name: str) -> list[str]:
+    path = Path(path_text)
+    if not path.is_file():
+        raise ValueError(f"{name} does not name a readable file; fix the path")
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
 # VQA_* variables that are not settings: read by scripts/vllm.sh (VQA_VLLM_VENV, ...), by tests and by the
-# full-size runs (tests/realsize: VQA_REALSIZE_DIR, ...).
+# full-size runs (tests/realsize: VQA_REALSIZE_DIR, ...); VQA_ADMIN_KEY is the key `vqa adapter` sends to
+# a server's admin API.
 FOREIGN_PREFIXES = ("VQA_VLLM_", "VQA_TEST_", "VQA_REALSIZE_")
+FOREIGN_NAMES = frozenset({"VQA_ADMIN_KEY"})
 
 
 def _groups() -> dict[str, type[BaseModel]]:
@@ -390,7 +405,8 @@ def check_environment(environ: Mapping[str, str]) -> None:
 
     known = env_names()
     for key in sorted(environ):
-        if not key.upper().startswith("VQA_") or key in known or key.upper().startswith(FOREIGN_PREFIXES):
+        if (not key.upper().startswith("VQA_") or key in known or key.upper().startswith(FOREIGN_PREFIXES)
+                or key.upper() in FOREIGN_NAMES):
             continue
         close = difflib.get_close_matches(key.upper(), list(known), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}? " if close else ""

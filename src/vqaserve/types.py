@@ -145,7 +145,10 @@ class Question:
     turns: list[Turn]
     params: GenerationParams = field(default_factory=GenerationParams)
     model: str | None = None  # the public name asked for (base model or adapter name)
-    adapter: str | None = None  # resolved adapter name, None for the base model
+    # Set by the pipeline: the public name of the model that answers (a canary route may pick another
+    # than the one asked for) and, for an adapter, its version key NAME@FINGERPRINT (None: the base).
+    answered_by: str = ""
+    adapter: str | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     stream: bool = False
     cache: bool = True  # the client may opt out of the answer cache
@@ -158,6 +161,11 @@ class Question:
     @property
     def image_refs(self) -> list[ImageRef]:
         return [p.image_ref for t in self.turns for p in t.parts if p.image_ref is not None]
+
+    @property
+    def served_by(self) -> str:
+        """Which weights answer: the adapter's version key, or the base model's name."""
+        return self.adapter or self.answered_by
 
     @property
     def last_user_text(self) -> str:
@@ -262,12 +270,13 @@ class StreamDelta:
 @dataclass
 class Answer:
     text: str
-    model: str
+    model: str  # the public name of the model that answered
     finish_reason: FinishReason = "stop"
     usage: Usage = field(default_factory=Usage)
     cache: CacheStatus = "bypass"
     timings: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds
     request_id: str = ""
+    served_by: str = ""  # which weights answered (Question.served_by): the x-vqa-model header, metrics
 
     @property
     def cached(self) -> bool:

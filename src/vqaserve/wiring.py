@@ -51,6 +51,7 @@ def build_components(settings: Settings, engine: Engine, metrics: Metrics | None
             components.closers.append(redis.aclose)
     if metrics is not None:
         components.observe = metrics.observe_stage
+        components.answered = metrics.observe_answer
         metrics.watch_breakers({**engine.breakers(), **({"redis": redis.breaker} if redis else {})})
     _add_safety(settings, components)
     if settings.cache.enabled:

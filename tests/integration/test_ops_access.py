@@ -60,13 +60,15 @@ def test_a_key_is_needed_on_every_route_but_the_probes(public_page: bool) -> Non
                 r = client.request(method, path, headers=headers)
                 if path in open_paths:
                     assert r.status_code != 401, (method, path)
+                elif path.startswith("/admin/"):  # admin keys only (none here): no API key opens it
+                    assert assert_error(r, 403, "admin_api_off")
                 else:
                     err = assert_error(r, 401, "invalid_api_key")
                     assert err["type"] == "authentication_error" and "Authorization" in err["message"]
                     assert r.headers["www-authenticate"] == "Bearer"
             for key in (KEY, OTHER):
                 r = client.request(method, path, headers={"Authorization": f"Bearer {key}"})
-                assert r.status_code != 401, (method, path)
+                assert r.status_code != 401 and (r.status_code == 403) == path.startswith("/admin/"), (method, path)
         ok = client.post("/v1/chat/completions", json=chat_body("what is it?"),
                          headers={"Authorization": f"Bearer {KEY}"})
         assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]

@@ -30,6 +30,16 @@ def memo_of(engine: TransformersEngine) -> VisionMemo:
     return engine.vision_memo
 
 
+def scopes(engine: TransformersEngine, *names: str) -> set[str]:
+    """The memo scopes (PEFT adapter names) of the current versions of adapters `names`."""
+    out = set()
+    for name in names:
+        version = engine.adapter_table.current(name)
+        assert version is not None
+        out.add(str(engine._peft.peft_name(version.key)))
+    return out
+
+
 class TowerCalls:
     """Counts vision-tower forwards and the images in each."""
 
@@ -204,7 +214,7 @@ async def test_adapters_that_change_the_tower_get_their_own_entries(tiny_model_d
     plain = await started(str(tiny_model_dir), adapters=lora_dirs, vision_memo_mb=0)
     calls = TowerCalls(reuse)
     try:
-        assert memo_of(reuse).vision_adapters == {"eye"}
+        assert memo_of(reuse).vision_adapters == scopes(reuse, "eye")
         p = pics(6)
         asked = [(QUESTIONS[0], p[0]), (QUESTIONS[1], p[1])]
         follow = [(QUESTIONS[2], p[1]), (QUESTIONS[3], p[0])]
@@ -222,6 +232,38 @@ async def test_adapters_that_change_the_tower_get_their_own_entries(tiny_model_d
 async def test_the_bundled_sunglasses_adapter_counts_as_a_vision_adapter() -> None:
     engine = await started("shop-toy", adapters={"sunglasses": "shop-toy-sunglasses"})
     try:
-        assert memo_of(engine).vision_adapters == {"sunglasses"}
+        assert memo_of(engine).vision_adapters == scopes(engine, "sunglasses")
     finally:
         await engine.close()
+
+
+async def test_a_reloaded_vision_adapter_never_gets_its_predecessors_features(
+        tiny_model_dir: Path, lora_dirs: dict[str, str], tmp_path: Path) -> None:
+    """`eye` reloaded with other weights: the same picture goes through the tower again, and the
+    answers are the new weights' own (as an engine that never saw the old ones gives them)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(7)
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["qkv"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "eye2")
+    reuse = await started(str(tiny_model_dir), adapters={"eye": lora_dirs["eye"]})
+    fresh = await started(str(tiny_model_dir), adapters={"eye": str(tmp_path / "eye2")}, vision_memo_mb=0)
+    calls = TowerCalls(reuse)
+    try:
+        asked = [(QUESTIONS[0], pics(9)[0])]
+        before = await answers(reuse, asked, "eye")
+        old_scope = scopes(reuse, "eye")
+        loaded = await reuse.load_adapter("eye", str(tmp_path / "eye2"))
+        assert loaded.status == "reloaded" and scopes(reuse, "eye") != old_scope
+        await reuse.adapter_table.settle()  # nothing pins the old version: its weights are gone
+        assert memo_of(reuse).vision_adapters == scopes(reuse, "eye")
+        after = await answers(reuse, asked, "eye")
+        assert after == await answers(fresh, asked, "eye") and after != before
+        assert calls.images == [1, 1]  # the picture went through the tower again, for the new weights
+    finally:
+        calls.close()
+        for engine in (reuse, fresh):
+            await engine.close()

@@ -13,7 +13,15 @@ import pytest
 
 from tests.conftest import REPO, subprocess_env, vqa_cmd
 from vqaserve.errors import ConfigError
-from vqaserve.settings import FLAT, FOREIGN_PREFIXES, Settings, env_names, load_settings, settings_table
+from vqaserve.settings import (
+    FLAT,
+    FOREIGN_NAMES,
+    FOREIGN_PREFIXES,
+    Settings,
+    env_names,
+    load_settings,
+    settings_table,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -51,7 +59,7 @@ def sample(group: str, fld: str, info: Any, tmp_path: Path) -> tuple[str, Any]:
     }
     if fld in special:
         return special[fld]
-    if fld == "api_keys_file":
+    if fld in ("api_keys_file", "admin_keys_file"):
         (tmp_path / "keys").write_text("k\n")
         return str(tmp_path / "keys"), str(tmp_path / "keys")
     default = info.get_default(call_default_factory=True)
@@ -76,7 +84,7 @@ def test_every_setting_is_read_from_its_documented_names(monkeypatch: pytest.Mon
     for name in names:
         monkeypatch.setenv(name, text)
         got = getattr(getattr(load_settings(), group), fld)
-        assert got == value or (fld == "api_keys_file" and got == text), name
+        assert got == value or (fld in ("api_keys_file", "admin_keys_file") and got == text), name
         monkeypatch.delenv(name)
 
 
@@ -104,10 +112,10 @@ def test_unknown_variables_are_refused_with_the_closest_name(monkeypatch: pytest
 
 
 @pytest.mark.parametrize("name", ["VQA_VLLM_VENV", "VQA_VLLM_MAX_MODEL_LEN", "VQA_VLLM_MAX_LORA_RANK",
-                                  "VQA_TEST_ANYTHING"])
+                                  "VQA_TEST_ANYTHING", "VQA_ADMIN_KEY"])
 def test_variables_of_the_scripts_and_tests_are_not_settings_and_not_refused(
         monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    assert name.startswith(FOREIGN_PREFIXES)
+    assert name.startswith(FOREIGN_PREFIXES) or name in FOREIGN_NAMES
     monkeypatch.setenv(name, "1")
     load_settings()
 
@@ -162,7 +170,8 @@ def test_every_vqa_name_in_the_repo_is_a_setting() -> None:
             if not path.is_file() or path.name == Path(__file__).name:
                 continue
             for name in re.findall(r"\bVQA_[A-Z0-9_]*[A-Z0-9]", path.read_text(errors="ignore")):
-                if name not in known and name not in PLACEHOLDERS and not name.startswith(FOREIGN_PREFIXES):
+                if (name not in known and name not in PLACEHOLDERS and not name.startswith(FOREIGN_PREFIXES)
+                        and name not in FOREIGN_NAMES):
                     wrong.setdefault(name, set()).add(str(path.relative_to(REPO)))
     assert not wrong, f"VQA_* names that no setting reads: {wrong}"
 

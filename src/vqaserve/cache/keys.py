@@ -5,6 +5,12 @@ as a PNG upload, a lossless JPEG or a data URI gives the same key, while the sam
 another shape do not. Every turn's role, text and image position enters, as do the model, the
 adapter, the generation params that change the output, the safety-policy version and the cache
 schema version. Fields are length-prefixed so no two different requests serialize alike.
+
+Models enter by their weights, not only their names: the base model as `NAME@FINGERPRINT` (the
+pipeline's model identity) and an adapter by its version key `NAME@FINGERPRINT`
+(engines/adapters.py), so an adapter reloaded with new weights never gets its predecessor's answers,
+while the same weights loaded again find theirs. The adapter is the one that really answers: a canary
+route (routing.py) is decided before the key is built.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ class CacheKeyBuilder:
 
         field("schema", CACHE_SCHEMA_VERSION)
         field("model", model_id)
-        field("adapter", question.adapter or "")
+        field("adapter", question.adapter or "")  # the version key: the weights' content, not the name
         field("policy", policy)
         p = question.params
         field("max_new_tokens", p.max_new_tokens)

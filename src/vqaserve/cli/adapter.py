@@ -1,4 +1,5 @@
-"""`vqa adapter`: check a LoRA adapter before deploying it (will vLLM load all of it?), convert old ones."""
+"""`vqa adapter`: check a LoRA adapter before deploying it (will vLLM load all of it?), convert old ones,
+and put adapters live on a running service through its admin API (load, unload, canary route, list)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     v.add_argument("--model", required=True, help="the base model directory (or bundled name) it was trained on")
     v.add_argument("--out", required=True, help="directory for the converted adapter")
     v.set_defaults(func=run_convert)
+    from vqaserve.cli import adapter_live
+
+    adapter_live.register(adapter_sub)
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ Engines know nothing of HTTP, caches or safety. `generate` takes a batch and ret
 one error per request, so a single bad request fails alone. `stream` yields text deltas for one
 request; engines without native streaming fall back to one whole delta. `generate_streams` is
 `generate` for a batch in which some rows stream: their deltas go to per-row sinks as they come.
+Adapters are served by name through `adapter_table` (engines/adapters.py): an engine that can take
+new weights while it runs overrides `adapter_version` and gives its table attach/detach hooks.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from vqaserve.breaker import CircuitBreaker
-from vqaserve.errors import VQAError
+from vqaserve.engines.adapters import AdapterTable, AdapterVersion, Loaded, check_name
+from vqaserve.errors import InvalidRequest, VQAError
 from vqaserve.images.budget import PixelBudget
 from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
 
@@ -31,8 +34,9 @@ class EngineInfo:
     adapters: list[str] = field(default_factory=list)
     # The pixel budget the model's own image processor declares (None: it declares none).
     pixel_budget: PixelBudget | None = None
-    # A digest of the weights (base and adapters) when the engine can tell: part of the answer
-    # cache's key, so a retrained model under the same name never gets the old model's answers.
+    # A digest of the base model's weights when the engine can tell: part of the answer cache's key,
+    # so a retrained model under the same name never gets the old model's answers. (Each adapter has
+    # its own, in its version: engines/adapters.py.)
     fingerprint: str = ""
 
 
@@ -43,6 +47,7 @@ class Engine(abc.ABC):
     # True for a model server that batches continuously itself (vLLM): wiring then gives it the
     # concurrency gate (admission only) instead of the micro-batcher.
     batches_itself: bool = False
+    _adapter_table: AdapterTable | None = None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load weights; called once in the server lifespan (or by the CLI) before any request."""
@@ -54,7 +59,31 @@ class Engine(abc.ABC):
     def info(self) -> EngineInfo: ...
 
     def adapters(self) -> list[str]:
-        return list(self.info().adapters)
+        """The public names of the adapters served now."""
+        return self.adapter_table.names()
+
+    @property
+    def adapter_table(self) -> AdapterTable:
+        """Adapters by name and version. Engines that change them while running set their own table
+        (with attach/detach hooks); the default is a fixed one of `info().adapters`."""
+        if self._adapter_table is None:
+            self._adapter_table = AdapterTable.fixed(self.info().adapters)
+        return self._adapter_table
+
+    async def load_adapter(self, name: str, path: str) -> Loaded:
+        """Serve the adapter at `path` under `name`, replacing the version served there (requests in
+        flight keep theirs)."""
+        check_name(name, self.info().model_id)
+        return await self.adapter_table.load(await self.adapter_version(name, path))
+
+    async def unload_adapter(self, name: str) -> AdapterVersion:
+        """Stop serving `name`: new requests get 404, requests in flight finish on their version."""
+        return await self.adapter_table.unload(name)
+
+    async def adapter_version(self, name: str, path: str) -> AdapterVersion:
+        """The version `path` holds (checked, fingerprinted), before it is attached."""
+        raise InvalidRequest(f"the {self.name} engine cannot load adapters while it runs; start it with "
+                             "VQA_ADAPTERS instead", param="path")
 
     @abc.abstractmethod
     async def generate(self, batch: Sequence[EngineRequest]) -> list[EngineResult | VQAError]:

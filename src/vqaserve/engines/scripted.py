@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
+from vqaserve.engines.adapters import AdapterTable, AdapterVersion, fingerprint_of
 from vqaserve.engines.base import Engine, EngineInfo
 from vqaserve.errors import EngineFailure, VQAError
 from vqaserve.images.budget import PixelBudget
@@ -42,10 +43,17 @@ class ScriptedEngine(Engine):
 
     name = "scripted"
 
+    def __post_init__(self) -> None:
+        self._adapter_table = AdapterTable.fixed(self.adapter_names)
+
     def info(self) -> EngineInfo:
         return EngineInfo(model_id=self.model_id, dtype="none", device="cpu", max_context=4096,
-                          adapters=list(self.adapter_names), pixel_budget=self.pixel_budget,
+                          adapters=self.adapters(), pixel_budget=self.pixel_budget,
                           fingerprint=self.fingerprint)
+
+    async def adapter_version(self, name: str, path: str) -> AdapterVersion:
+        """Any path: a directory's files are fingerprinted as a real engine's would be."""
+        return AdapterVersion(name, fingerprint_of(path), path, requested=path)
 
     def reply(self, request: EngineRequest) -> str:
         question = ""

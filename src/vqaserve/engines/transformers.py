@@ -6,6 +6,8 @@ adapter, same sampling settings); each group is one batched processor call (left
 generate(); when a group fails, its members are retried one by one so only the bad one fails.
 A follow-up question about a picture reuses its vision-tower output (vision_memo.py). Streaming
 rows ride in the same generate(): a per-row streamer hands each its own text (row_streams.py).
+LoRA adapters are loaded and removed while serving (peft_adapters.py) on the same worker thread, so
+between two batches, each version under its own PEFT name (engines/adapters.py has the bookkeeping).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from vqaserve.engines.adapters import AdapterTable, AdapterVersion
 from vqaserve.engines.base import DeltaSink, Engine, EngineInfo
 from vqaserve.engines.fingerprint import weights_fingerprint
 from vqaserve.engines.hf_generation import (
@@ -31,6 +33,7 @@ from vqaserve.engines.hf_generation import (
     stop_ids,
     to_messages,
 )
+from vqaserve.engines.peft_adapters import PeftAdapters, adapter_dir
 from vqaserve.engines.placement import Placement, choose_placement, stored_parameters
 from vqaserve.engines.row_streams import LoopHop, RowFeed, RowStreamer, RowText
 from vqaserve.engines.structured import GrammarCache
@@ -92,7 +95,9 @@ class TransformersEngine(Engine):
         self._placement: Placement | None = None
         self._control_tokens: list[str] = []
         self._counter: Any = None  # a private tokenizer copy for count_tokens (off the worker thread)
-        self._adapters: list[str] = []
+        # Adapter versions on the model (worker thread only); errors name the model as clients know it.
+        self._peft = PeftAdapters(public_model_id(self.model_name))
+        self._adapter_table = AdapterTable(attach=self._attach, detach=self._detach)
         self._fingerprint = ""
         self._pixel_budget: PixelBudget | None = None  # what the model's image processor declares
         self._grammars: GrammarCache | None = None  # JSON-schema grammars for this tokenizer
@@ -156,35 +161,47 @@ class TransformersEngine(Engine):
         self._grammars = GrammarCache(tokenizer, int(model.get_output_embeddings().weight.shape[0]),
                                       stop_ids(model.generation_config.eos_token_id, GenerationParams()))
         self._load_adapters()
-        self.vision_memo = VisionMemo.install(self._model, llm.vision_memo_mb * 2**20, self._adapters)
+        self.vision_memo = VisionMemo.install(self._model, llm.vision_memo_mb * 2**20, self._peft.peft_names())
         revision = getattr(model.config, "_commit_hash", None) or ""  # hub ids: the snapshot loaded
-        adapter_dirs = [resolve_model_path(p) for p in self.settings.llm.adapters.values()]
-        self._fingerprint = weights_fingerprint([source + revision, *adapter_dirs]
-                                                if not Path(source).is_dir() else [source, *adapter_dirs])
+        self._fingerprint = weights_fingerprint([source if Path(source).is_dir() else source + revision])
 
     def _load_adapters(self) -> None:
-        adapters = self.settings.llm.adapters
-        if not adapters:
-            return
-        from peft import PeftModel
-
-        model = self._model
-        for name, path in adapters.items():
-            path = resolve_model_path(path)
-            if not (Path(path) / "adapter_config.json").is_file():
-                raise ConfigError(f"adapter {name!r}: no adapter_config.json at the given path; "
-                                  "VQA_ADAPTERS takes NAME=PATH to a PEFT LoRA directory")
+        """The adapters named at start-up (VQA_ADAPTERS), attached before the first request."""
+        for name, path in self.settings.llm.adapters.items():
             try:
-                if isinstance(model, PeftModel):
-                    model.load_adapter(path, adapter_name=name)
-                else:
-                    model = PeftModel.from_pretrained(model, path, adapter_name=name)
-            except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                raise ConfigError(f"adapter {name!r} does not fit model {self.model_name!r} "
-                                  f"({type(exc).__name__}); train it on this base model") from None
-        model.eval()
-        self._model = model
-        self._adapters = list(adapters)
+                directory = adapter_dir(path)
+            except VQAError as exc:
+                raise ConfigError(f"adapter {name!r}: {exc.message}; VQA_ADAPTERS takes NAME=PATH") from None
+            version = AdapterVersion(name, weights_fingerprint([directory]), directory)
+            try:
+                self._model = self._peft.attach(self._model, version)
+            except VQAError as exc:
+                raise ConfigError(exc.message) from None
+            self.adapter_table.add(version)
+
+    # --- adapters while serving (engines/adapters.py) ----------------------------------------------
+    async def adapter_version(self, name: str, path: str) -> AdapterVersion:
+        directory = adapter_dir(path)
+        fingerprint = await asyncio.to_thread(weights_fingerprint, [directory])
+        return AdapterVersion(name, fingerprint, directory, requested=path)
+
+    async def _attach(self, version: AdapterVersion) -> None:
+        await self._on_worker(self._peft.attach, version)
+
+    async def _detach(self, version: AdapterVersion) -> None:
+        await self._on_worker(self._peft.detach, version)
+
+    async def _on_worker(self, change: Any, version: AdapterVersion) -> None:
+        """Change the model's adapters on the worker thread, between two batches."""
+        if self._model is None:
+            raise EngineFailure("the model is not loaded yet; retry in a moment", retry_after=5)
+
+        def run() -> None:
+            self._model = change(self._model, version)
+            if self.vision_memo is not None:
+                self.vision_memo.adapters_changed(self._peft.peft_names())
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     # --- description -------------------------------------------------------------------------------
     def info(self) -> EngineInfo:
@@ -197,11 +214,8 @@ class TransformersEngine(Engine):
         return EngineInfo(model_id=public_model_id(self.model_name),
                           dtype=placement.dtype if placement else "n/a",
                           device=placement.device if placement else "n/a",
-                          max_context=max_context, adapters=list(self._adapters),
+                          max_context=max_context, adapters=self.adapters(),
                           pixel_budget=self._pixel_budget, fingerprint=self._fingerprint)
-
-    def adapters(self) -> list[str]:
-        return list(self._adapters)
 
     def count_tokens(self, text: str) -> int:
         if self._counter is None:
@@ -220,6 +234,8 @@ class TransformersEngine(Engine):
         if self._model is None:
             raise EngineFailure("the model is not loaded yet; retry in a moment", retry_after=5)
         loop = asyncio.get_running_loop()
+        for request in batch:
+            request.adapter = self.adapter_table.resolve(request.adapter)
         hop = LoopHop(loop)
         feeds: list[RowFeed | None] = [None if sink is None else RowText(r.params, sink).feed(hop)
                                         for r, sink in zip(batch, sinks, strict=True)]
@@ -271,18 +287,6 @@ class TransformersEngine(Engine):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _adapter_context(self, adapter: str | None) -> Any:
-        model = self._model
-        if adapter is not None and adapter not in self._adapters:
-            raise NotFound(f"adapter {adapter!r} is not loaded; GET /v1/models lists the served models",
-                           param="model")
-        if not self._adapters:
-            return nullcontext()
-        if adapter is None:
-            return model.disable_adapter()  # the base model, bit for bit
-        model.set_adapter(adapter)
-        return nullcontext()
-
     def _prepare(self, members: list[EngineRequest]) -> Any:
         processor = self._processor
         prompts, images = [], []
@@ -327,8 +331,8 @@ class TransformersEngine(Engine):
             torch.manual_seed(params.seed)
         streamer = RowStreamer(rows, feeds, stopper.decode) if any(feeds) else None
         grammar = self._grammars.processor([r.params.json_schema for r in live]) if self._grammars else None
-        with (torch.inference_mode(), self._adapter_context(live[0].adapter),
-              serving(self.vision_memo, live[0].adapter, self._picture_ids)):
+        with (torch.inference_mode(), self._peft.context(self._model, live[0].adapter),
+              serving(self.vision_memo, self._peft.peft_name(live[0].adapter), self._picture_ids)):
             out = self._model.generate(**inputs, generation_config=gen_config, streamer=streamer,
                                        stopping_criteria=StoppingCriteriaList([stopper]),
                                        logits_processor=LogitsProcessorList([grammar] if grammar else []))
@@ -338,8 +342,8 @@ class TransformersEngine(Engine):
         return [e if e is not None else next(results) for e in early]
 
     def _early_error(self, request: EngineRequest) -> VQAError | None:
-        if request.adapter is not None and request.adapter not in self._adapters:
-            return NotFound(f"adapter {request.adapter!r} is not loaded; GET /v1/models lists the "
+        if request.adapter is not None and not self._peft.has(request.adapter):
+            return NotFound(f"adapter {request.adapter.split('@')[0]!r} is not loaded; GET /v1/models lists the "
                             "served models", param="model")
         refused = self._grammars.refusal(request.params.json_schema) if self._grammars else None
         if refused is not None:  # a schema the decoder cannot enforce fails alone, not its batch

@@ -25,7 +25,9 @@ from typing import Any
 import httpx
 
 from vqaserve.breaker import BreakerOpen, Call, CircuitBreaker
+from vqaserve.engines.adapters import AdapterVersion
 from vqaserve.engines.base import Engine, EngineInfo
+from vqaserve.engines.upstream_lora import UpstreamAdapters
 from vqaserve.engines.upstream_wire import (
     ImageEncoder,
     build_body,
@@ -36,7 +38,7 @@ from vqaserve.engines.upstream_wire import (
     parse_usage,
     upstream_message,
 )
-from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, NotFound, VQAError
+from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, VQAError
 from vqaserve.settings import Settings
 from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
 
@@ -77,8 +79,9 @@ class UpstreamEngine(Engine):
         self.base_url = api_base(llm.upstream_url)
         self.model_name: str | None = llm.upstream_model
         self.max_context = 0
-        # NAME=UPSTREAM_NAME: the public adapter name -> the name vLLM serves it under (--lora-modules).
-        self.adapter_map = dict(llm.adapters)
+        # Adapters by public name -> the names the model server serves their versions under.
+        self.lora = UpstreamAdapters(self._http, llm.upstream_timeout_s, llm.adapters)
+        self._adapter_table = self.lora.table
         self.encoder = ImageEncoder(llm.upstream_image_format)
         self.breaker = CircuitBreaker(max(1, llm.upstream_breaker_failures), llm.upstream_breaker_reset_s,
                                       name="upstream")
@@ -141,7 +144,7 @@ class UpstreamEngine(Engine):
         # No pixel budget of its own: the gateway's settings are the budget, and docs/deploy.md
         # gives vLLM the same one (--mm-processor-kwargs), so neither resizes what the other sent.
         return EngineInfo(model_id=self.model_name or "upstream", dtype="n/a", device="upstream",
-                          max_context=self.max_context, adapters=list(self.adapter_map))
+                          max_context=self.max_context, adapters=self.adapters())
 
     def breakers(self) -> dict[str, CircuitBreaker]:
         return {"upstream": self.breaker}
@@ -194,20 +197,17 @@ class UpstreamEngine(Engine):
             chosen = next((e for e in ids if e["id"] == self.model_name), bases[0])
             self.model_name = self.model_name or chosen["id"]
             self.max_context = int(chosen.get("max_model_len") or 0)
-            if not self.settings.llm.adapters:
-                # vLLM lists each --lora-modules adapter with its base model as `parent`: with no
-                # mapping configured, serve them under their upstream names.
-                self.adapter_map = {e["id"]: e["id"] for e in ids if e.get("parent") == self.model_name}
+            self.lora.discovered(ids, self.model_name)
+
+    async def adapter_version(self, name: str, path: str) -> AdapterVersion:
+        return await self.lora.version(name, path)
 
     # --- requests ----------------------------------------------------------------------------------
     def _upstream_model(self, adapter: str | None) -> str:
         if adapter is None:
             assert self.model_name is not None
             return self.model_name
-        if adapter not in self.adapter_map:
-            raise NotFound(f"adapter {adapter!r} is not served; GET /v1/models lists the served models",
-                           param="model")
-        return self.adapter_map[adapter]
+        return self.lora.upstream_name(adapter)
 
     def _timeout(self, request: EngineRequest | None) -> float:
         timeout = self.settings.llm.upstream_timeout_s

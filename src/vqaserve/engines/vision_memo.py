@@ -77,6 +77,11 @@ class VisionMemo:
         module.get_image_features = get_image_features  # an instance attribute: the model's forward finds it
         return memo
 
+    def adapters_changed(self, adapters: Iterable[str]) -> None:
+        """The model's PEFT adapters changed while serving. Scopes are PEFT names, never reused for
+        other weights, so a reloaded adapter's pictures cannot meet its predecessor's features."""
+        self.vision_adapters = _vision_adapters(self._module.visual, adapters)
+
     def __len__(self) -> int:
         return len(self.store)
 

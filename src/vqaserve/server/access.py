@@ -21,6 +21,8 @@ from vqaserve.server.middleware import error_json
 # say how the service fares, never a key or a path). The web page itself may be public (its API
 # calls still need the key).
 OPEN_PATHS = frozenset({"/health", "/ready"})
+# The admin API checks admin keys itself (server/admin_access.py): an API key never opens it.
+ADMIN_PREFIX = "/admin/"
 PAGE_PATHS = frozenset({"/", "/favicon.ico"})
 PAGE_PREFIX = "/static/"
 
@@ -68,7 +70,7 @@ class ApiKeyMiddleware:
 
     def _open(self, scope: Scope) -> bool:
         path = scope["path"]
-        if path in OPEN_PATHS:
+        if path in OPEN_PATHS or path.startswith(ADMIN_PREFIX):
             return True
         return self.public_web_page and scope["method"] in ("GET", "HEAD") and (
             path in PAGE_PATHS or path.startswith(PAGE_PREFIX))

@@ -107,11 +107,12 @@ def create_app(settings: Settings, engine: Engine | None = None,
     install(app, held)
     _install_error_handlers(app, held.metrics)
 
-    from vqaserve.server import routes_openai, routes_ops, routes_vqa
+    from vqaserve.server import routes_admin, routes_openai, routes_ops, routes_vqa
 
     app.include_router(routes_openai.router)
     app.include_router(routes_vqa.router)
     app.include_router(routes_ops.router)
+    app.include_router(routes_admin.router)
     routes_ops.mount_static(app, STATIC_DIR)
     finish_document(app, settings.generation)
     return app

@@ -47,7 +47,10 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 CACHE_HEADER = {"x-vqa-cache": {"description": "where the answer came from",
-                                "schema": {"type": "string", "enum": ["hit", "miss", "bypass"]}}}
+                                "schema": {"type": "string", "enum": ["hit", "miss", "bypass"]}},
+                "x-vqa-model": {"description": "the weights that answered: the base model's name, or an adapter's "
+                                               "version NAME@FINGERPRINT (percent-encoded outside ASCII)",
+                                "schema": {"type": "string"}}}
 # Before OpenAPI 3.2 (itemSchema) an event stream's `schema` describes one event, as tools read it.
 SSE_EVENT = {
     "type": "object", "required": ["data"],

@@ -33,6 +33,13 @@ def answering_pipeline(request: Request) -> Pipeline:
     return pipeline
 
 
+def model_header(served_by: str) -> str:
+    """`x-vqa-model`: the weights that answered; a name outside ASCII (VQA_ADAPTERS allows any) percent-encoded."""
+    from urllib.parse import quote
+
+    return quote(served_by, safe="@._-:+")
+
+
 def record_answer(metrics: Metrics, cache: str, usage: Usage, finish_reason: str | None) -> None:
     metrics.count_cache(cache)
     metrics.count_tokens(usage.prompt_tokens, usage.completion_tokens)

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from vqaserve.server.chat_request import ChatCompletionRequest, to_question
 from vqaserve.server.openapi import CHAT_OPENAPI, error_responses
 from vqaserve.server.responses import ChatCompletion, ModelCard, ModelList, completion_id
-from vqaserve.server.route_support import JSONBodyRoute, answering_pipeline, record_answer
+from vqaserve.server.route_support import JSONBodyRoute, answering_pipeline, model_header, record_answer
 from vqaserve.server.sse import ClosingStreamingResponse, sse_events
 from vqaserve.server.state import state
 
@@ -28,14 +28,15 @@ async def chat_completions(chat: ChatCompletionRequest, request: Request) -> Any
         answer = await pipeline.answer(question)
         record_answer(app.metrics, answer.cache, answer.usage, answer.finish_reason)
         body = ChatCompletion.of(answer, completion_id())
-        return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache})
+        return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache,
+                                                        "x-vqa-model": model_header(answer.served_by)})
     status, deltas = await pipeline.open_stream(question)
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-    events = sse_events(deltas, model=question.model or pipeline.model_id, cache=status,
+    events = sse_events(deltas, model=question.answered_by, cache=status,
                         include_usage=include_usage, metrics=app.metrics, count=pipeline.engine.count_tokens)
     return ClosingStreamingResponse(events, media_type="text/event-stream",
-                                    headers={"x-vqa-cache": status, "cache-control": "no-cache",
-                                             "x-accel-buffering": "no"})
+                                    headers={"x-vqa-cache": status, "x-vqa-model": model_header(question.served_by),
+                                             "cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
 @router.get("/v1/models", response_model=ModelList, responses=error_responses(401, 429, 500, 503))

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vqaserve.errors import InvalidRequest, UnsupportedMediaType
 from vqaserve.server.openapi import UPLOAD_OPENAPI, error_responses
 from vqaserve.server.responses import UsageModel, VQAResponse
-from vqaserve.server.route_support import answering_pipeline, content_type, record_answer
+from vqaserve.server.route_support import answering_pipeline, content_type, model_header, record_answer
 from vqaserve.server.sampling import generation_params
 from vqaserve.server.state import state
 from vqaserve.server.validation import validate
@@ -66,4 +66,5 @@ async def vqa(request: Request) -> JSONResponse:
     body = VQAResponse(answer=answer.text, model=answer.model, cached=answer.cached,
                        finish_reason=answer.finish_reason, usage=UsageModel.of(answer.usage), timings=timings,
                        request_id=q.request_id)
-    return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache})
+    return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache,
+                                                    "x-vqa-model": model_header(answer.served_by)})
