@@ -88,6 +88,11 @@ def test_non_finite_temperature_is_refused(client: TestClient, raw: bytes) -> No
     assert_openai_error(r, 400, "temperature")
 
 
+def test_a_conversation_may_end_with_any_role_as_with_openai(client: TestClient) -> None:
+    r = post_chat(client, messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    assert r.status_code == 200, r.text
+
+
 def test_known_openai_fields_that_change_nothing_are_accepted(client: TestClient) -> None:
     r = post_chat(client, user="u1", frequency_penalty=0, presence_penalty=0, metadata={"a": "b"}, n=1,
                   response_format={"type": "text"}, store=False)
@@ -96,7 +101,6 @@ def test_known_openai_fields_that_change_nothing_are_accepted(client: TestClient
 
 @pytest.mark.parametrize(("messages", "param"), [
     ([{"role": "tool", "content": "x"}], "messages[0].role"),
-    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "messages[1].role"),
     ([{"role": "user"}], "messages[0].content"),
     ([{"role": "user", "content": []}], "messages[0].content"),
     ([{"role": "user", "content": 42}], "messages[0].content"),

@@ -16,6 +16,7 @@ from tiny_vlm import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 from tests.conftest import image_bytes
 from tests.http_support import LiveServer, random_lora_adapter, sse_payloads
 from tests.vllm_support import wait_for
+from vqaserve.server.state import app_state
 from vqaserve.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -141,7 +142,7 @@ def test_load_canary_reload_and_unload_under_load_fail_no_request(live: LiveServ
     answered = {served for _, served in clients.done}
     assert {base, first["version"], second["version"]} <= answered  # all three answered some of them
     wait_for(lambda: admin(url, "GET", "/admin/adapters")["adapters"] == [], 60, "old versions detached")
-    engine = live.server.config.app.state.pipeline.engine
+    engine = _engine(live)
     assert engine._peft.peft_names() == []  # every version's PEFT weights are gone
 
 
@@ -149,7 +150,7 @@ class WorkerHeld:
     """Holds the engine's one worker thread: what is admitted meanwhile waits (no timing in the tests)."""
 
     def __init__(self, live: LiveServer) -> None:
-        self.engine = live.server.config.app.state.pipeline.engine
+        self.engine = _engine(live)
         self.gate = threading.Event()
 
     def __enter__(self) -> WorkerHeld:
@@ -223,3 +224,9 @@ def test_unload_lets_the_request_in_flight_finish_and_refuses_new_ones(live: Liv
     assert results["r"].headers["x-vqa-model"] == version and events[-1] == "[DONE]"
     assert [e["choices"][0]["finish_reason"] for e in events[:-1] if e["choices"]][-1] == "length"
     wait_for(lambda: state(url, "v4") == {}, 60, "v4 detached")
+
+
+def _engine(live: Any) -> Any:
+    pipeline = app_state(live.server.config.app).pipeline
+    assert pipeline is not None
+    return pipeline.engine
