@@ -256,6 +256,7 @@ class EngineResult:
     text: str
     finish_reason: FinishReason
     usage: Usage
+    confidence: float | None = None  # how sure the model was of this answer (0..1); None: not known
 
 
 @dataclass
@@ -265,6 +266,7 @@ class StreamDelta:
     text: str = ""
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    confidence: float | None = None  # on the last delta, as EngineResult.confidence
 
 
 @dataclass
@@ -277,6 +279,7 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds
     request_id: str = ""
     served_by: str = ""  # which weights answered (Question.served_by): the x-vqa-model header, metrics
+    confidence: float | None = None  # as EngineResult.confidence; answers under VQA_REVIEW_BELOW are flagged
 
     @property
     def cached(self) -> bool:
