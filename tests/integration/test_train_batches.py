@@ -98,3 +98,38 @@ def test_a_template_that_renders_turns_in_context_turns_composition_off(tiny_mod
     got = encoder.segments(turns)
     assert not encoder._composable
     assert got == _compute_segments(encoder, turns)
+
+
+def test_the_batch_worker_leaves_when_the_trainer_is_killed(tiny_model_dir: Path) -> None:
+    """`vqa train` killed with SIGKILL cannot shut its pool down: the worker must notice by itself."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.conftest import subprocess_env
+
+    code = ("import sys, time; from vqaserve.train.batches import Prefetcher; "
+            f"p = Prefetcher(({str(tiny_model_dir)!r}, ({TINY_MIN_PIXELS}, {TINY_MAX_PIXELS}), [], "
+            "[('train', 1.0)], 1.0, 2, 1, 0), workers=1, start=0); p.get(); print('ready', flush=True); "
+            "time.sleep(600)")
+    trainer = subprocess.Popen([sys.executable, "-c", code], env=subprocess_env(), stdout=subprocess.PIPE,
+                               text=True)
+    workers: list[psutil.Process] = []
+    try:
+        assert trainer.stdout is not None and trainer.stdout.readline().strip() == "ready"
+        workers = [c for c in psutil.Process(trainer.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(c.cmdline())]
+        assert workers, "no batch worker started"
+        os.kill(trainer.pid, signal.SIGKILL)
+        trainer.wait(timeout=10)
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"orphaned batch workers: {[p.pid for p in alive]}"
+    finally:
+        for process in [psutil.Process(trainer.pid)] if trainer.poll() is None else []:
+            process.kill()
+        for worker in workers:
+            if worker.is_running():
+                worker.kill()  # only if the check above failed: leave no orphan behind

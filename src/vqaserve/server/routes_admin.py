@@ -23,8 +23,8 @@ from vqaserve.engines.adapters import AdapterVersion
 from vqaserve.errors import InvalidRequest, NotFound
 from vqaserve.pipeline import Pipeline
 from vqaserve.server.admin_access import require_admin
-from vqaserve.server.route_support import answering_pipeline, check_json_body
 from vqaserve.server.responses import ErrorResponse
+from vqaserve.server.route_support import answering_pipeline, check_json_body
 
 log = logging.getLogger("vqaserve.admin")
 _ERRORS = {400: "a malformed body or a bad field (`param` names it), or a change that cannot be made",

@@ -68,9 +68,25 @@ class BatchMaker:
 _WORKER: BatchMaker | None = None
 
 
-def _worker_init(*args: Any) -> None:
+def _exit_with_parent(parent: int, every_s: float = 2.0) -> None:
+    """Runs in a worker's thread: when the trainer is gone (killed, even with SIGKILL, so that its pool
+    could not say goodbye), the worker goes too instead of holding its memory for good."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="vqa-train-parent-watch", daemon=True).start()
+
+
+def _worker_init(parent: int, *args: Any) -> None:
     global _WORKER
     import torch
+
+    _exit_with_parent(parent)
 
     torch.set_num_threads(1)
     if hasattr(os, "nice"):
@@ -100,7 +116,7 @@ class Prefetcher:
         import multiprocessing
 
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_worker_init, initargs=args)
+                                        initializer=_worker_init, initargs=(os.getpid(), *args))
         for _ in range(ahead):
             self._submit()
 
