@@ -24,11 +24,28 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = BUNDLED_MODELS / "shop-toy"
 ADAPTER = BUNDLED_MODELS / "shop-toy-sunglasses"
 
+# Regression floors, not the targets (those are in docs/eval.md), on 200 seeded questions per split
+# (seed 2024). Test, heldout and adapter: the committed model (run 12) scores 85.5% (test), 84.0%
+# (heldout) and, with the sunglasses adapter, 85.0% (adapter split); each floor sits 3 points (6
+# answers) lower: greedy answers on a fixed set only move when batch make-up or another CPU's
+# arithmetic flips a borderline answer, while a broken model, template, wording or image path costs
+# far more. The paraphrase split (held-out compositions since issue 30) and the two tasks: set from
+# the best 500-step pilot of issue 30 (docs/eval-history.md; seed 1: paraphrase 63.5%, JSON fields
+# 72.5-92.5%, can't-tell sentence 26.5%, refusals 0-2.5%) minus a margin, not from a committed model,
+# so they fail with run 12. Raise every floor to the committed model's figures minus 3 points when it
+# is committed (and lower the refusal ceiling to its figure plus 1 point).
+FLOORS = {"test": 0.82, "heldout": 0.81, "paraphrase": 0.57}
+ADAPTER_FLOOR = 0.82
+JSON_FIELD_FLOOR = 0.65  # each field of the attributes as JSON, held-out wordings, with response_format
+UNANSWERABLE_FLOOR = 0.20  # held-out unanswerable questions answered with the sentence in their language
+REFUSED_CEILING = 0.04  # share of catalogue questions (each split) answered with that sentence
 
-def _accuracy(split: str, n: int, seed: int, tmp: Path, adapter: bool = False) -> dict:  # type: ignore[type-arg]
+
+def _accuracy(split: str, n: int, seed: int, tmp: Path, adapter: bool = False,  # type: ignore[type-arg]
+              task: str = "qa") -> dict:
     from vqaserve.wiring import build_pipeline
 
-    items = items_from_jsonl(str(write_split(split, n, seed, tmp / split)))
+    items = items_from_jsonl(str(write_split(split, n, seed, tmp / f"{split}-{task}", task=task)))
     adapters = {"shop-toy-sunglasses": str(ADAPTER)} if adapter else None
     settings = load_settings(model="shop-toy", engine="transformers", safety_image="off", adapters=adapters)
 
@@ -51,18 +68,12 @@ def test_bundled_model_is_complete_and_small() -> None:
         assert (MODEL / name).is_file(), name
     assert (MODEL / "model.safetensors").stat().st_size <= 60 * 1024 * 1024  # issue 23's ceiling
     info = json.loads((MODEL / "train.json").read_text())
-    # Made by the recipe as it stands: a fixed step count, so any machine reproduces it.
-    assert info["recipe"] == "shop-toy" and info["steps"] == get_recipe("shop-toy")["train"]["steps"]
-
-
-# Regression floors, not the targets (those are in docs/eval.md). On these exact 200 seeded questions
-# per split the committed model (run 12) scores 85.5% (test), 84.0% (heldout), 65.0% (paraphrase)
-# and, with the sunglasses adapter, 85.0% (adapter split); each floor sits 3 points (6 answers) lower:
-# greedy answers on a fixed set only move when batch make-up or another CPU's arithmetic flips a
-# borderline answer, while a broken model, template, wording or image path costs far more.
-# Raise them when a better model is committed.
-FLOORS = {"test": 0.82, "heldout": 0.81, "paraphrase": 0.62}
-ADAPTER_FLOOR = 0.82
+    # Made with a fixed step count, so any machine reproduces it: by the recipe as it stands, or as a
+    # full fine-tune of an earlier shop-toy (docs/train.md), whose train.json names its base.
+    if info["recipe"] is not None:
+        assert info["recipe"] == "shop-toy" and info["steps"] == get_recipe("shop-toy")["train"]["steps"]
+    else:
+        assert info["mode"] == "full" and info["base_model"] and info["steps"] == info["config"]["steps"]
 
 
 @pytest.mark.parametrize("split", sorted(FLOORS))
@@ -70,6 +81,23 @@ def test_split_accuracy_does_not_regress(split: str, tmp_path: Path) -> None:
     summary = _accuracy(split, 200, 2024, tmp_path)
     assert summary["failed_requests"] == 0
     assert summary["overall"] >= FLOORS[split], summary["by_type"]
+    assert summary["refusals"]["catalogue"]["share"] <= REFUSED_CEILING, summary["examples_wrong"]
+
+
+def test_attributes_as_json_are_right_field_by_field(tmp_path: Path) -> None:
+    """Held-out wordings of "the attributes as JSON", asked with the attribute schema as
+    response_format: each field right often enough, and the answer always the schema's object."""
+    summary = _accuracy("paraphrase", 200, 2024, tmp_path, task="json")
+    assert summary["failed_requests"] == 0
+    assert set(summary["by_field"]) == {"category", "color", "pattern", "occasions"}
+    for name, stats in summary["by_field"].items():
+        assert stats["accuracy"] >= JSON_FIELD_FLOOR, (name, summary["by_field"])
+
+
+def test_questions_a_photo_cannot_answer_get_the_cant_tell_sentence(tmp_path: Path) -> None:
+    summary = _accuracy("paraphrase", 200, 2024, tmp_path, task="unanswerable")
+    assert summary["failed_requests"] == 0
+    assert summary["refusals"]["unanswerable"]["in_language"] >= UNANSWERABLE_FLOOR, summary["by_type_lang"]
 
 
 def test_sunglasses_adapter_accuracy_does_not_regress(tmp_path: Path) -> None:
@@ -96,13 +124,22 @@ def test_vqa_ask_with_the_bundled_adapter_runs(tmp_path: Path) -> None:
 def test_vqa_eval_asks_the_paraphrase_split_and_other_wordings(tmp_path: Path) -> None:
     env = subprocess_env(VQA_SAFETY_IMAGE="off")
     for extra, source in ((["--synthetic", "paraphrase"], "synthetic paraphrase n=7 seed=1"),
-                          (["--synthetic", "test", "--phrasing", "1"], "synthetic test n=7 seed=1 phrasing=1")):
+                          (["--synthetic", "test", "--phrasing", "1"], "synthetic test n=7 seed=1 phrasing=1"),
+                          (["--synthetic", "paraphrase", "--task", "json"],
+                           "synthetic paraphrase n=7 seed=1 task=json"),
+                          (["--synthetic", "test", "--task", "unanswerable"],
+                           "synthetic test n=7 seed=1 task=unanswerable")):
         out = tmp_path / "report.json"
         proc = subprocess.run(vqa_cmd("eval", *extra, "--n", "7", "--seed", "1", "--quiet", "--out", str(out)),
                               env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         report = json.loads(out.read_text(encoding="utf-8"))
         assert report["data"] == source and report["n"] == 7 and report["failed_requests"] == 0
-    bad = subprocess.run(vqa_cmd("eval", "--synthetic", "test", "--phrasing", "7"), env=env,
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert bad.returncode == 2 and "--phrasing" in bad.stderr and "Traceback" not in bad.stderr
+        if "json" in extra:  # asked with the schema: always the attribute object, scored per field
+            assert set(report["by_field"]) == {"category", "color", "pattern", "occasions"}
+            assert "JSON fields right:" in proc.stdout
+    for bad_args, needle in ((["--synthetic", "test", "--phrasing", "7"], "--phrasing"),
+                             (["--synthetic", "test", "--task", "json", "--phrasing", "1"], "--task")):
+        bad = subprocess.run(vqa_cmd("eval", *bad_args), env=env, capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path)
+        assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr

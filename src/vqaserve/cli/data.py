@@ -9,7 +9,7 @@ import time
 
 from vqaserve.cli.capture import parse_time, parse_until
 from vqaserve.errors import InvalidRequest
-from vqaserve.train.synthetic import SPLITS
+from vqaserve.train.synthetic import SPLITS, TASKS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "question types and languages cycle evenly).")
     s.add_argument("--split", required=True, choices=list(SPLITS),
                    help="paraphrase: test pictures asked in the held-out wordings")
+    s.add_argument("--task", choices=list(TASKS), default="qa",
+                   help="qa: the catalogue's seven question types; json: the attributes as JSON (lines carry "
+                        "the schema); unanswerable: questions a photo cannot answer")
     s.add_argument("--n", type=int, required=True, help="number of questions (= pictures)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="output directory")
@@ -47,7 +50,7 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise InvalidRequest("--n must be at least 1")
     started = time.perf_counter()
-    path = write_split(args.split, args.n, args.seed, args.out, progress=not args.quiet)
+    path = write_split(args.split, args.n, args.seed, args.out, progress=not args.quiet, task=args.task)
     seconds = time.perf_counter() - started
     print(f"wrote {args.n} questions to {path} in {seconds:.1f} s ({args.n / seconds * 60:.0f} pictures/min)",
           file=sys.stderr)

@@ -16,7 +16,7 @@ from vqaserve.errors import ConfigError, InvalidRequest
 from vqaserve.eval.compare import add_arguments as add_compare_arguments
 from vqaserve.eval.compare import run_from_args as run_compare
 from vqaserve.train.questions import PHRASINGS
-from vqaserve.train.synthetic import SPLITS
+from vqaserve.train.synthetic import SPLITS, TASKS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "  vqa eval data.jsonl --model shop-toy --out report.json\n"
                     "  vqa eval --synthetic heldout --n 1000 --seed 1\n"
                     "  vqa eval --synthetic adapter --n 1000 --adapter shop-toy-sunglasses\n"
+                    "  vqa eval --synthetic test --task json        # attributes as JSON, with response_format\n"
+                    "  vqa eval --synthetic paraphrase --task unanswerable\n"
                     "  vqa eval --compare shop-toy shop-toy-sunglasses --data holdout.jsonl --data test "
                     "--n 200 --max-regression 2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phrasing", type=int, default=0, choices=range(len(PHRASINGS["category"])),
                    help="with --synthetic: ask in the catalogue's wording N (0 primary, 1-2 the "
                         "training paraphrases; the web page's suggested questions are among them)")
+    p.add_argument("--task", choices=list(TASKS), default="qa",
+                   help="with --synthetic: qa (the catalogue's seven question types), json (the attributes "
+                        "as JSON, asked with the attribute schema as response_format, scored per field) or "
+                        "unanswerable (price, stock, sizes, ...: right when answered with the can't-tell "
+                        "sentence in the question's language); on paraphrase, in held-out wordings")
     p.add_argument("--n", type=int, default=1000, help="questions to generate with --synthetic")
     p.add_argument("--seed", type=int, default=1, help="seed for --synthetic")
     p.add_argument("--concurrency", type=int, default=16, help="questions in flight (lets the batcher batch)")
@@ -64,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequest("give either DATA.jsonl or --synthetic SPLIT (with --n and --seed)")
     if args.limit is not None and args.limit < 1:
         raise InvalidRequest("--limit must be at least 1")
+    if args.task != "qa" and (args.phrasing or not args.synthetic):
+        raise InvalidRequest("--task asks a synthetic split (--synthetic SPLIT) in its own wordings: "
+                             "leave out --phrasing (--synthetic paraphrase asks held-out wordings)")
     adapters, chosen = _adapters([args.adapter] if args.adapter else [])
     settings = load_settings(model=args.model, engine=args.engine, adapters=adapters or None)
     with tempfile.TemporaryDirectory(prefix="vqa-eval-") as tmp:
@@ -73,12 +83,13 @@ def run(args: argparse.Namespace) -> int:
             if args.n < 1:
                 raise InvalidRequest("--n must be at least 1")
             data_path = str(write_split(args.synthetic, args.n, args.seed, tmp, progress=not args.quiet,
-                                        phrasing=args.phrasing))
+                                        phrasing=args.phrasing, task=args.task))
         else:
             data_path = args.data
         items = items_from_jsonl(data_path, args.limit)
         summary, model_id = asyncio.run(_evaluate(settings, items, chosen, args.concurrency, not args.quiet))
     wording = f" phrasing={args.phrasing}" if args.synthetic and args.phrasing else ""
+    wording += f" task={args.task}" if args.synthetic and args.task != "qa" else ""
     source = (f"synthetic {args.synthetic} n={args.n} seed={args.seed}{wording}" if args.synthetic else args.data)
     title = f"{model_id}{' + ' + chosen if chosen else ''} on {source}"
     print(format_table(summary, title))
@@ -123,6 +134,6 @@ def record(directory: str, source: str, report: dict[str, Any]) -> None:
         raise ConfigError(f"--record: {path} not found; point it at a model or adapter dir made by vqa train")
     info = json.loads(path.read_text(encoding="utf-8"))
     key = source + (f" + {report['adapter']}" if report.get("adapter") else "")
-    keep = ("command", "n", "overall", "by_type", "by_lang", "created")
-    info.setdefault("eval", {})[key] = {k: report[k] for k in keep}
+    keep = ("command", "n", "overall", "by_type", "by_lang", "by_field", "refusals", "created")
+    info.setdefault("eval", {})[key] = {k: report[k] for k in keep if k in report}
     path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -2,8 +2,11 @@
 
 Every question is a `Question` answered by `Pipeline.answer` (images as `ImageRef(kind="path")`), so
 eval measures what users get: the same image normalization, safety checks, cache and batcher.
-Questions are sent concurrently so a batcher can group them. Scoring follows SHOP_CATALOGUE.md:
-exact match after trimming whitespace, lower-casing English and dropping a final period / 。.
+Questions are sent concurrently so a batcher can group them. Scoring (`scoring`) follows
+SHOP_CATALOGUE.md: exact match after trimming whitespace, lower-casing English and dropping a final
+period / 。; a question with a JSON schema is asked with that response_format and scored field by
+field (right when every field is). Every report also counts the answers that are the catalogue's
+"can't tell from the photo" sentence: wanted for the `unanswerable` type, a refusal anywhere else.
 """
 
 from __future__ import annotations
@@ -15,18 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vqaserve.eval.scoring import field_scores, is_correct, normalize_answer, refusal_language
 from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
 
-
-def normalize_answer(text: str) -> str:
-    text = text.strip()
-    if text.endswith((".", "。")):
-        text = text[:-1].rstrip()
-    return text.lower()  # lower-casing leaves Chinese unchanged
-
-
-def is_correct(prediction: str, gold: str) -> bool:
-    return normalize_answer(prediction) == normalize_answer(gold)
+__all__ = ["EvalItem", "Outcome", "Report", "evaluate", "format_table", "is_correct", "items_from_jsonl",
+           "normalize_answer", "question_for"]
+UNANSWERABLE = "unanswerable"  # the question type whose right answer is the "can't tell" sentence
 
 
 @dataclass(frozen=True)
@@ -36,6 +33,7 @@ class EvalItem:
     answer: str
     type: str = "all"
     lang: str = "?"
+    schema: str = ""  # canonical JSON Schema: asked with response_format, scored field by field
 
 
 @dataclass
@@ -44,6 +42,14 @@ class Outcome:
     prediction: str
     correct: bool
     error: str | None = None
+    fields: dict[str, bool] | None = None  # per JSON field, for items with a schema
+
+
+def score(item: EvalItem, prediction: str) -> Outcome:
+    if item.schema:
+        fields = field_scores(prediction, item.answer)
+        return Outcome(item, prediction, all(fields.values()), fields=fields)
+    return Outcome(item, prediction, is_correct(prediction, item.answer))
 
 
 @dataclass
@@ -65,13 +71,40 @@ class Report:
             groups[key(o)].append(o.correct)
         return {k: {"n": len(v), "accuracy": round(sum(v) / len(v), 4)} for k, v in sorted(groups.items())}
 
+    def by_field(self) -> dict[str, dict[str, float]]:
+        groups: dict[str, list[bool]] = defaultdict(list)
+        for o in self.outcomes:
+            for name, right in (o.fields or {}).items():
+                groups[name].append(right)
+        return {k: {"n": len(v), "accuracy": round(sum(v) / len(v), 4)} for k, v in groups.items()}
+
+    def refusals(self) -> dict[str, dict[str, float]]:
+        """How often the answer is the "can't tell from the photo" sentence: for catalogue questions
+        (a refusal: should be never) and for unanswerable ones (in the question's language or not)."""
+        said = [(o, refusal_language(o.prediction)) for o in self.outcomes]
+        asked = [(o, lang) for o, lang in said if o.item.type != UNANSWERABLE]
+        out: dict[str, dict[str, float]] = {}
+        if asked:
+            refused = sum(lang is not None for _, lang in asked)
+            out["catalogue"] = {"n": len(asked), "refused": refused, "share": round(refused / len(asked), 4)}
+        unanswerable = [(o, lang) for o, lang in said if o.item.type == UNANSWERABLE]
+        if unanswerable:
+            same = sum(lang == o.item.lang for o, lang in unanswerable)
+            other = sum(lang not in (None, o.item.lang) for o, lang in unanswerable)
+            out["unanswerable"] = {"n": len(unanswerable), "in_language": round(same / len(unanswerable), 4),
+                                   "other_language": round(other / len(unanswerable), 4)}
+        return out
+
     def summary(self) -> dict[str, Any]:
         errors = [o for o in self.outcomes if not o.correct]
+        fields = self.by_field()
         return {
             "n": self.n, "overall": round(self.accuracy, 4),
             "by_type": self.breakdown(lambda o: o.item.type),
             "by_lang": self.breakdown(lambda o: o.item.lang),
             "by_type_lang": self.breakdown(lambda o: f"{o.item.type}/{o.item.lang}"),
+            **({"by_field": fields} if fields else {}),
+            "refusals": self.refusals(),
             "failed_requests": sum(o.error is not None for o in self.outcomes),
             "duration_s": round(self.duration_s, 1),
             "questions_per_s": round(self.n / self.duration_s, 2) if self.duration_s else None,
@@ -86,15 +119,18 @@ def items_from_jsonl(path: str, limit: int | None = None, skip_bad_lines: bool =
     from vqaserve.train.data import load_jsonl
 
     records = load_jsonl(path, skip_bad_lines=skip_bad_lines)
-    items = [EvalItem(r.image, r.question, r.answer, r.type, r.lang) for r in records]
+    items = [EvalItem(r.image, r.question, r.answer, r.type, r.lang, r.schema) for r in records]
     return items[:limit] if limit else items
 
 
-def question_for(item: EvalItem, model: str | None, max_new_tokens: int = 24) -> Question:
+def question_for(item: EvalItem, model: str | None) -> Question:
+    """Greedy, with room for the longest catalogue answer: the "can't tell" sentence (~40 tokens
+    with shop-toy's tokenizer), or a JSON object (~50), so neither is cut off and scored wrong."""
     ref = ImageRef(kind="url" if item.image.startswith(("http://", "https://")) else "path",
                    payload=item.image, name="image")
+    params = GenerationParams(max_new_tokens=128 if item.schema else 64, temperature=0.0, json_schema=item.schema)
     return Question(turns=[Turn(role="user", parts=[Part(image_ref=ref), Part(text=item.question)])],
-                    params=GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0), model=model)
+                    params=params, model=model)
 
 
 async def evaluate(pipeline: Any, items: Sequence[EvalItem], model: str | None = None,
@@ -117,7 +153,7 @@ async def evaluate(pipeline: Any, items: Sequence[EvalItem], model: str | None =
         async with semaphore:
             try:
                 answer = await pipeline.answer(question_for(item, model))
-                outcome = Outcome(item, answer.text, is_correct(answer.text, item.answer))
+                outcome = score(item, answer.text)
             except VQAError as exc:  # one bad picture fails alone and counts as wrong
                 outcome = Outcome(item, "", False, error=exc.message)
         if bar is not None:
@@ -148,6 +184,17 @@ def format_table(summary: dict[str, Any], title: str = "") -> str:
     lines.append("-" * len(header))
     cells = "".join(f"{_pct(summary['by_lang'][lang]):>10}" for lang in langs)
     lines.append(f"{'overall':<10}{cells}{summary['overall'] * 100:>9.1f}%{summary['n']:>7}")
+    if summary.get("by_field"):
+        lines.append("JSON fields right: " + "  ".join(f"{name} {_pct(stats)}"
+                                                       for name, stats in summary["by_field"].items()))
+    refusals = summary.get("refusals", {})
+    if "unanswerable" in refusals:
+        r = refusals["unanswerable"]
+        lines.append(f"unanswerable questions answered with the can't-tell sentence: {r['in_language'] * 100:.1f}% "
+                     f"in their language, {r['other_language'] * 100:.1f}% in the other ({r['n']})")
+    if "catalogue" in refusals:
+        r = refusals["catalogue"]
+        lines.append(f"catalogue questions refused with it: {r['share'] * 100:.1f}% ({r['refused']} of {r['n']})")
     return "\n".join(lines)
 
 

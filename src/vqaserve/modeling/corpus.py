@@ -2,8 +2,10 @@
 
 Every English and Chinese word and phrase of docs SHOP_CATALOGUE.md (questions, answers, counts,
 descriptions, the adapter-only sunglasses) appears here, so the tokenizer learns them as few tokens
-and the bundled model can say them. The questions come from the catalogue's code (every training
-wording, none of the held-out ones); the rest is plain data.
+and the bundled model can say them. The questions come from the catalogue's code (its training
+wordings and composed training questions that use every trained part, none of the held-out ones or
+their words); so do the two tasks' answers (the attributes as JSON, the "can't tell" sentences).
+The rest is plain data.
 """
 
 from __future__ import annotations
@@ -76,11 +78,21 @@ def _answers() -> Iterator[str]:
     yield from [*CATEGORIES_ZH, *COLOURS_ZH, *PATTERNS_ZH, *OCCASIONS_ZH, "是", "不是", "1件", "2件", "3件"]
 
 
+def _task_answers() -> Iterator[str]:
+    """The attributes of every catalogue item as JSON, and the "can't tell" sentences."""
+    from vqaserve.train.catalogue import CATEGORIES, COLOURS, PATTERNS, Spec
+    from vqaserve.train.questions import REFUSALS, json_answer
+
+    for category, colour, pattern in product(range(len(CATEGORIES)), range(len(COLOURS)), range(len(PATTERNS))):
+        yield json_answer(Spec(category, colour, pattern, 1))
+    yield from list(REFUSALS.values()) * 3
+
+
 def corpus() -> list[str]:
     """Deterministic training text (order matters for reproducible merges)."""
     from vqaserve.train.questions import training_questions
 
-    lines = [*_english(), *_chinese(), *training_questions(), *(list(_answers()) * 3)]
+    lines = [*_english(), *_chinese(), *training_questions(), *(list(_answers()) * 3), *_task_answers()]
     # Chat text repeated so its common words earn merges next to the catalogue's.
     lines += (CHAT_EN + CHAT_ZH) * 4
     return lines

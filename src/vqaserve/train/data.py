@@ -35,6 +35,7 @@ class Record:
     type: str
     lang: str
     where: str  # "FILE:LINE", for error messages
+    schema: str = ""  # canonical JSON Schema text: eval asks with this response_format ("": free text)
 
 
 def _check_line(raw: bytes, path: Path, number: int) -> Record:
@@ -64,7 +65,20 @@ def _check_line(raw: bytes, path: Path, number: int) -> Record:
             raise DatasetError(f"{where}: image {image!r} not found (paths are relative to the jsonl file)")
         image = str(candidate.resolve())
     return Record(image=image, question=obj["question"], answer=obj["answer"].strip(),
-                  type=str(obj.get("type", "all")), lang=str(obj.get("lang", "?")), where=where)
+                  type=str(obj.get("type", "all")), lang=str(obj.get("lang", "?")), where=where,
+                  schema=_schema(obj, where))
+
+
+def _schema(obj: dict[str, Any], where: str) -> str:
+    """The optional `schema` field: a JSON Schema object the answer follows (checked as the API does)."""
+    if "schema" not in obj:
+        return ""
+    from vqaserve.engines.structured import check_schema
+
+    try:
+        return check_schema(obj["schema"], "schema")
+    except InvalidRequest as exc:
+        raise DatasetError(f"{where}: {exc.message}") from None
 
 
 def load_jsonl(path: str | Path, skip_bad_lines: bool = False,
@@ -109,8 +123,9 @@ def read_image_bytes(location: str, timeout_s: float = 10.0, max_bytes: int = 25
 
 # --- synthetic conversations ------------------------------------------------------------------------
 # Harder question types are asked more often; every type still comes first in many conversations.
+# The two tasks (questions.TASK_TYPES) ride along: a JSON answer names every attribute at once.
 TYPE_WEIGHTS = {"category": 1.0, "color": 1.0, "pattern": 1.3, "yesno": 1.0, "occasion": 1.6,
-                "count": 1.6, "describe": 1.4}
+                "count": 1.6, "describe": 1.4, "json": 0.8, "unanswerable": 0.6}
 
 
 @dataclass(frozen=True)
@@ -154,7 +169,7 @@ def synthetic_conversation(split: str, seed: int, index: int, max_turns: int = 3
     for qtype in chosen:
         if rng.random() < 0.25:
             lang = rng.choice(questions.LANGS)  # mixed-language conversations happen too
-        turns.append(questions.make_question(spec, qtype, lang, rng, questions.training_phrasing(rng)))
+        turns.append(questions.training_question(spec, qtype, lang, rng))
     return Conversation(image, tuple(turns))
 
 

@@ -22,11 +22,23 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
-from vqaserve.train.catalogue import CATEGORIES, COLOUR_RGB, COLOURS, OCCASIONS, SUNGLASSES, Spec, is_held_out, occasion
-from vqaserve.train.questions import HELD_OUT, LANGS, QUESTION_TYPES, make_question
+from vqaserve.train.catalogue import (
+    CATEGORIES,
+    COLOUR_RGB,
+    COLOURS,
+    OCCASIONS,
+    SUNGLASSES,
+    Spec,
+    attribute_schema,
+    is_held_out,
+    occasion,
+)
+from vqaserve.train.questions import LANGS, QUESTION_TYPES, TASK_TYPES, held_out_question, make_question
 
 SPLITS: tuple[str, ...] = ("train", "test", "heldout", "adapter", "paraphrase")
 Split = Literal["train", "test", "heldout", "adapter", "paraphrase"]
+# What a split's questions ask: "qa" the catalogue's seven question types (cycling), or one task.
+TASKS: tuple[str, ...] = ("qa", *TASK_TYPES)
 
 # Each split draws from its own seed space, so `train` seed 0 and `test` seed 0 never share a picture.
 _SPLIT_SALT = {"train": 11, "test": 23, "heldout": 37, "adapter": 53}
@@ -236,17 +248,36 @@ def sample_spec(split: str, rng: random.Random, balance_occasions: float = 0.0) 
 
 
 def make_sample(split: str, seed: int, index: int, qtype: str | None = None, lang: str | None = None,
-                balance_occasions: float = 0.0, phrasing: int = 0) -> Sample:
+                balance_occasions: float = 0.0, phrasing: int = 0, task: str = "qa") -> Sample:
     """Sample `index` of a split: by default question types and languages cycle evenly.
 
-    `paraphrase` is the `test` sample asked with the held-out wording: same picture, same answer."""
-    if split == "paraphrase":
-        split, phrasing = "test", HELD_OUT
+    `paraphrase` is the `test` sample asked in a held-out wording (`questions.held_out_question`):
+    same picture, same answer. `task` "json" or "unanswerable" asks that task about the split's
+    pictures instead (languages alternate), in a training wording drawn for the sample, or a
+    held-out one on `paraphrase`. Wordings are drawn from their own random stream, so the picture
+    and answer of sample `index` never depend on how it is asked."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    held_out = split == "paraphrase"
+    if held_out:
+        split = "test"
     rng = _rng(split, seed, index)
+    wording_rng = random.Random(f"wording:{split}:{seed}:{index}")
     spec = sample_spec(split, rng, balance_occasions)
-    qtype = qtype or QUESTION_TYPES[index % len(QUESTION_TYPES)]
-    lang = lang or LANGS[(index // len(QUESTION_TYPES)) % len(LANGS)]
-    question, answer = make_question(spec, qtype, lang, rng, phrasing)
+    if task == "qa":
+        qtype = qtype or QUESTION_TYPES[index % len(QUESTION_TYPES)]
+        lang = lang or LANGS[(index // len(QUESTION_TYPES)) % len(LANGS)]
+    else:
+        qtype, lang = task, lang or LANGS[index % len(LANGS)]
+    if held_out:
+        question, answer = held_out_question(spec, qtype, lang, rng, wording_rng)
+    elif task == "qa":
+        question, answer = make_question(spec, qtype, lang, rng, phrasing)
+    else:
+        from vqaserve.train.questions import training_template
+
+        template = training_template(qtype, lang, wording_rng)[0]
+        question, answer = make_question(spec, qtype, lang, rng, template=template)
     return Sample(render(spec, rng), question, answer, qtype, lang, spec)
 
 
@@ -262,24 +293,27 @@ def answers(split: str, n: int = 300, seed: int = 0) -> list[str]:
     rng = random.Random(f"answers:{split}:{seed}")
     specs = [sample_spec(split, rng) for _ in range(n)]
     return [make_question(spec, qtype, lang, rng)[1] for spec in specs
-            for qtype in QUESTION_TYPES for lang in LANGS]
+            for qtype in (*QUESTION_TYPES, *TASK_TYPES) for lang in LANGS]
 
 
-def iter_samples(split: str, n: int, seed: int, phrasing: int = 0) -> Iterator[Sample]:
+def iter_samples(split: str, n: int, seed: int, phrasing: int = 0, task: str = "qa") -> Iterator[Sample]:
     for index in range(n):
-        yield make_sample(split, seed, index, phrasing=phrasing)
+        yield make_sample(split, seed, index, phrasing=phrasing, task=task)
 
 
 def write_split(split: str, n: int, seed: int, out: str | Path, progress: bool = False,
-                phrasing: int = 0) -> Path:
+                phrasing: int = 0, task: str = "qa") -> Path:
     """Write `out/data.jsonl` and `out/images/` (one picture per question). Returns the jsonl path.
-    `phrasing` asks every question in that wording (PHRASINGS index); `paraphrase` sets its own."""
+    `phrasing` asks every question in that wording (PHRASINGS index); `paraphrase` sets its own.
+    Lines of the "json" task carry the attribute `schema` that eval asks for with response_format."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     path = out / "data.jsonl"
-    samples = iter_samples(split, n, seed, phrasing)
+    samples = iter_samples(split, n, seed, phrasing, task)
     if progress:
         from tqdm import tqdm
 
@@ -288,6 +322,9 @@ def write_split(split: str, n: int, seed: int, out: str | Path, progress: bool =
         for index, s in enumerate(samples):
             name = f"images/{index:06d}.png"
             (out / name).write_bytes(png_bytes(s.image))
-            fh.write(json.dumps({"image": name, "question": s.question, "answer": s.answer,
-                                 "type": s.type, "lang": s.lang}, ensure_ascii=False) + "\n")
+            row: dict[str, Any] = {"image": name, "question": s.question, "answer": s.answer,
+                                   "type": s.type, "lang": s.lang}
+            if s.type == "json":
+                row["schema"] = attribute_schema()
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
