@@ -178,7 +178,7 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
 def _without_body(loc: Sequence[str | int]) -> Sequence[str | int]:
     """FastAPI's locations start with where the value came from ("body", "query")."""
-    return loc[1:] if loc and loc[0] in ("body", "query", "form") else loc
+    return loc[1:] if loc and loc[0] in ("body", "query", "form", "path") else loc
 
 
 def vqa_error_response(exc: VQAError) -> JSONResponse:

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from vqaserve.capture import CaptureQuery, CaptureRecord, CaptureWriter, make_feedback
 from vqaserve.capture.record import MAX_FEEDBACK_CHARS
@@ -50,7 +50,8 @@ CaptureId = Annotated[str, StringConstraints(min_length=1, max_length=256, patte
                       says("the answer's id as the client received it (`chatcmpl-...`, or /v1/vqa's "
                            "`request_id`): 1 to 256 characters")]
 FeedbackText = Annotated[Annotated[str, StringConstraints(max_length=MAX_FEEDBACK_CHARS, pattern=NO_NUL)] | None,
-                         says(f"text of at most {MAX_FEEDBACK_CHARS} characters without NUL, or null")]
+                         says(f"text of at most {MAX_FEEDBACK_CHARS} characters without NUL, or null",
+                              every_error=True)]
 
 
 # --- bodies and answers ----------------------------------------------------------------------------
@@ -164,8 +165,14 @@ def served_by(record: CaptureRecord) -> str:
     return f"{record.adapter}@{record.adapter_fingerprint}" if record.adapter_fingerprint else record.adapter
 
 
-When = Annotated[datetime | date | None, says("a date (2026-12-01) or a date and time (2026-12-01T14:30:00, "
-                                              "UTC unless an offset is given)", every_error=True)]
+def _bare_date(value: Any) -> Any:
+    """`2026-12-01` is a date (for `until`, that whole day); anything longer is a date and time."""
+    return date.fromisoformat(value) if isinstance(value, str) and len(value) == 10 else value
+
+
+When = Annotated[datetime | date | None, BeforeValidator(_bare_date),
+                 says("a date (2026-12-01) or a date and time (2026-12-01T14:30:00, UTC unless an offset is "
+                      "given)", every_error=True)]
 
 
 def _utc(when: datetime | date, end_of_day: bool = False) -> datetime:
@@ -226,9 +233,11 @@ async def list_captures(
         until: Annotated[When, Query(description="captured before this (UTC; a bare date includes that "
                                                  "whole day)")] = None,
         below: Annotated[float | None, Query(ge=0, le=1, description="view `low`: the confidence threshold "
-                                                                     "(default VQA_REVIEW_BELOW)")] = None,
-        limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> CaptureList:
+                                                                     "(default VQA_REVIEW_BELOW)"),
+                         says("a number from 0 to 1")] = None,
+        limit: Annotated[int, Query(ge=1, le=200), says("from 1 to 200 (answers a page)")] = 50,
+        offset: Annotated[int, Query(ge=0, le=1_000_000), says("from 0 to 1000000 (answers skipped)")] = 0,
+) -> CaptureList:
     writer = _writer(request)
     review_below = state(request).settings.capture.review_below
     query = query_of(view, review_below, below, model=model, adapter=adapter,
@@ -240,7 +249,8 @@ async def list_captures(
                        offset=offset, review_below=review_below)
 
 
-IdParam = Annotated[str, Path(max_length=256, pattern=NO_NUL, description="the answer's id")]
+IdParam = Annotated[str, Path(max_length=256, pattern=NO_NUL), says("the answer's id: at most 256 characters, "
+                                                                      "without NUL")]
 
 
 @router.delete("/v1/captures/{capture_id}", response_model=CaptureDeleted, responses=_errors(400, 401, 404, 409, 503),
@@ -259,8 +269,8 @@ _PNG = {"description": "the picture as the model saw it", "content": {"image/png
             responses={200: _PNG, **_errors(400, 401, 404, 409, 503)},
             summary="A picture of a captured answer (PNG)")
 async def capture_picture(capture_id: IdParam,
-                          content_hash: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$",
-                                                            description="a hash from the answer's `images`")],
+                          content_hash: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$"),
+                                                  says("32 hex digits: a hash from the answer's `images`")],
                           request: Request) -> Response:
     writer = _writer(request)
     record = await _db(writer.store.get(capture_id))
