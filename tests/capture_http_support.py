@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from vqaserve.capture import CaptureQuery, CaptureRecord, CaptureStore, open_store
@@ -23,7 +24,9 @@ def with_store(url: str, work: Callable[[CaptureStore], Awaitable[T]]) -> T:
         finally:
             await store.close()
 
-    return asyncio.run(run())
+    # A thread of its own: the caller may already run an event loop (Playwright's sync API does).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 def stored(url: str, **filters: Any) -> list[CaptureRecord]:

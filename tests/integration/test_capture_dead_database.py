@@ -83,4 +83,5 @@ def test_a_stopped_database_costs_capture_rows_never_answers(database: PostgresS
         lost = int(end["write_failed"])
         assert set(before) | set(after) <= kept
         assert len(kept & set(during)) == len(during) - lost  # exactly the rows counted as dropped are missing
-        assert client.post("/v1/feedback", json={"id": after[0], "rating": "down", "correction": "a hat"}).status_code == 200
+        rated = client.post("/v1/feedback", json={"id": after[0], "rating": "down", "correction": "a hat"})
+        assert rated.status_code == 200

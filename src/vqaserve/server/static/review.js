@@ -6,7 +6,9 @@
 
 const PAGE = 20;
 const KEY_STORE = "vqa-api-key";
-const view = { offset: 0, total: 0, pictures: [] };  // pictures: blob URLs to revoke on the next page
+// pictures: blob URLs to revoke on the next page; loads: the latest load's number (an older one's
+// answer, arriving late, is dropped rather than shown over it)
+const view = { offset: 0, total: 0, pictures: [], loads: 0 };
 
 function apiKey() {
   return $("api-key").value.trim();
@@ -27,14 +29,16 @@ function query() {
 }
 
 async function load() {
-  showError("");
+  const mine = ++view.loads;
   let response;
   try {
     response = await fetch("/v1/captures?" + query(), { headers: apiHeaders(apiKey(), false) });
   } catch (e) {
-    showError("cannot reach the server: " + e.message);
+    if (mine === view.loads) showError("cannot reach the server: " + e.message);
     return;
   }
+  if (mine !== view.loads) return;
+  showError("");
   if (response.status === 409) { $("capture-off").hidden = false; render(null); return; }
   if (!response.ok) {
     const message = await errorMessage(response);
@@ -42,7 +46,8 @@ async function load() {
     render(null);
     return;
   }
-  render(await response.json());
+  const list = await response.json();
+  if (mine === view.loads) render(list);
 }
 
 function render(list) {
@@ -76,6 +81,7 @@ function card(answer, reviewBelow) {
   const photos = document.createElement("div");
   photos.className = "photos";
   for (const hash of answer.images) photos.appendChild(picture(answer.id, hash));
+  if (!answer.images.length) photos.appendChild(text("p", "no-photo", "no photo"));
   li.appendChild(photos);
 
   const body = document.createElement("div");
@@ -169,6 +175,7 @@ function restart() {
 async function init() {
   $("api-key").value = sessionStorage.getItem(KEY_STORE) || "";
   $("api-key").addEventListener("change", () => {
+    if (apiKey() === (sessionStorage.getItem(KEY_STORE) || "")) return;  // a blur after the same key
     sessionStorage.setItem(KEY_STORE, apiKey());
     loadModels();
     restart();
