@@ -37,6 +37,8 @@ _ERRORS = {400: "a malformed body or a bad field or parameter (`param` names it)
            401: "missing or wrong API key (when VQA_API_KEYS is set)",
            404: "no captured answer with this id (or no such picture of it)",
            409: "capture is off: the server was started without VQA_CAPTURE_URL",
+           413: "body over VQA_MAX_BODY_BYTES",
+           415: "wrong Content-Type: send the body as JSON with Content-Type: application/json",
            503: "the capture database is unavailable (see Retry-After)"}
 
 
@@ -208,7 +210,7 @@ def query_of(view: View, review_below: float, below: float | None, **filters: An
 
 
 # --- routes ----------------------------------------------------------------------------------------
-@router.post("/v1/feedback", response_model=FeedbackSaved, responses=_errors(400, 401, 404, 409, 503),
+@router.post("/v1/feedback", response_model=FeedbackSaved, responses=_errors(400, 401, 404, 409, 413, 415, 503),
              summary="Rate a captured answer (a second rating replaces the first)")
 async def feedback(body: FeedbackRequest, request: Request) -> FeedbackSaved:
     writer = _writer(request)
