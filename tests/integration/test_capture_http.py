@@ -202,9 +202,10 @@ def test_delete_removes_the_answer_its_rating_and_its_picture(client: TestClient
     r = client.delete(f"/v1/captures/{gone}")
     assert r.status_code == 200 and r.json() == {"id": gone, "deleted": True}
     assert stored_one(url, gone) is None and stored_one(url, kept) is not None
-    assert_openai_error(client.get(f"/v1/captures/{gone}/pictures/{records[gone].image_hashes[0]}"), 404, "id")
+    assert_openai_error(client.get(f"/v1/captures/{gone}/pictures/{records[gone].image_hashes[0]}"), 404,
+                        "capture_id")
     assert client.get(f"/v1/captures/{kept}/pictures/{records[kept].image_hashes[0]}").status_code == 200
-    assert_openai_error(client.delete(f"/v1/captures/{gone}"), 404, "id")
+    assert_openai_error(client.delete(f"/v1/captures/{gone}"), 404, "capture_id")
     assert_openai_error(client.post("/v1/feedback", json={"id": gone, "rating": "up"}), 404, "id")
 
 
@@ -289,6 +290,7 @@ def test_the_review_views_filters_and_pages(client: TestClient, url: str) -> Non
 @pytest.mark.parametrize(("params", "param"), [
     ({"view": "worst"}, "view"), ({"limit": 0}, "limit"), ({"limit": 201}, "limit"), ({"offset": -1}, "offset"),
     ({"below": 2}, "below"), ({"since": "yesterday"}, "since"), ({"until": "2026-13-01"}, "until"),
+    ({"until": "0.5"}, "until"), ({"since": "1764547200"}, "since"),  # numbers are not dates here
 ])
 def test_bad_listing_parameters_are_a_400_naming_them(client: TestClient, params: dict[str, Any], param: str) -> None:
     assert_openai_error(client.get("/v1/captures", params=params), 400, param)

@@ -13,6 +13,7 @@ the variable; a database that fails answers 503, without its address (the server
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
@@ -154,10 +155,10 @@ async def _db(work: Awaitable[T]) -> T:
                                  retry_after=5) from None
 
 
-def _not_found(capture_id: str) -> NotFound:
+def _not_found(capture_id: str, param: str) -> NotFound:
     return NotFound(f"no captured answer {capture_id!r}: it was not captured (capture off at the time, "
                     "VQA_CAPTURE_SAMPLE, an answer the output filter replaced) or has been deleted; "
-                    "GET /v1/captures lists the ids", param="id", code="capture_not_found")
+                    "GET /v1/captures lists the ids", param=param, code="capture_not_found")
 
 
 def served_by(record: CaptureRecord) -> str:
@@ -167,12 +168,18 @@ def served_by(record: CaptureRecord) -> str:
     return f"{record.adapter}@{record.adapter_fingerprint}" if record.adapter_fingerprint else record.adapter
 
 
-def _bare_date(value: Any) -> Any:
-    """`2026-12-01` is a date (for `until`, that whole day); anything longer is a date and time."""
-    return date.fromisoformat(value) if isinstance(value, str) and len(value) == 10 else value
+def _iso_date(value: Any) -> Any:
+    """`2026-12-01` is a date (for `until`, that whole day); anything longer a date and time. Only ISO
+    text: pydantic alone would also read a number as seconds since 1970."""
+    if isinstance(value, str):
+        if not re.match(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError("not an ISO 8601 date")
+        if len(value) == 10:
+            return date.fromisoformat(value)
+    return value
 
 
-When = Annotated[datetime | date | None, BeforeValidator(_bare_date),
+When = Annotated[datetime | date | None, BeforeValidator(_iso_date),
                  says("a date (2026-12-01) or a date and time (2026-12-01T14:30:00, UTC unless an offset is "
                       "given)", every_error=True)]
 
@@ -216,7 +223,7 @@ async def feedback(body: FeedbackRequest, request: Request) -> FeedbackSaved:
     writer = _writer(request)
     rated = make_feedback(body.rating, body.correction, body.comment)
     if await _db(writer.set_feedback(body.id, rated)) == "not_found":
-        raise _not_found(body.id)
+        raise _not_found(body.id, "id")
     record = await _db(writer.store.get(body.id))
     if record is not None:
         state(request).metrics.count_feedback(served_by(record), rated.rating)
@@ -259,7 +266,7 @@ IdParam = Annotated[str, Path(max_length=256, pattern=NO_NUL), says("the answer'
                summary="Delete a captured answer (an erasure request)")
 async def delete_capture(capture_id: IdParam, request: Request) -> CaptureDeleted:
     if not await _db(_writer(request).delete(capture_id)):
-        raise _not_found(capture_id)
+        raise _not_found(capture_id, "capture_id")
     return CaptureDeleted(id=capture_id)
 
 
@@ -277,7 +284,7 @@ async def capture_picture(capture_id: IdParam,
     writer = _writer(request)
     record = await _db(writer.store.get(capture_id))
     if record is None:
-        raise _not_found(capture_id)
+        raise _not_found(capture_id, "capture_id")
     png = await _db(writer.store.picture(content_hash)) if content_hash in record.image_hashes else None
     if png is None:
         raise NotFound(f"answer {capture_id!r} has no stored picture {content_hash!r} (with VQA_CAPTURE_IMAGES=false "
