@@ -25,4 +25,5 @@ def test_the_rating_example(tmp_path: Path) -> None:
     assert '"status":"saved"' in saved.replace(" ", "")
     (record,) = stored(url)
     assert listed.split("\t") == [record.id, "What is this product?", "hat", "sunglasses"]
-    assert record.feedback is not None and (record.feedback.rating, record.feedback.correction) == ("down", "sunglasses")
+    fb = record.feedback
+    assert fb is not None and (fb.rating, fb.correction) == ("down", "sunglasses")
