@@ -154,3 +154,11 @@ class CaptureUnavailable(VQAError):
     status = 503
     type = "server_error"
     code = "capture_unavailable"
+
+
+class CaptureOff(VQAError):
+    """A capture route (feedback, review) on a server that captures nothing (no VQA_CAPTURE_URL)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "capture_off"

@@ -19,6 +19,8 @@ Helpers other modules call (all cheap, thread-safe):
                                             Components.answered): vqa_answers_total{model,cache} and
                                             vqa_answer_seconds{model}
     metrics.count_tokens(prompt, completion)
+    metrics.count_feedback(model, rating)   a rating posted to /v1/feedback, by the model that gave the answer
+                                            (vqa_feedback_total{model,rating}; a replaced rating counts again)
     metrics.safety_blocks.labels(stage="input"|"output").inc()
     metrics.engine_errors.labels(code="engine_failure"|...).inc()
     metrics.add_collector(collector)        a collector read at scrape time (wiring: the cache's stats)
@@ -114,6 +116,9 @@ class Metrics:
         self.answer_latency = Histogram("answer_seconds", "Seconds from a request reaching the pipeline to "
                                         "its answer (a stream: its last piece), by the model that answered",
                                         ["model"], namespace=ns, registry=r, buckets=STAGE_BUCKETS)
+        self.feedback = Counter("feedback", "Ratings posted for captured answers (POST /v1/feedback), by the model "
+                                "(adapter version) that answered and the rating", ["model", "rating"],
+                                namespace=ns, registry=r)
         self.safety_blocks = Counter("safety_blocks", "Requests or answers blocked by safety checks",
                                      ["stage"], namespace=ns, registry=r)
         self.engine_errors = Counter("engine_errors", "Engine failures by error code", ["code"],
@@ -153,6 +158,9 @@ class Metrics:
     def observe_answer(self, model: str, cache: str, seconds: float) -> None:
         self.answers.labels(model=model, cache=cache).inc()
         self.answer_latency.labels(model=model).observe(seconds)
+
+    def count_feedback(self, model: str, rating: str) -> None:
+        self.feedback.labels(model=model, rating=rating).inc()
 
     def count_cache(self, status: str) -> None:
         self.cache.labels(result=status).inc()

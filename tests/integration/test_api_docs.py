@@ -48,7 +48,7 @@ def run(cmd: list[str], live: LiveServer, cwd: Path) -> str:
 
 
 def test_the_docs_have_the_examples() -> None:
-    assert len(blocks("bash")) == 3 and len(blocks("python")) == 1
+    assert len(blocks("bash")) == 4 and len(blocks("python")) == 1  # the 4th: test_capture_docs.py
 
 
 def test_curl_upload_example(live: LiveServer, workdir: Path) -> None:

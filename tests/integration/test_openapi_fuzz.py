@@ -180,7 +180,9 @@ def read_report(report: Path, form_schema: dict[str, Any]) -> tuple[dict[str, Co
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    with ServeProcess(tmp_path_factory.mktemp("fuzz") / "serve.log", **SERVER_ENV) as live:
+    folder = tmp_path_factory.mktemp("fuzz")
+    # Capture on, so the capture routes answer from a real database (not only 409 capture_off).
+    with ServeProcess(folder / "serve.log", **SERVER_ENV, VQA_CAPTURE_URL=f"sqlite:///{folder / 'capture.db'}") as live:
         yield live
 
 

@@ -21,7 +21,7 @@ def test_a_users_own_model_gets_no_demo_line_and_no_samples(tiny_model_dir: Path
         info = httpx.get(server.url + "/static/page.json", timeout=10)
         assert info.status_code == 200
         assert info.headers["cache-control"] == "no-store"
-        assert info.json() == {"bundled_demo": False, "samples": []}
+        assert info.json() == {"bundled_demo": False, "samples": [], "capture": False}
         page = httpx.get(server.url + "/", timeout=10).text
         # The line is in the page but hidden; app.js shows it only when page.json says bundled_demo.
         assert 'id="demo-note" class="demo-note" hidden' in page

@@ -69,6 +69,12 @@ async def _followups(bench: Bench) -> Result:
     return await run(bench)
 
 
+async def _capture(bench: Bench) -> Result:
+    from vqaserve.bench.capture_cost import run
+
+    return await run(bench)
+
+
 async def _adapter_vllm(bench: Bench) -> Result:
     from vqaserve.bench.adapter_vllm import run
 
@@ -99,6 +105,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              in_all=False),
     Scenario("followups", "a real vLLM behind a gateway: follow-up question vs first, vLLM's multimodal "
              "cache hits", _followups, requests=40, concurrency=(1,), in_all=False),
+    Scenario("capture", "what capturing answers (VQA_CAPTURE_URL) adds per request: the hook's time, p50 on vs "
+             "off", _capture, concurrency=(1,), in_all=False),
     Scenario("adapter-vllm", "a LoRA adapter's greedy answers in a real vLLM vs in process",
              _adapter_vllm, requests=200, concurrency=(8,), in_all=False),
 ]}

@@ -39,6 +39,8 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "near_duplicates_false_hits": ("<=", 0, "copies, distinct pictures or negatives that hit another picture"),
     # `vqa bench image-safety` (issue 5): every catalogue picture is harmless
     "image_safety_false_positives": ("<=", 0, "catalogue pictures the image check refuses"),
+    # `vqa bench capture` (issue 29): capture stays off the request path
+    "capture_hook_ms": ("<=", 1.0, "ms per answer capture adds on the request path (the hook)"),
     # `vqa bench adapter-vllm` (issue 20)
     "adapter_vllm_equal_share": (">=", 0.95, "adapter's greedy answers equal, vLLM / in process"),
 }

@@ -102,8 +102,11 @@ def record_for(question: Question, answer: Answer, *, response_id: str, model: s
     """The record of an answered request, from the pipeline's own Question (images resolved) and Answer.
 
     `model` is the base model's id (`pipeline.model_id`; `answer.model` is the name asked for, which
-    may be an adapter's). Cheap on purpose (it runs on the request path): no copy, no encoding.
+    may be an adapter's). The adapter is kept by its public name, its weights' digest beside it:
+    the pipeline names the version that answered `NAME@FINGERPRINT` (engines/adapters.py). Cheap on
+    purpose (it runs on the request path): no copy, no encoding.
     """
+    adapter, _, fingerprint = (question.adapter or "").partition("@")
     turns: list[dict[str, Any]] = []
     pictures: list[CapturedPicture] = []
     for turn in question.turns:
@@ -111,8 +114,8 @@ def record_for(question: Question, answer: Answer, *, response_id: str, model: s
         turns.append({"role": turn.role, "text": turn.text, "images": len(images)})
         pictures += [CapturedPicture(img.content_hash, img.image, img.width * img.height * 3) for img in images]
     return CaptureRecord(id=response_id, model=model, answer=answer.text, turns=tuple(turns),
-                         finish_reason=answer.finish_reason, adapter=question.adapter,
-                         adapter_fingerprint=adapter_fingerprint, confidence=confidence,
+                         finish_reason=answer.finish_reason, adapter=adapter or None,
+                         adapter_fingerprint=adapter_fingerprint or fingerprint, confidence=confidence,
                          latency_ms=latency_ms, cache=answer.cache, key_name=key_name,
                          pictures=tuple(pictures))
 

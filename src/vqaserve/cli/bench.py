@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "structured 16; adapter-vllm 8)")
     p.add_argument("--max-new-tokens", type=int, help="answer length (default 16; stream 32, vision-reuse 8, "
                    "structured 96; adapter-vllm: vqa eval's)")
-    p.add_argument("--rounds", type=int, default=5, help="stream: rounds of plain requests and streams")
+    p.add_argument("--rounds", type=int, default=5, help="stream: rounds of plain requests and streams; capture: "
+                   "rounds with capture on and off")
     p.add_argument("--soak-requests", type=int, default=200)
     p.add_argument("--soak-every", type=int, default=25)
     p.add_argument("--photo-pairs", type=int, default=4)

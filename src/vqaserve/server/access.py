@@ -23,7 +23,7 @@ from vqaserve.server.middleware import error_json
 OPEN_PATHS = frozenset({"/health", "/ready"})
 # The admin API checks admin keys itself (server/admin_access.py): an API key never opens it.
 ADMIN_PREFIX = "/admin/"
-PAGE_PATHS = frozenset({"/", "/favicon.ico"})
+PAGE_PATHS = frozenset({"/", "/review", "/favicon.ico"})  # the review page's data needs a key all the same
 PAGE_PREFIX = "/static/"
 
 

@@ -8,7 +8,7 @@ server log, never to the client).
 
 Hooks for later layers: pass `middleware=[Middleware(...)]` (they run inside the request-id/access-log
 and body-limit layers, so their refusals are logged and carry a request id). The app's state (settings,
-metrics, start-up, drain, pipeline) is one `AppState` (server/state.py), read with `app_state(app)`.
+metrics, start-up, drain, pipeline, capture writer) is one `AppState` (server/state.py), read with `app_state(app)`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from vqaserve.cache.redis_link import RedisLink
 from vqaserve.engines.base import Engine
 from vqaserve.errors import BlockedInput, EngineFailure, VQAError
 from vqaserve.metrics import Metrics
+from vqaserve.server.capture_hook import open_capture
 from vqaserve.server.middleware import AccessLogMiddleware, BodyLimitMiddleware, error_json
 from vqaserve.server.openapi import finish_document
 from vqaserve.server.operations import ops_middleware, ops_middleware_after_body
@@ -57,6 +58,9 @@ def create_app(settings: Settings, engine: Engine | None = None,
                                     _public_model(settings)))
     # One Redis connection for the process (cache L2 and shared rate limits), closed at shutdown.
     redis = RedisLink.from_settings(settings.cache)
+    # One capture writer for the process (VQA_CAPTURE_URL): started with the app, closed after the
+    # last answer, so what is queued at shutdown is written.
+    held.capture = open_capture(settings, held.metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,6 +77,8 @@ def create_app(settings: Settings, engine: Engine | None = None,
             held.pipeline = build_pipeline(settings, built[0], metrics=held.metrics, redis=redis)
             log.info("engine %s ready: model %s", built[0].name, held.pipeline.model_id)
 
+        if held.capture is not None:
+            await held.capture.start()
         # The port opens when this function yields, so the load runs as a task (server/startup.py).
         task = asyncio.create_task(load(held.startup, start_engine, build), name="vqa-startup")
         # One turn of the loop: a load that never waits (scripted engine, an engine already loaded)
@@ -87,6 +93,8 @@ def create_app(settings: Settings, engine: Engine | None = None,
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await _close(held.pipeline, built[0] if built else None)
+            if held.capture is not None:
+                await held.capture.close(timeout_s=5.0)
             if redis is not None:
                 await redis.aclose()
             held.metrics.close()
@@ -107,10 +115,11 @@ def create_app(settings: Settings, engine: Engine | None = None,
     install(app, held)
     _install_error_handlers(app, held.metrics)
 
-    from vqaserve.server import routes_admin, routes_openai, routes_ops, routes_vqa
+    from vqaserve.server import routes_admin, routes_capture, routes_openai, routes_ops, routes_vqa
 
     app.include_router(routes_openai.router)
     app.include_router(routes_vqa.router)
+    app.include_router(routes_capture.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_admin.router)
     routes_ops.mount_static(app, STATIC_DIR)
@@ -156,7 +165,8 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         assert isinstance(exc, StarletteHTTPException)
         kind, code = _HTTP_TYPES.get(exc.status_code, ("invalid_request_error", "invalid_request"))
         message = {404: f"no route {request.url.path}; the API is /v1/chat/completions, /v1/vqa, "
-                        "/v1/models, /health, /ready, /metrics and the page at /",
+                        "/v1/models, /v1/feedback, /v1/captures, /health, /ready, /metrics and the pages "
+                        "at / and /review",
                    405: f"method {request.method} is not allowed on {request.url.path}"}.get(
                        exc.status_code, str(exc.detail))
         return error_json(exc.status_code, message, kind, None, code, headers=exc.headers)
@@ -168,7 +178,7 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
 def _without_body(loc: Sequence[str | int]) -> Sequence[str | int]:
     """FastAPI's locations start with where the value came from ("body", "query")."""
-    return loc[1:] if loc and loc[0] in ("body", "query", "form") else loc
+    return loc[1:] if loc and loc[0] in ("body", "query", "form", "path") else loc
 
 
 def vqa_error_response(exc: VQAError) -> JSONResponse:

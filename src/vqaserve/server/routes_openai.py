@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from vqaserve.server.capture_hook import capture_answer, capture_stream
 from vqaserve.server.chat_request import ChatCompletionRequest, to_question
 from vqaserve.server.openapi import CHAT_OPENAPI, error_responses
 from vqaserve.server.responses import ChatCompletion, ModelCard, ModelList, completion_id
@@ -21,6 +23,7 @@ ERRORS = error_responses(400, 401, 404, 413, 415, 429, 500, 502, 503, 504)
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS, openapi_extra=CHAT_OPENAPI,
              summary="OpenAI chat completions (JSON or server-sent events)")
 async def chat_completions(chat: ChatCompletionRequest, request: Request) -> Any:
+    started = time.perf_counter()
     app = state(request)
     question = to_question(chat, app.settings, request.state.request_id)
     pipeline = answering_pipeline(request)
@@ -28,12 +31,15 @@ async def chat_completions(chat: ChatCompletionRequest, request: Request) -> Any
         answer = await pipeline.answer(question)
         record_answer(app.metrics, answer.cache, answer.usage, answer.finish_reason)
         body = ChatCompletion.of(answer, completion_id())
+        capture_answer(request, question, answer, body.id, started)
         return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache,
                                                         "x-vqa-model": model_header(answer.served_by)})
     status, deltas = await pipeline.open_stream(question)
+    deltas, answered = capture_stream(request, question, status, deltas, started)
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
     events = sse_events(deltas, model=question.answered_by, cache=status,
-                        include_usage=include_usage, metrics=app.metrics, count=pipeline.engine.count_tokens)
+                        include_usage=include_usage, metrics=app.metrics, count=pipeline.engine.count_tokens,
+                        on_answer=answered)
     return ClosingStreamingResponse(events, media_type="text/event-stream",
                                     headers={"x-vqa-cache": status, "x-vqa-model": model_header(question.served_by),
                                              "cache-control": "no-cache", "x-accel-buffering": "no"})

@@ -1,4 +1,4 @@
-"""Operations routes (`/health`, `/ready`, `/metrics`) and the web page (`/`, `/static/...`)."""
+"""Operations routes (`/health`, `/ready`, `/metrics`) and the pages (`/`, `/review`, `/static/...`)."""
 
 from __future__ import annotations
 
@@ -68,13 +68,19 @@ async def metrics(request: Request) -> Response:
 
 
 def mount_static(app: FastAPI, static_dir: Path) -> None:
-    """The page at `/`; its assets under `/static` (never anything outside that folder)."""
-    index = static_dir / "index.html"
+    """The page at `/`, the review page at `/review`; their assets under `/static` (never anything
+    outside that folder). The review page's HTML holds no data: what it shows comes from /v1/captures,
+    which needs the API key like every /v1 route."""
+    pages = {"/": static_dir / "index.html", "/review": static_dir / "review.html"}
 
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(index, media_type="text/html; charset=utf-8",
-                            headers={"content-security-policy": CSP, "x-content-type-options": "nosniff"})
+    def serve(html: Path) -> Any:
+        async def page() -> FileResponse:
+            return FileResponse(html, media_type="text/html; charset=utf-8",
+                                headers={"content-security-policy": CSP, "x-content-type-options": "nosniff"})
+        return page
+
+    for path, html in pages.items():
+        app.add_api_route(path, serve(html), methods=["GET", "HEAD"], include_in_schema=False)
 
     app.mount("/static", SafeStaticFiles(directory=str(static_dir)), name="static")
 

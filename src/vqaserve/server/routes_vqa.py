@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vqaserve.errors import InvalidRequest, UnsupportedMediaType
+from vqaserve.server.capture_hook import capture_answer
 from vqaserve.server.openapi import UPLOAD_OPENAPI, error_responses
 from vqaserve.server.responses import UsageModel, VQAResponse
 from vqaserve.server.route_support import answering_pipeline, content_type, model_header, record_answer
@@ -66,5 +67,6 @@ async def vqa(request: Request) -> JSONResponse:
     body = VQAResponse(answer=answer.text, model=answer.model, cached=answer.cached,
                        finish_reason=answer.finish_reason, usage=UsageModel.of(answer.usage), timings=timings,
                        request_id=q.request_id)
+    capture_answer(request, q, answer, body.request_id, started)
     return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache,
                                                     "x-vqa-model": model_header(answer.served_by)})

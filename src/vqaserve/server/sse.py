@@ -58,11 +58,13 @@ def _content_events(cid: str, created: int, model: str) -> Callable[[str], str]:
 
 
 async def sse_events(deltas: DeltaStream, *, model: str, cache: str, include_usage: bool,
-                     metrics: Metrics, count: Callable[[str], int]) -> AsyncIterator[str]:
+                     metrics: Metrics, count: Callable[[str], int],
+                     on_answer: Callable[[str], None] | None = None) -> AsyncIterator[str]:
     """Role chunk, content deltas, final chunk (finish_reason), usage chunk (if asked), [DONE].
 
     An error after the stream has started can no longer change the HTTP status: it becomes an SSE
-    error event followed by [DONE].
+    error event followed by [DONE]. `on_answer(id)` is told the completion id once the answer is
+    whole (capture: server/capture_hook.py).
     """
     cid, created = completion_id(), int(time.time())
     content = _content_events(cid, created, model)
@@ -93,6 +95,8 @@ async def sse_events(deltas: DeltaStream, *, model: str, cache: str, include_usa
         await deltas.aclose()
     usage = usage or Usage(prompt_tokens=0, completion_tokens=count("".join(pieces)) if pieces else 0)
     record_answer(metrics, cache, usage, finish)
+    if on_answer is not None:
+        on_answer(cid)
     yield _chunk(cid, created, model, Delta(), finish=finish or "stop")
     if include_usage:
         yield _chunk(cid, created, model, None, usage=usage)

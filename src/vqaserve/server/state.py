@@ -18,6 +18,7 @@ from vqaserve.server.startup import Startup
 from vqaserve.settings import Settings
 
 if TYPE_CHECKING:
+    from vqaserve.capture import CaptureWriter
     from vqaserve.pipeline import Pipeline
 
 @dataclass
@@ -27,6 +28,7 @@ class AppState:
     startup: Startup  # /ready, the loading gate and `vqa serve` (which exits on a failed load) read it
     drain: Drain  # the server's graceful shutdown waits on it (server/shutdown.py)
     pipeline: Pipeline | None = None  # set by the start-up task once the engine is loaded
+    capture: CaptureWriter | None = None  # VQA_CAPTURE_URL set: this process's writer (server/capture_hook.py)
 
 
 def install(app: Starlette, held: AppState) -> None:

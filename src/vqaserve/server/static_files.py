@@ -6,10 +6,11 @@ answer to a probe is the same plain 404 whether or not the target exists: `..` s
 uvicorn's percent-decoding), a `%` left over from double encoding, backslashes, NUL bytes, absolute
 paths, and dot-files.
 
-One file in the folder is not a file: `/static/page.json` says what the page should tell the user
-about the model being served (`page_info`): with the bundled demo model, a line saying it knows only
-the synthetic catalogue and sample catalogue pictures to try (samples/, made by
-scripts/make_page_samples.py); with a model of the user's own, neither.
+One file in the folder is not a file: `/static/page.json` says what the pages should tell the user
+about the server (`page_info`): with the bundled demo model, a line saying it knows only the
+synthetic catalogue and sample catalogue pictures to try (samples/, made by
+scripts/make_page_samples.py), with a model of the user's own neither; and whether answers are
+captured (VQA_CAPTURE_URL), which is when the page offers thumbs and corrections.
 """
 
 from __future__ import annotations
@@ -53,9 +54,11 @@ def _samples(static_dir: str) -> tuple[dict[str, str], ...]:
 
 
 def page_info(settings: Settings, static_dir: str) -> dict[str, Any]:
-    """What `/static/page.json` answers: is this the bundled demo model, and its sample pictures."""
+    """What `/static/page.json` answers: is this the bundled demo model, its sample pictures, and
+    whether answers are captured (so they can be rated)."""
     demo = serves_bundled_demo(settings)
-    return {"bundled_demo": demo, "samples": list(_samples(static_dir)) if demo else []}
+    return {"bundled_demo": demo, "samples": list(_samples(static_dir)) if demo else [],
+            "capture": settings.capture.url is not None}
 
 
 def is_safe_relative(path: str) -> bool:

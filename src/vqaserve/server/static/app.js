@@ -1,28 +1,21 @@
-// The vqaserve page: pick a photo (drop, paste or file), ask, and watch the answer stream in.
+// The vqaserve page: pick a photo (drop, paste or file), ask, and watch the answer stream in; when
+// the server captures answers, rate it or type the right one. (common.js is loaded first.)
 // Model output is only ever written with textContent: an answer containing HTML stays text.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-const state = { imageUrl: null, busy: false };
+// answerId: the id of the answer on screen (what a rating names); capture: the server keeps answers.
+const state = { imageUrl: null, busy: false, answerId: null, capture: false };
+
+function apiKey() {
+  return $("api-key").value.trim();
+}
 
 function headers(json) {
-  const h = {};
-  if (json) h["Content-Type"] = "application/json";
-  const key = $("api-key").value.trim();
-  if (key) h["Authorization"] = "Bearer " + key;
-  return h;
+  return apiHeaders(apiKey(), json);
 }
 
 function showError(message) {
   $("error").textContent = message || "";
-}
-
-async function errorMessage(response) {
-  try {
-    const body = await response.json();
-    if (body && body.error && body.error.message) return body.error.message;
-  } catch (e) { /* not JSON: fall through */ }
-  return "HTTP " + response.status;
 }
 
 async function loadModels() {
@@ -64,16 +57,11 @@ function useFile(file) {
 
 // The bundled demo model knows only the synthetic catalogue: the server says so in /static/page.json,
 // and the page then says it to the user and offers catalogue pictures to try. A model of the user's
-// own gets neither.
+// own gets neither. page.json also says whether answers are captured: only then can they be rated.
 async function loadPageInfo() {
-  let info;
-  try {
-    const response = await fetch("/static/page.json", { cache: "no-store" });
-    if (!response.ok) return;  // the page works without the hints
-    info = await response.json();
-  } catch (e) {
-    return;  // loadModels reports an unreachable server
-  }
+  const info = await pageInfo();
+  if (!info) return;  // the page works without the hints; loadModels reports an unreachable server
+  state.capture = info.capture === true;
   if (!info.bundled_demo) return;
   const row = $("samples");
   row.replaceChildren();
@@ -135,6 +123,7 @@ async function ask(event) {
   const answer = $("answer");
   answer.textContent = "";
   showError("");
+  resetFeedback();
   $("stats").textContent = "…";
   state.busy = true;
   $("ask").disabled = true;
@@ -142,6 +131,10 @@ async function ask(event) {
   let firstToken = null;
   let usage = null;
   let finish = null;
+  let id = null;
+  let confidence = null;  // the final chunk's `confidence` and `review`, when the server sends them
+  let review = false;
+  let failed = false;
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
@@ -159,7 +152,10 @@ async function ask(event) {
     if (!response.ok) { showError(await errorMessage(response)); $("stats").textContent = ""; return; }
     const cache = response.headers.get("x-vqa-cache") || "?";
     for await (const chunk of sseEvents(response)) {
-      if (chunk.error) { showError(chunk.error.message); break; }
+      if (chunk.error) { showError(chunk.error.message); failed = true; break; }
+      if (chunk.id) id = chunk.id;
+      if (typeof chunk.confidence === "number") confidence = chunk.confidence;
+      if (chunk.review === true) review = true;
       if (chunk.usage) usage = chunk.usage;
       const choice = chunk.choices && chunk.choices[0];
       if (!choice) continue;
@@ -175,16 +171,46 @@ async function ask(event) {
       firstToken === null ? null : "first token " + Math.round(firstToken) + " ms",
       cache === "hit" ? "cached" : "not cached (" + cache + ")",
       usage ? usage.completion_tokens + " tokens" : null,
+      confidence === null ? null : confidenceText(confidence),
       finish === "content_filter" ? "filtered" : null,
     ];
     $("stats").textContent = parts.filter(Boolean).join(" · ");
     $("stats").dataset.cache = cache;
+    $("review-note").hidden = !review;
+    // A refused answer is never captured, so there is nothing to rate.
+    if (!failed && id && finish !== "content_filter") offerFeedback(id);
   } catch (e) {
     showError("request failed: " + e.message);
   } finally {
     state.busy = false;
     $("ask").disabled = false;
   }
+}
+
+function resetFeedback() {
+  state.answerId = null;
+  $("feedback").hidden = true;
+  $("review-note").hidden = true;
+  $("correction").value = "";
+  $("feedback-status").textContent = "";
+  for (const b of document.querySelectorAll("#feedback button")) b.disabled = false;
+}
+
+function offerFeedback(id) {
+  if (!state.capture) return;
+  state.answerId = id;
+  $("feedback").hidden = false;
+}
+
+async function rate(rating, correction) {
+  if (!state.answerId) return;
+  const status = $("feedback-status");
+  status.textContent = "saving…";
+  const problem = await postFeedback(apiKey(), state.answerId, rating, correction);
+  status.textContent = problem === null
+    ? (correction ? "Thanks: the right answer is saved." : "Thanks: your rating is saved.")
+    : "not saved: " + problem;
+  status.dataset.saved = problem === null ? rating : "";
 }
 
 function init() {
@@ -208,6 +234,14 @@ function init() {
   $("ask-form").addEventListener("submit", ask);
   $("question").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("ask-form").requestSubmit(); }
+  });
+  $("thumb-up").addEventListener("click", () => rate("up"));
+  $("thumb-down").addEventListener("click", () => rate("down"));
+  $("correction-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("correction").value.trim();
+    if (!text) { $("feedback-status").textContent = "type the right answer first"; return; }
+    rate("down", text);
   });
   $("api-key").addEventListener("change", loadModels);
   loadModels();
