@@ -15,6 +15,7 @@ from PIL import Image
 
 from tests.conftest import image_bytes
 from tests.integration.upstream_double import UpstreamDouble
+from tests.waiting import wait_until_async
 from vqaserve.breaker import CircuitBreaker
 from vqaserve.engines.upstream import UpstreamEngine
 from vqaserve.errors import (
@@ -184,7 +185,7 @@ async def test_stop_signal_closes_the_upstream_request(upstream: UpstreamDouble)
     t0 = time.monotonic()
     (result,) = await engine.generate([req])
     assert isinstance(result, EngineFailure) and time.monotonic() - t0 < 4.0  # not the 5 s
-    await _eventually(lambda: upstream.disconnects == 1)
+    await wait_until_async(lambda: upstream.disconnects == 1)
     assert upstream.completed == 0
     await engine.close()
 
@@ -198,7 +199,7 @@ async def test_closing_a_stream_midway_closes_the_upstream_stream(upstream: Upst
     first = [await gen.__anext__(), await gen.__anext__()]
     assert [d.text for d in first] == ["w0 ", "w1 "]
     await gen.aclose()  # what the pipeline does when the client disconnects
-    await _eventually(lambda: upstream.disconnects == 1)
+    await wait_until_async(lambda: upstream.disconnects == 1)
     assert upstream.completed == 0
     await engine.close()
 
@@ -253,12 +254,13 @@ async def test_dead_upstream_opens_the_breaker_and_health_says_so_then_recovers(
     assert result.code != "upstream_unreachable"
     late.start()
     try:
-        deadline = time.monotonic() + 10
-        while True:  # past reset_s the next probe is let through (half-open) and closes the breaker
-            health = await engine.health()
-            if health["ok"] or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
+
+        async def healthy() -> bool:
+            return bool((await engine.health())["ok"])
+
+        # past reset_s the next probe is let through (half-open) and closes the breaker
+        await wait_until_async(healthy, what="the upstream's health after it came back", every=0.1)
+        health = await engine.health()
         assert health["ok"] is True and health["breaker"]["state"] == "closed"  # type: ignore[index]
         (result,) = await engine.generate([request("x")])
         assert not isinstance(result, VQAError)
@@ -319,13 +321,6 @@ def test_config_errors_are_one_clear_line() -> None:
         UpstreamEngine(Settings(llm={"engine": "upstream"}))
     with pytest.raises(ConfigError, match="http"):
         UpstreamEngine(settings("ftp://somewhere"))
-
-
-async def _eventually(cond: Any, timeout: float = 3.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.unit

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 from PIL import Image
 
+from tests.waiting import wait_until_async
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import DeadlineExceeded, EngineFailure, Overloaded, ShuttingDown, VQAError
 from vqaserve.scheduling.batching import MicroBatcher
@@ -33,13 +34,6 @@ def req(text: str, *, rid: str | None = None, adapter: str | None = None,
     return EngineRequest(turns=[Turn(role="user", parts=parts)], params=params or GenerationParams(),
                          adapter=adapter, request_id=rid or text,
                          deadline=None if deadline_s is None else time.monotonic() + deadline_s)
-
-
-async def wait_until(cond, timeout: float = 2.0) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -95,9 +89,9 @@ async def test_concurrent_traffic_switches_waiting_back_on(engine: ScriptedEngin
 async def test_full_queue_answers_429_at_once_with_retry_after(engine: ScriptedEngine) -> None:
     batcher = MicroBatcher(engine, max_batch_size=1, queue_max=2)
     running = asyncio.create_task(batcher.submit(req("[[sleep:0.5]] slow", rid="slow"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     queued = [asyncio.create_task(batcher.submit(req(f"w{i}"), "")) for i in range(2)]
-    await wait_until(lambda: batcher.depth == 2)
+    await wait_until_async(lambda: batcher.depth == 2)
     started = time.monotonic()
     with pytest.raises(Overloaded) as refused:
         await batcher.submit(req("one too many"), "")
@@ -115,14 +109,14 @@ async def test_deadline_while_running_is_504_and_the_engine_stops(engine: Script
     with pytest.raises(DeadlineExceeded) as late:
         await batcher.submit(req("[[sleep:5]] slow", rid="late", deadline_s=0.1), "")
     assert late.value.status == 504
-    await wait_until(lambda: "late" in engine.stopped)
+    await wait_until_async(lambda: "late" in engine.stopped)
     await batcher.close()
 
 
 async def test_deadline_while_queued_frees_the_slot(engine: ScriptedEngine) -> None:
     batcher = MicroBatcher(engine, max_batch_size=1, queue_max=1)
     running = asyncio.create_task(batcher.submit(req("[[sleep:0.4]] busy", rid="busy"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     with pytest.raises(DeadlineExceeded):
         await batcher.submit(req("queued", rid="queued", deadline_s=0.05), "")
     assert batcher.depth == 0
@@ -136,21 +130,21 @@ async def test_disconnect_while_running_stops_generation(engine: ScriptedEngine)
     batcher = MicroBatcher(engine, max_batch_size=4)
     gone = req("[[sleep:5]] never read", rid="gone")
     task = asyncio.create_task(batcher.submit(gone, ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert gone.cancel.is_set()
-    await wait_until(lambda: "gone" in engine.stopped)  # the engine saw the stop signal
+    await wait_until_async(lambda: "gone" in engine.stopped)  # the engine saw the stop signal
     await batcher.close()
 
 
 async def test_disconnect_while_queued_never_reaches_the_engine(engine: ScriptedEngine) -> None:
     batcher = MicroBatcher(engine, max_batch_size=1)
     running = asyncio.create_task(batcher.submit(req("[[sleep:0.2]] busy", rid="busy"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     task = asyncio.create_task(batcher.submit(req("left", rid="left"), ""))
-    await wait_until(lambda: batcher.depth == 1)
+    await wait_until_async(lambda: batcher.depth == 1)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert batcher.depth == 0
@@ -234,7 +228,7 @@ async def test_many_large_images_do_not_starve_small_requests(engine: ScriptedEn
     # Budget 3000 visual tokens; a "large" request has two 1280-token images (2560 tokens).
     batcher = MicroBatcher(engine, max_batch_size=16, max_batch_visual_tokens=3000)
     blocker = asyncio.create_task(batcher.submit(req("[[sleep:0.2]] busy", rid="busy"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     large = [req(f"L{i}", images=[image(40, 32), image(40, 32)]) for i in range(3)]
     small = [req(f"S{i}", images=[image(8, 8)]) for i in range(4)]
     calls = [batcher.submit(r, "") for r in large] + [batcher.submit(r, "") for r in small]
@@ -248,7 +242,7 @@ async def test_many_large_images_do_not_starve_small_requests(engine: ScriptedEn
 async def test_fifo_across_groups(engine: ScriptedEngine) -> None:
     batcher = MicroBatcher(engine, max_batch_size=16)
     blocker = asyncio.create_task(batcher.submit(req("[[sleep:0.2]] busy", rid="busy"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     order = [("A1", None), ("B1", "lora"), ("A2", None), ("C1", "other"), ("B2", "lora")]
     calls = [batcher.submit(req(rid, adapter=ad), ad or "") for rid, ad in order]
     await asyncio.gather(blocker, *calls)
@@ -267,7 +261,7 @@ async def test_a_stream_is_a_row_and_a_disconnect_stops_it() -> None:
     first = await reader.__anext__()
     assert first.text
     await reader.aclose()  # the client disconnected
-    await wait_until(lambda: "s2" in engine.stopped)
+    await wait_until_async(lambda: "s2" in engine.stopped)
     assert (await batcher.submit(req("after"), "")).text == "answer to: after"
     await batcher.close()
 
@@ -299,9 +293,9 @@ async def test_streams_and_answers_share_one_batch() -> None:
 async def test_full_queue_refuses_a_stream_before_it_starts(engine: ScriptedEngine) -> None:
     batcher = MicroBatcher(engine, max_batch_size=1, queue_max=1)
     running = asyncio.create_task(batcher.submit(req("[[sleep:0.2]] busy"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     waiting = asyncio.create_task(batcher.submit(req("waiting"), ""))
-    await wait_until(lambda: batcher.depth == 1)
+    await wait_until_async(lambda: batcher.depth == 1)
     with pytest.raises(Overloaded):
         batcher.open_stream(req("stream"), "")
     await asyncio.gather(running, waiting)
@@ -323,9 +317,9 @@ async def test_observer_sees_queue_depth_and_batch_sizes(engine: ScriptedEngine)
 async def test_close_fails_waiting_requests_and_refuses_new_ones(engine: ScriptedEngine) -> None:
     batcher = MicroBatcher(engine, max_batch_size=1)
     running = asyncio.create_task(batcher.submit(req("[[sleep:2]] busy"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     waiting = asyncio.create_task(batcher.submit(req("waiting"), ""))
-    await wait_until(lambda: batcher.depth == 1)
+    await wait_until_async(lambda: batcher.depth == 1)
     await batcher.close()
     for task in (running, waiting):  # nobody is left hanging: in flight and queued both answered
         with pytest.raises(ShuttingDown):
