@@ -14,6 +14,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 
+# The fixtures of the real services, defined once for the whole run. (A fixture imported into a test
+# module is a new definition there: a session-scoped server would start once per importing module.)
+pytest_plugins = ["tests.redis_fixture", "tests.postgres_fixture", "tests.vllm_support"]
+
 
 def vqa_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "vqaserve", *args]
