@@ -11,6 +11,7 @@ from vqaserve.cache.redis_cache import RedisCache
 from vqaserve.cache.redis_link import RedisLink
 from vqaserve.components import Components
 from vqaserve.engines.scripted import ScriptedEngine
+from vqaserve.images.decode import data_uri
 from vqaserve.pipeline import Pipeline
 from vqaserve.settings import Settings
 from vqaserve.types import Answer, GenerationParams, ImageRef, Part, Question, Turn
@@ -110,9 +111,8 @@ def ask(text: str, image: bytes, *, kind: str = "bytes", model: str | None = Non
         params: GenerationParams | None = None, stream: bool = False) -> Question:
     payload: bytes | str = image
     if kind == "data":
-        import base64
 
-        payload = "data:image/png;base64," + base64.b64encode(image).decode()
+        payload = data_uri(image)
     return Question(turns=[Turn("user", [Part(image_ref=ImageRef(kind, payload)),  # type: ignore[arg-type]
                                          Part(text=text)])],
                     params=params or GenerationParams(), model=model, stream=stream)

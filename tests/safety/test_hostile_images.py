@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from hostile_helpers import (
 from tests.conftest import SRC, image_bytes, subprocess_env
 from vqaserve.errors import ImageTooLarge, InvalidImage, PayloadTooLarge, UnsupportedFormat, VQAError
 from vqaserve.images import decode as imgs
+from vqaserve.images.decode import data_uri
 from vqaserve.settings import Settings
 from vqaserve.types import ImageRef
 
@@ -39,10 +39,7 @@ def normalize(data: bytes) -> object:
 
 async def via(kind: str, data: bytes) -> object:
     """Run bytes through read_ref as an upload or as a data URI, then decode."""
-    if kind == "bytes":
-        ref = ImageRef("bytes", data, "image")
-    else:
-        ref = ImageRef("data", "data:image/png;base64," + base64.b64encode(data).decode(), "image")
+    ref = ImageRef("bytes", data, "image") if kind == "bytes" else ImageRef("data", data_uri(data), "image")
     raw = await imgs.read_ref(ref, Settings())
     return normalize(raw)
 
@@ -160,7 +157,7 @@ def test_case1_bombs_are_refused_fast_and_small() -> None:
 BAD_B64 = [
     ("7 bad characters", "data:image/png;base64,iVBOR*w0K!!!", InvalidImage, ["base64"]),
     ("7 bad padding", "data:image/png;base64,iVBORw0KGgo=A", InvalidImage, ["base64"]),
-    ("7 wrong mime", "data:text/html;base64," + base64.b64encode(b"<html>").decode(), UnsupportedFormat,
+    ("7 wrong mime", data_uri(b"<html>", "text/html"), UnsupportedFormat,
      ["text/html", "not supported"]),
     ("7 not base64 data uri", "data:image/png,rawbytes", InvalidImage, ["data URI"]),
     ("7 60 MB string", "data:image/png;base64," + "A" * (60 * 1024 * 1024), PayloadTooLarge, ["larger"]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import vqaserve.images.loading as image_loading
 from tests.conftest import image_bytes
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import InvalidImage
-from vqaserve.images.decode import normalize
+from vqaserve.images.decode import data_uri, normalize
 from vqaserve.images.loading import DecodedImageMemo
 from vqaserve.pipeline import Pipeline
 from vqaserve.settings import Settings
@@ -90,7 +89,7 @@ async def test_the_pipeline_decodes_a_resent_photo_once_whatever_its_size(
     small = image_bytes((300, 200))
     large = image_bytes((900, 700), fmt="BMP")  # > 1000 bytes and > the small one
     p = Pipeline(Settings(), ScriptedEngine())
-    uri = "data:image/png;base64," + base64.b64encode(small).decode()
+    uri = data_uri(small)
     hashes = []
     for ref in [ImageRef("bytes", small), ImageRef("bytes", small), ImageRef("data", uri),
                 ImageRef("data", uri), ImageRef("bytes", large), ImageRef("bytes", large)]:
