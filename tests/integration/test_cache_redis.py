@@ -136,18 +136,16 @@ async def test_a_sleeping_redis_costs_one_timeout_then_the_breaker(redis_server:
     writer = redis_cache(redis_server.url, prefix="test", timeout_ms=TEST_TIMEOUT_MS)
     try:
         await writer.put("k", Answer(text="red", model="m"))
-        blocker = redis_server.send_nowait("DEBUG", "SLEEP", "2")
+        blocker = redis_server.send_nowait("DEBUG", "SLEEP", "3")
         await asyncio.sleep(0.05)
         t0 = time.perf_counter()
         assert await cache.get("k") is None
         first = time.perf_counter() - t0
-        t1 = time.perf_counter()
         for _ in range(50):
             assert await cache.get("k") is None
-        rest = time.perf_counter() - t1
-        # 100 ms plus scheduling slack (this machine is shared): never the 2 s the Redis sleeps.
-        assert first < 0.6, f"first call took {first:.3f}s"
-        assert rest < 0.25, f"50 calls behind the open breaker took {rest:.3f}s"
+        # The first call gives up after its 100 ms timeout: never waits out the 3 s the Redis sleeps
+        # (the bound is that, not a speed: this machine is shared). The 50 after it never reach Redis.
+        assert first < 2.5, f"first call took {first:.3f}s"
         assert cache.stats()["l2_errors"] == 1 and cache.stats()["l2_skipped"] == 50
         assert (await cache.health())["status"] == "degraded"
         blocker.close()

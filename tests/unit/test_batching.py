@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -50,37 +51,45 @@ async def test_batches_are_bounded_by_max_batch_size(engine: ScriptedEngine) -> 
     await batcher.close()
 
 
-async def test_head_waits_at_most_max_wait_for_company(engine: ScriptedEngine) -> None:
-    batcher = MicroBatcher(engine, max_batch_size=8, max_wait_ms=150, adaptive_wait=False)
-    started = time.monotonic()
+async def test_head_waits_for_company_and_at_most_max_wait(engine: ScriptedEngine) -> None:
+    batcher = MicroBatcher(engine, max_batch_size=2, max_wait_ms=60_000, adaptive_wait=False)
     first = asyncio.create_task(batcher.submit(req("a"), ""))
-    await asyncio.sleep(0.02)
-    second = asyncio.create_task(batcher.submit(req("b"), ""))
-    await asyncio.gather(first, second)
-    elapsed = time.monotonic() - started
+    await wait_until_async(lambda: batcher.depth == 1)  # the head is queued, waiting for company
+    await asyncio.gather(first, batcher.submit(req("b"), ""))  # b fills the batch: it goes at once
     assert engine.batches == [["a", "b"]]  # the late one joined the waiting head
-    assert 0.13 <= elapsed < 2.0  # it waited for company, but not past the bound by much
     await batcher.close()
 
+    alone = MicroBatcher(engine, max_batch_size=8, max_wait_ms=150, adaptive_wait=False)
+    started = time.monotonic()
+    await asyncio.wait_for(alone.submit(req("c"), ""), 30)  # nobody comes: sent once max_wait is over
+    assert time.monotonic() - started >= 0.14  # it did wait for company (a busy machine only adds)
+    assert engine.batches[-1] == ["c"]
+    await alone.close()
 
-async def test_serial_traffic_is_not_delayed_by_the_wait() -> None:
-    # Serial = each request arrives after the previous one finished, more than max_wait apart.
-    engine = ScriptedEngine(delay_s=0.3)
-    batcher = MicroBatcher(engine, max_batch_size=8, max_wait_ms=250, adaptive_wait=True)
+
+async def test_serial_traffic_is_not_delayed_by_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Serial = each request arrives after the previous one finished, more than max_wait apart. The
+    # batcher's clock is driven by the test (a minute between arrivals), so a wait it should skip would
+    # be a minute of real waiting: the 30 s bound catches it however busy the machine is.
+    from vqaserve.scheduling import batching
+
+    now = [1000.0]
+    monkeypatch.setattr(batching, "time", SimpleNamespace(monotonic=lambda: now[0], perf_counter=time.perf_counter))
+    engine = ScriptedEngine()
+    batcher = MicroBatcher(engine, max_batch_size=8, max_wait_ms=60_000, adaptive_wait=True)
     for i in range(3):
-        started = time.monotonic()
-        await batcher.submit(req(f"s{i}"), "")
-        assert time.monotonic() - started < 0.5  # 0.3 s of engine, not 0.3 + 0.25 s of waiting
+        now[0] += 61.0
+        await asyncio.wait_for(batcher.submit(req(f"s{i}"), ""), 30)
     assert engine.batches == [["s0"], ["s1"], ["s2"]]
     await batcher.close()
 
 
 async def test_concurrent_traffic_switches_waiting_back_on(engine: ScriptedEngine) -> None:
-    batcher = MicroBatcher(engine, max_batch_size=8, max_wait_ms=200, adaptive_wait=True)
-    await asyncio.gather(*(batcher.submit(req(f"burst{i}"), "") for i in range(3)))
+    batcher = MicroBatcher(engine, max_batch_size=2, max_wait_ms=60_000, adaptive_wait=True)
+    await asyncio.gather(*(batcher.submit(req(f"burst{i}"), "") for i in range(4)))
     assert batcher.stats.company_expected
     first = asyncio.create_task(batcher.submit(req("x"), ""))
-    await asyncio.sleep(0.03)
+    await wait_until_async(lambda: batcher.depth == 1)  # x waits for company (a minute at most)
     await asyncio.gather(first, batcher.submit(req("y"), ""))
     assert engine.batches[-1] == ["x", "y"]
     await batcher.close()
@@ -92,10 +101,11 @@ async def test_full_queue_answers_429_at_once_with_retry_after(engine: ScriptedE
     await wait_until_async(lambda: engine.batches)
     queued = [asyncio.create_task(batcher.submit(req(f"w{i}"), "")) for i in range(2)]
     await wait_until_async(lambda: batcher.depth == 2)
-    started = time.monotonic()
+    loop_ran = asyncio.Event()
+    asyncio.get_running_loop().call_soon(loop_ran.set)
     with pytest.raises(Overloaded) as refused:
         await batcher.submit(req("one too many"), "")
-    assert time.monotonic() - started < 0.1
+    assert not loop_ran.is_set()  # refused at once: before the event loop ran anything else
     assert refused.value.status == 429
     assert refused.value.retry_after is not None and refused.value.retry_after >= 1
     assert "VQA_QUEUE_MAX" in refused.value.message
