@@ -6,10 +6,10 @@ import dataclasses
 from typing import Any
 
 from tests.conftest import free_port, image_bytes  # noqa: F401 - re-exported for the cache tests
+from tests.pipelines import wired_pipeline
 from vqaserve.cache import CacheKeyBuilder, LRUCache, TieredCache
 from vqaserve.cache.redis_cache import RedisCache
 from vqaserve.cache.redis_link import RedisLink
-from vqaserve.components import Components
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.images.decode import data_uri
 from vqaserve.pipeline import Pipeline
@@ -80,10 +80,11 @@ class _Guard:
 def make_pipeline(engine: ScriptedEngine | None = None, cache: TieredCache | None = None,
                   output_filter: BlockWord | None = None,
                   key_builder: CacheKeyBuilder | None = None) -> Pipeline:
-    settings = Settings(images=SMALL_IMAGES)
-    return Pipeline(settings, engine or ScriptedEngine(),
-                    Components(cache=cache or TieredCache(LRUCache(100)),
-                               cache_key=key_builder or CacheKeyBuilder(), output_filter=output_filter))
+    """Production's pipeline (micro-batcher and all) with the test's cache, key builder and output
+    filter (none: no output filter, so answers are stored as generated)."""
+    return wired_pipeline(engine or ScriptedEngine(), Settings(images=SMALL_IMAGES, safety_image="off"),
+                          cache=cache or TieredCache(LRUCache(100)), cache_key=key_builder or CacheKeyBuilder(),
+                          output_filter=output_filter)
 
 
 # Generous where the timeout is not what a test is about: this machine is shared and often loaded.
