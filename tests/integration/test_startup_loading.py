@@ -88,17 +88,13 @@ async def serving(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def wait_done(app: Any) -> None:
-    await wait_until_async(app_state(app).startup.done.is_set, what="the end of start-up")
-
-
 async def test_a_known_load_failure_is_reported_by_ready_without_paths(caplog: pytest.LogCaptureFixture) -> None:
     secret = "/work/models/Qwen3-VL-8B-Instruct"
     app = make_app(FailingEngine(ConfigError(f"model {secret!r} does not fit in memory on cuda:0; "
                                              "`vqa doctor` shows what fits")))
     with caplog.at_level(logging.INFO, logger="vqaserve.server"):
         async with serving(app) as client:
-            await wait_done(app)
+            await wait_until_async(app_state(app).startup.done.is_set, what="the end of start-up")
             ready = await client.get("/ready")
             assert ready.status_code == 503 and "retry-after" not in ready.headers
             body = ready.json()
@@ -119,7 +115,7 @@ async def test_an_unexpected_load_failure_is_logged_with_its_traceback_not_sent(
     app = make_app(FailingEngine(RuntimeError("CUDA error at /opt/torch/lib/x.py:12")))
     with caplog.at_level(logging.INFO, logger="vqaserve.server"):
         async with serving(app) as client:
-            await wait_done(app)
+            await wait_until_async(app_state(app).startup.done.is_set, what="the end of start-up")
             ready = await client.get("/ready")
             assert ready.status_code == 503 and not LEAKS.search(ready.text)
             assert ready.json()["reason"] == ("the engine failed while loading the model (RuntimeError); "
@@ -144,6 +140,6 @@ async def test_answering_routes_get_503_while_loading_then_answer() -> None:
         assert (await client.get("/metrics")).status_code == 200  # scrapes go on while loading
         assert (await client.get("/ready")).json()["phase"] == "loading the model"
         release.set()
-        await wait_done(app)
+        await wait_until_async(app_state(app).startup.done.is_set, what="the end of start-up")
         assert (await client.get("/ready")).json()["status"] == "ready"
         assert (await client.get("/v1/models")).json()["data"][0]["id"] == "scripted"
