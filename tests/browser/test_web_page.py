@@ -71,7 +71,7 @@ def page(browser: Any, server: LiveServer) -> Iterator[Any]:
     outside: list[str] = []  # the page must load nothing from anywhere but its own server
     page.on("request", lambda r: None if r.url.startswith((server.url, "data:", "blob:"))
             else outside.append(r.url))
-    page.goto(shop_toy.url + "/")
+    page.goto(server.url + "/")
     yield page
     assert dialogs == [] and errors == [] and outside == []
     context.close()
