@@ -58,22 +58,6 @@ def _clean_vqa_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key, raising=False)
 
 
-def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
-    """A small PNG (a few KB..100 KB) that declares width x height pixels (1-bit greyscale zeros)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
-
-    row = b"\x00" * (1 + (width + 7) // 8)
-    comp = zlib.compressobj(9)
-    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def tiled_image(size: tuple[int, int] = (320, 192), tile: int = 16):
     """Uniform 16x16 tiles: JPEG (4:4:4, q=100) encodes each 8x8 block exactly alike in any rotation."""
     img = Image.new("RGB", size)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from tests import phone_photos
-from tests.conftest import image_bytes, png_bomb, tiled_image
-from tests.safety.hostile_helpers import pixel_access
+from tests.conftest import image_bytes, tiled_image
+from tests.safety.hostile_helpers import pixel_access, png_bomb
 from vqaserve.errors import ImageTooLarge, InvalidImage, PayloadTooLarge, UnsupportedFormat
 from vqaserve.images import decode as images
 
