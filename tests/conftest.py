@@ -1,4 +1,10 @@
-"""Shared fixtures. Subprocess helpers run `python -m vqaserve` from *this* checkout's src."""
+"""Shared fixtures. Subprocess helpers run `python -m vqaserve` from *this* checkout's src.
+
+Where the shared pieces live, one of each: servers.py (uvicorn in a thread, `vqa serve` as a process),
+redis_fixture.py, postgres_fixture.py, vllm_support.py (the real services: `make test` installs them,
+so a missing one fails, it never skips), waiting.py (wait_until, wait_until_async), pipelines.py (a
+Pipeline wired as production wires it). Data URIs: vqaserve.images.decode.data_uri.
+"""
 
 from __future__ import annotations
 
