@@ -265,8 +265,8 @@ def test_batcher_observer_and_shutdown_hooks_are_wired(monkeypatch: pytest.Monke
 
     real = wiring.build_components
 
-    def with_hook(settings, engine, metrics=None):  # type: ignore[no-untyped-def]
-        components = real(settings, engine, metrics)
+    def with_hook(settings, engine, metrics=None, redis=None):  # type: ignore[no-untyped-def]
+        components = real(settings, engine, metrics, redis)
         components.closers.append(close_hook)
         return components
 
