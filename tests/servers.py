@@ -123,7 +123,7 @@ class ServeProcess:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> ServeProcess:
-        """Spawn it without waiting (several servers can start together: see `serving`)."""
+        """Spawn it without waiting (several servers can start together: see `started_together`)."""
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(vqa_cmd("serve", "--port", str(self.port), *self.args),
                                          env=subprocess_env(**self.env), stdout=log, stderr=subprocess.STDOUT,
@@ -198,7 +198,7 @@ class ServeProcess:
 
 
 @contextlib.contextmanager
-def serving(*servers: ServeProcess) -> Iterator[tuple[ServeProcess, ...]]:
+def started_together(*servers: ServeProcess) -> Iterator[tuple[ServeProcess, ...]]:
     """Several `vqa serve` at once: their start-ups overlap; every one is stopped on the way out."""
     with contextlib.ExitStack() as stack:
         for server in servers:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import image_bytes
 from tests.redis_fixture import RedisServer
-from tests.servers import ServeProcess, serving
+from tests.servers import ServeProcess, started_together
 from tests.waiting import wait_until
 from vqaserve.images.decode import data_uri
 
@@ -41,7 +41,7 @@ class Service(ServeProcess):
 @pytest.fixture
 def services(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Service, Service]]:
     a, b = Service(tmp_path / "a.log", redis_server.url), Service(tmp_path / "b.log", redis_server.url)
-    with serving(a, b):
+    with started_together(a, b):
         yield a, b
 
 

@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import image_bytes
 from tests.integration.upstream_double import UpstreamDouble
 from tests.redis_fixture import RedisServer
-from tests.servers import ServeProcess, serving
+from tests.servers import ServeProcess, started_together
 from vqaserve.images.decode import data_uri
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def test_photo_answered_through_replica_1_is_a_cache_hit_through_replica_2(redis
     # A loaded CI box must not turn a slow Redis write (100 ms budget by default) into a miss.
     replicas = [replica(tmp_path, name, *flags, VQA_CACHE__REDIS_TIMEOUT_MS="3000") for name in ("one", "two")]
     try:
-        with serving(*replicas):
+        with started_together(*replicas):
             one, two = (r.url for r in replicas)
             image = photo_png()
             first = chat(one, image, "What colour is the jacket?")
