@@ -9,7 +9,7 @@ from typing import Any
 
 from vqaserve.engines.base import Engine
 from vqaserve.pipeline import Pipeline
-from vqaserve.settings import Settings
+from vqaserve.settings import SafetySettings, Settings
 
 
 def wired_pipeline(engine: Engine | None = None, settings: Settings | None = None, **components: Any) -> Pipeline:
@@ -19,7 +19,7 @@ def wired_pipeline(engine: Engine | None = None, settings: Settings | None = Non
     from vqaserve.engines.scripted import ScriptedEngine
     from vqaserve.wiring import build_components
 
-    settings = settings or Settings(safety_image="off")
+    settings = settings or Settings(safety=SafetySettings(image="off"))
     engine = engine or ScriptedEngine()
     wired = dataclasses.replace(build_components(settings, engine), **components)
     return Pipeline(settings, engine, wired)

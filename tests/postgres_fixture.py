@@ -102,8 +102,10 @@ class PostgresServer:
         if self.proc.poll() is not None:
             return True
         ready = pg_bin("pg_isready")
-        return bool(ready) and subprocess.run([ready, "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER],
-                                              timeout=10).returncode == 0
+        if ready is None:
+            raise RuntimeError("pg_isready not found next to postgres")
+        return subprocess.run([ready, "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER],
+                              timeout=10).returncode == 0
 
     def log_tail(self) -> str:
         path = self.workdir / "server.log" if self.workdir else None

@@ -52,6 +52,7 @@ class ThreadedUvicorn:
     def __init__(self, app: Any, port: int = 0, **uvicorn_options: Any) -> None:
         import uvicorn
 
+        self.app = app
         self.socket = bound_socket(port)
         self.port = int(self.socket.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -92,7 +93,7 @@ class LiveServer(ThreadedUvicorn):
 
         self.start()
         # The port opens before the model has loaded (server/startup.py): wait for the load too.
-        startup = app_state(self.server.config.app).startup
+        startup = app_state(self.app).startup
         if not startup.done.wait(timeout=600) or startup.failed:
             self.stop()
             raise RuntimeError(f"the app did not start: {startup.status()}")

@@ -110,8 +110,8 @@ def pixel_access() -> Iterator[list[str]]:
         image.load = load  # type: ignore[method-assign]
         return image
 
-    Image.open = spy_open  # type: ignore[assignment]
+    Image.open = spy_open
     try:
         yield events
     finally:
-        Image.open = real_open  # type: ignore[assignment]
+        Image.open = real_open
