@@ -31,8 +31,9 @@ services:
 	@bash scripts/install-test-services.sh
 	@bash scripts/vllm.sh install
 
+# --durations=25: the 25 slowest tests in every run, so a test that grows slow is seen.
 test: $(VENV)/.dev-installed services
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest --durations=25 $(ARGS)
 
 test-fast: $(VENV)/.dev-installed
 	$(PY) -m pytest -m "unit" $(ARGS)

@@ -6,11 +6,12 @@ import dataclasses
 from typing import Any
 
 from tests.conftest import free_port, image_bytes  # noqa: F401 - re-exported for the cache tests
+from tests.pipelines import wired_pipeline
 from vqaserve.cache import CacheKeyBuilder, LRUCache, TieredCache
 from vqaserve.cache.redis_cache import RedisCache
 from vqaserve.cache.redis_link import RedisLink
-from vqaserve.components import Components
 from vqaserve.engines.scripted import ScriptedEngine
+from vqaserve.images.decode import data_uri
 from vqaserve.pipeline import Pipeline
 from vqaserve.settings import Settings
 from vqaserve.types import Answer, GenerationParams, ImageRef, Part, Question, Turn
@@ -79,10 +80,11 @@ class _Guard:
 def make_pipeline(engine: ScriptedEngine | None = None, cache: TieredCache | None = None,
                   output_filter: BlockWord | None = None,
                   key_builder: CacheKeyBuilder | None = None) -> Pipeline:
-    settings = Settings(images=SMALL_IMAGES)
-    return Pipeline(settings, engine or ScriptedEngine(),
-                    Components(cache=cache or TieredCache(LRUCache(100)),
-                               cache_key=key_builder or CacheKeyBuilder(), output_filter=output_filter))
+    """Production's pipeline (micro-batcher and all) with the test's cache, key builder and output
+    filter (none: no output filter, so answers are stored as generated)."""
+    return wired_pipeline(engine or ScriptedEngine(), Settings(images=SMALL_IMAGES, safety_image="off"),
+                          cache=cache or TieredCache(LRUCache(100)), cache_key=key_builder or CacheKeyBuilder(),
+                          output_filter=output_filter)
 
 
 # Generous where the timeout is not what a test is about: this machine is shared and often loaded.
@@ -110,9 +112,8 @@ def ask(text: str, image: bytes, *, kind: str = "bytes", model: str | None = Non
         params: GenerationParams | None = None, stream: bool = False) -> Question:
     payload: bytes | str = image
     if kind == "data":
-        import base64
 
-        payload = "data:image/png;base64," + base64.b64encode(image).decode()
+        payload = data_uri(image)
     return Question(turns=[Turn("user", [Part(image_ref=ImageRef(kind, payload)),  # type: ignore[arg-type]
                                          Part(text=text)])],
                     params=params or GenerationParams(), model=model, stream=stream)

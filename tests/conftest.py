@@ -1,4 +1,10 @@
-"""Shared fixtures. Subprocess helpers run `python -m vqaserve` from *this* checkout's src."""
+"""Shared fixtures. Subprocess helpers run `python -m vqaserve` from *this* checkout's src.
+
+Where the shared pieces live, one of each: servers.py (uvicorn in a thread, `vqa serve` as a process),
+redis_fixture.py, postgres_fixture.py, vllm_support.py (the real services: `make test` installs them,
+so a missing one fails, it never skips), waiting.py (wait_until, wait_until_async), pipelines.py (a
+Pipeline wired as production wires it). Data URIs: vqaserve.images.decode.data_uri.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,10 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
+
+# The fixtures of the real services, defined once for the whole run. (A fixture imported into a test
+# module is a new definition there: a session-scoped server would start once per importing module.)
+pytest_plugins = ["tests.redis_fixture", "tests.postgres_fixture", "tests.vllm_support"]
 
 
 def vqa_cmd(*args: str) -> list[str]:
@@ -52,22 +62,6 @@ def _clean_vqa_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("VQA_"):
             monkeypatch.delenv(key, raising=False)
-
-
-def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
-    """A small PNG (a few KB..100 KB) that declares width x height pixels (1-bit greyscale zeros)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
-
-    row = b"\x00" * (1 + (width + 7) // 8)
-    comp = zlib.compressobj(9)
-    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def tiled_image(size: tuple[int, int] = (320, 192), tile: int = 16):

@@ -1,17 +1,15 @@
-"""Helpers for the HTTP tests: a scripted app, picture data URIs, SSE parsing, leak checks."""
+"""Helpers for the HTTP tests: a scripted app, chat messages, SSE parsing, leak checks (the servers: servers.py)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-import threading
-import time
 from typing import Any
 
 from tests.conftest import image_bytes
+from tests.servers import LiveServer, ServeProcess  # noqa: F401 - the launchers, imported from here by many tests
 from vqaserve.engines.scripted import ScriptedEngine
-from vqaserve.server.state import app_state
+from vqaserve.images.decode import data_uri
 from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest
 
@@ -42,12 +40,8 @@ def make_app(engine: ScriptedEngine | None = None, **settings: Any):  # type: ig
     return create_app(load_settings(**settings), engine=engine)
 
 
-def data_uri(**kw: Any) -> str:
-    return "data:image/png;base64," + base64.b64encode(image_bytes(**kw)).decode()
-
-
 def user_msg(text: str, images: int = 1) -> dict[str, Any]:
-    parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": data_uri()}}
+    parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": data_uri(image_bytes())}}
                                    for _ in range(images)]
     parts.append({"type": "text", "text": text})
     return {"role": "user", "content": parts}
@@ -76,51 +70,6 @@ def assert_openai_error(response: Any, status: int, param: str | None = None) ->
     return error  # type: ignore[no-any-return]
 
 
-class LiveServer:
-    """A real uvicorn serving `app` on a free loopback port, in a thread; stopped on exit."""
-
-    def __init__(self, app: Any, **uvicorn_options: Any) -> None:
-        import uvicorn
-
-        from tests.conftest import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, lifespan="on", **uvicorn_options)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="live-uvicorn", daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        # The port opens before the model has loaded (server/startup.py): wait for the load too.
-        startup = app_state(self.server.config.app).startup
-        if not startup.done.wait(timeout=600) or startup.failed:
-            self.__exit__()
-            raise RuntimeError(f"the app did not start: {startup.status()}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def bundled_model_available() -> bool:
-    """shop-toy is committed on the model branch; until it is merged, its tests skip."""
-    import importlib.util
-    from pathlib import Path
-
-    from vqaserve.settings import resolve_model_path
-
-    return (Path(resolve_model_path("shop-toy")) / "config.json").is_file() and \
-        importlib.util.find_spec("vqaserve.engines.transformers") is not None
-
-
 def bundled_adapters() -> dict[str, str]:
     """LoRA adapters shipped next to the bundled model (a folder with adapter_config.json)."""
     from vqaserve.settings import BUNDLED_MODELS
@@ -132,12 +81,8 @@ def bundled_adapters() -> dict[str, str]:
 
 def catalogue_sample(split: str, qtype: str, lang: str = "en", index: int = 0) -> tuple[bytes, str, str]:
     """(png bytes, question, exact answer) from the synthetic shop catalogue (SHOP_CATALOGUE.md)."""
-    import pytest
+    from vqaserve.train import synthetic
 
-    try:
-        from vqaserve.train import synthetic
-    except ImportError:
-        pytest.skip("the synthetic catalogue (vqaserve.train.synthetic) is not on this branch yet")
     sample = synthetic.make_sample(split, 0, index, qtype=qtype, lang=lang)
     return synthetic.png_bytes(sample.image), sample.question, sample.answer
 
@@ -153,54 +98,3 @@ def random_lora_adapter(model_dir: str, out_dir: str, seed: int = 0) -> str:
     config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(out_dir)
     return out_dir
-
-
-class ServeProcess:
-    """`vqa serve` as a user runs it (a subprocess on a free port); its log goes to `log_path`."""
-
-    def __init__(self, log_path: Any, *args: str, ready_timeout: float = 240, wait_path: str = "/ready",
-                 **env: str) -> None:
-        from tests.conftest import free_port
-
-        self.wait_path = wait_path  # "/health" for a server that must start before its upstream is up
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args, self.env, self.log_path, self.ready_timeout = args, env, log_path, ready_timeout
-
-    def __enter__(self) -> ServeProcess:
-        import subprocess
-
-        import httpx
-
-        from tests.conftest import subprocess_env, vqa_cmd
-
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in __exit__
-        self.proc = subprocess.Popen(vqa_cmd("serve", "--port", str(self.port), *self.args),
-                                     env=subprocess_env(**self.env), stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            if self.proc.poll() is not None:
-                self.__exit__()
-                raise RuntimeError(f"vqa serve exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(self.url + self.wait_path, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"vqa serve did not become ready; see {self.log_path}")
-            time.sleep(0.25)
-
-    def __exit__(self, *exc: object) -> None:
-        import subprocess
-
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
+from tests.servers import PORT_TRIES, port_taken
+from tests.waiting import wait_until
 
 USER = "vqa"  # the database superuser initdb creates (trust auth on 127.0.0.1 and the socket)
 
@@ -46,8 +47,8 @@ def _as_owner() -> dict[str, Any]:
     try:
         owner = pwd.getpwnam("postgres")
     except KeyError:
-        pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as "
-                    "(scripts/install-test-services.sh installs postgresql, which creates it)")
+        pytest.fail("running as root and there is no 'postgres' user to run PostgreSQL as "
+                    "(`make services`, scripts/install-test-services.sh, installs postgresql, which creates it)")
     return {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": [], "cwd": "/tmp"}
 
 
@@ -56,6 +57,7 @@ class PostgresServer:
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.workdir: Path | None = None
+        self.started_once = False
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
@@ -63,7 +65,7 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         initdb, postgres = pg_bin("initdb"), pg_bin("postgres")
         if not initdb or not postgres:
-            pytest.skip("PostgreSQL is not installed (scripts/install-test-services.sh installs it)")
+            pytest.fail("PostgreSQL is not installed: `make services` (scripts/install-test-services.sh) installs it")
         owner = _as_owner()
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="vqa-pg-"))
@@ -71,28 +73,39 @@ class PostgresServer:
                 os.chown(self.workdir, owner["user"], owner["group"])
             subprocess.run([initdb, "-D", str(self.workdir / "data"), "-U", USER, "-A", "trust", "-E", "UTF8",
                             "--no-sync", "--no-instructions"], check=True, capture_output=True, timeout=120, **owner)
-        log = (self.workdir / "server.log").open("ab")
-        self.proc = subprocess.Popen(
-            [postgres, "-D", str(self.workdir / "data"), "-p", str(self.port), "-k", str(self.workdir),
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-             "-c", "full_page_writes=off", "-c", "max_connections=40"],
-            stdout=log, stderr=log, **owner)
-        log.close()
-        self._wait_ready()
-        return self
-
-    def _wait_ready(self) -> None:
-        ready = pg_bin("pg_isready")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
+        # The first start moves to another free port if that one was taken meanwhile; a restart keeps
+        # its port (clients of the stopped server reconnect to the same address).
+        for _ in range(PORT_TRIES):
+            with (self.workdir / "server.log").open("ab") as log:
+                self.proc = subprocess.Popen(
+                    [postgres, "-D", str(self.workdir / "data"), "-p", str(self.port), "-k", str(self.workdir),
+                     "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+                     "-c", "full_page_writes=off", "-c", "max_connections=40"],
+                    stdout=log, stderr=log, **owner)
+            try:
+                wait_until(self._ready_or_exited, 30,
+                           f"postgres on port {self.port} (its log: {self.workdir / 'server.log'})", every=0.1)
+            except AssertionError:
+                self.stop()
+                raise
+            if self.proc.poll() is None:
+                self.started_once = True
+                return self
+            if self.started_once or not port_taken(self.log_tail()):
                 raise RuntimeError(f"postgres exited: {self.log_tail()}")
-            if ready and subprocess.run([ready, "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER],
-                                        timeout=10).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"postgres did not start: {self.log_tail()}")
+            (self.workdir / "server.log").write_bytes(b"")  # that attempt's "address already in use"
+            self.port = free_port()
+        raise RuntimeError(f"postgres found its port taken {PORT_TRIES} times in a row")
+
+    def _ready_or_exited(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            return True
+        ready = pg_bin("pg_isready")
+        if ready is None:
+            raise RuntimeError("pg_isready not found next to postgres")
+        return subprocess.run([ready, "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER],
+                              timeout=10).returncode == 0
 
     def log_tail(self) -> str:
         path = self.workdir / "server.log" if self.workdir else None

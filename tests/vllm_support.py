@@ -6,9 +6,7 @@ install or start is a failing test, with the tail of vLLM's log in the message.
 
 from __future__ import annotations
 
-import base64
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,18 +14,30 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import free_port
+from tests.servers import PORT_TRIES, port_taken
 from vqaserve.bench.vllm_server import BUNDLED, VllmServer
+from vqaserve.images.decode import data_uri
 
 ADAPTER = "shop-toy-sunglasses"
 
 
 def serving(server: VllmServer) -> Iterator[VllmServer]:
-    """Start a vLLM for a fixture (failing with vLLM's own words if it cannot), stop it after."""
-    try:
-        server.start()
-    except Exception as exc:  # noqa: BLE001 - fail with vLLM's own words
-        server.stop()
-        pytest.fail(f"vLLM did not start: {exc}\n{server.log_tail()}")
+    """Start a vLLM for a fixture (failing with vLLM's own words if it cannot), stop it after. Its port
+    is chosen long before vLLM binds it (imports take a while): if another process took it meanwhile,
+    vLLM starts again on another."""
+    for attempt in range(1, PORT_TRIES + 1):
+        try:
+            server.start()
+            break
+        except Exception as exc:  # noqa: BLE001 - fail with vLLM's own words
+            server.stop()
+            log = server.log_tail(200)
+            if not port_taken(log) or attempt == PORT_TRIES:
+                pytest.fail(f"vLLM did not start: {exc}\n{server.log_tail()}")
+            Path(server.log_path).write_bytes(b"")
+            server.port = free_port()
+            server.url = f"http://127.0.0.1:{server.port}"
     yield server
     server.stop()
 
@@ -60,7 +70,7 @@ def catalogue(split: str, n: int, seed: int = 1) -> list[tuple[bytes, str, str]]
 
 
 def chat_body(png: bytes, question: str, model: str, **extra: Any) -> dict[str, Any]:
-    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    uri = data_uri(png)
     return {"model": model, "temperature": 0, "max_tokens": 24, **extra,
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
                                                       {"type": "text", "text": question}]}]}
@@ -73,16 +83,6 @@ def ask(base: str, body: dict[str, Any], timeout: float = 60) -> httpx.Response:
 def content(resp: httpx.Response) -> str:
     assert resp.status_code == 200, resp.text
     return str(resp.json()["choices"][0]["message"]["content"])
-
-
-def wait_for(cond: Any, timeout: float, what: str, every: float = 0.2) -> None:
-    end = time.monotonic() + timeout
-    while True:
-        if cond():
-            return
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} within {timeout:.0f} s")
-        time.sleep(every)
 
 
 def gateway_env(upstream: str, **extra: str) -> dict[str, str]:

@@ -16,7 +16,6 @@ from tests.http_support import (
     LiveServer,
     RecordingEngine,
     ServeProcess,
-    bundled_model_available,
     catalogue_sample,
     make_app,
 )
@@ -38,16 +37,25 @@ def server() -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian chromium is not installed (make services installs it)")
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if executable is None:
+        pytest.fail("Debian's chromium is not installed: `make services` (scripts/install-test-services.sh) "
+                    "installs it")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=[
+        chromium = pw.chromium.launch(executable_path=executable, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update"])
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def shop_toy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """`vqa serve` with no --model: the default, the bundled shop-toy (one start for the module)."""
+    with ServeProcess(tmp_path_factory.mktemp("shop-toy") / "serve.log") as server:
+        yield server
 
 
 @pytest.fixture
@@ -135,22 +143,20 @@ def test_a_typed_api_key_is_sent_with_every_api_call(page: Any, tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_the_bundled_model_answers_a_catalogue_picture_on_the_page(browser: Any, tmp_path: Path) -> None:
-    if not bundled_model_available():
-        pytest.skip("the bundled shop-toy model is not on this branch yet")
+def test_the_bundled_model_answers_a_catalogue_picture_on_the_page(browser: Any, shop_toy: ServeProcess,
+                                                                  tmp_path: Path) -> None:
     # Issue 3's "done when" question. (shop-toy reads colour at ~85%; category only two times in
     # three, docs/eval.md, so a category question here would test luck more than the page.)
     data, question, answer = catalogue_sample("test", "color", "en", index=0)
     picture = tmp_path / "catalogue.png"
     picture.write_bytes(data)
-    with ServeProcess(tmp_path / "serve.log", VQA_MODEL="shop-toy") as server:
-        context = browser.new_context(bypass_csp=True)
-        page = context.new_page()
-        page.goto(server.url + "/")
-        page.set_default_timeout(120_000)  # CPU generation on a busy machine
-        assert ask(page, picture, question).strip().lower() == answer
-        page.screenshot(path=str(tmp_path / "shop_toy_page.png"), full_page=True)
-        context.close()
+    context = browser.new_context(bypass_csp=True)
+    page = context.new_page()
+    page.goto(shop_toy.url + "/")
+    page.set_default_timeout(120_000)  # CPU generation on a busy machine
+    assert ask(page, picture, question).strip().lower() == answer
+    page.screenshot(path=str(tmp_path / "shop_toy_page.png"), full_page=True)
+    context.close()
 
 
 def test_another_model_gets_no_demo_line_and_no_samples(page: Any) -> None:
@@ -165,36 +171,36 @@ def test_another_model_gets_no_demo_line_and_no_samples(page: Any) -> None:
 
 
 @pytest.mark.slow
-def test_the_bundled_model_says_what_it_knows_and_offers_samples(browser: Any, tmp_path: Path) -> None:
+def test_the_bundled_model_says_what_it_knows_and_offers_samples(browser: Any, shop_toy: ServeProcess,
+                                                                 tmp_path: Path) -> None:
     samples = json.loads((SAMPLES / "samples.json").read_text())
-    with ServeProcess(tmp_path / "serve.log") as server:  # no --model: the default, shop-toy
-        context = browser.new_context(bypass_csp=True)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.set_default_timeout(120_000)  # CPU generation on a busy machine
-        page.goto(server.url + "/")
-        page.wait_for_selector("#demo-note", state="visible")
-        note = page.inner_text("#demo-note")  # as rendered: source line breaks collapsed
-        assert "only the synthetic shop catalogue" in note and "--model" in note
-        assert page.eval_on_selector_all("#samples img", "els => els.map(e => e.alt)") == [
-            s["alt"] for s in samples]
-        page.wait_for_function(  # every thumbnail really loaded (not a broken-image icon)
-            "[...document.querySelectorAll('#samples img')].every(i => i.complete && i.naturalWidth > 0)")
-        # shop-toy names this handbag on every seed tried (scripts/make_page_samples.py picked seeds).
-        handbag = next(s for s in samples if s["category"] == "handbag")
-        page.click(f"#samples img[alt='{handbag['alt']}']")
-        page.wait_for_selector("#preview:not([hidden])", state="attached")
-        preview = page.get_attribute("#preview", "src")
-        assert preview.startswith("data:image/png;base64,")  # loaded as a dropped file is
-        assert base64.b64decode(preview.split(",", 1)[1]) == (SAMPLES / handbag["file"]).read_bytes()
-        page.click("button.example:text-is('What is this product?')")
-        page.click("#ask")
-        page.wait_for_function("document.querySelector('#stats').textContent.includes('latency')")
-        assert page.text_content("#answer").strip() == "handbag"
-        page.screenshot(path=str(tmp_path / "demo_page.png"), full_page=True)
-        assert errors == []
-        context.close()
+    context = browser.new_context(bypass_csp=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(120_000)  # CPU generation on a busy machine
+    page.goto(shop_toy.url + "/")
+    page.wait_for_selector("#demo-note", state="visible")
+    note = page.inner_text("#demo-note")  # as rendered: source line breaks collapsed
+    assert "only the synthetic shop catalogue" in note and "--model" in note
+    assert page.eval_on_selector_all("#samples img", "els => els.map(e => e.alt)") == [
+        s["alt"] for s in samples]
+    page.wait_for_function(  # every thumbnail really loaded (not a broken-image icon)
+        "[...document.querySelectorAll('#samples img')].every(i => i.complete && i.naturalWidth > 0)")
+    # shop-toy names this handbag on every seed tried (scripts/make_page_samples.py picked seeds).
+    handbag = next(s for s in samples if s["category"] == "handbag")
+    page.click(f"#samples img[alt='{handbag['alt']}']")
+    page.wait_for_selector("#preview:not([hidden])", state="attached")
+    preview = page.get_attribute("#preview", "src")
+    assert preview.startswith("data:image/png;base64,")  # loaded as a dropped file is
+    assert base64.b64decode(preview.split(",", 1)[1]) == (SAMPLES / handbag["file"]).read_bytes()
+    page.click("button.example:text-is('What is this product?')")
+    page.click("#ask")
+    page.wait_for_function("document.querySelector('#stats').textContent.includes('latency')")
+    assert page.text_content("#answer").strip() == "handbag"
+    page.screenshot(path=str(tmp_path / "demo_page.png"), full_page=True)
+    assert errors == []
+    context.close()
 
 
 # Builds a File from base64 in the page and delivers it the way a drop or a paste does.

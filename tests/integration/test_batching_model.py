@@ -1,12 +1,11 @@
 """The micro-batcher in front of a real Qwen3-VL engine: concurrent answers equal sequential ones.
 
-Runs on the tiny random model always, and on the bundled shop-toy model once it is in the tree.
+Runs on the tiny random model and on the bundled shop-toy model.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -30,10 +29,7 @@ def _question(data: bytes, text: str) -> Question:
 def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     if request.param == "tiny":
         return str(request.getfixturevalue("tiny_model_dir"))
-    bundled = resolve_model_path("shop-toy")
-    if not Path(bundled).is_dir():
-        pytest.skip("the bundled shop-toy model is not in this tree yet")
-    return bundled
+    return resolve_model_path("shop-toy")
 
 
 async def test_eight_concurrent_requests_answer_like_eight_sequential(model_dir: str) -> None:

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_bench_scenarios import bench
-from tests.vllm_support import ADAPTER, vllm  # noqa: F401
+from tests.vllm_support import ADAPTER
 from vqaserve.bench.vllm_server import VllmServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 
 
-def test_adapter_answers_in_vllm_and_in_process(vllm: VllmServer, tmp_path: Path,  # noqa: F811
+def test_adapter_answers_in_vllm_and_in_process(vllm: VllmServer, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     record = bench(tmp_path, capsys, "adapter-vllm", "--upstream-url", vllm.url + "/v1", "--requests", "3",
                    "--seed", "1")
@@ -24,7 +24,7 @@ def test_adapter_answers_in_vllm_and_in_process(vllm: VllmServer, tmp_path: Path
     assert "adapter_vllm_equal_share" in record["targets"]
 
 
-def test_follow_up_questions_through_a_gateway(vllm: VllmServer, tmp_path: Path,  # noqa: F811
+def test_follow_up_questions_through_a_gateway(vllm: VllmServer, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     record = bench(tmp_path, capsys, "followups", "--upstream-url", vllm.url, "--requests", "2")
     f = record["figures"]

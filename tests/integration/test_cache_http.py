@@ -3,11 +3,6 @@ Redis outage mid-traffic (every request still 200, /ready degraded, recovery wit
 
 from __future__ import annotations
 
-import base64
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,54 +10,28 @@ from typing import Any
 import httpx
 import pytest
 
-from cache_helpers import free_port, image_bytes
-from redis_fixture import RedisServer, redis_server  # noqa: F401  (fixture)
+from tests.conftest import image_bytes
+from tests.redis_fixture import RedisServer
+from tests.servers import ServeProcess, started_together
+from tests.waiting import wait_until
+from vqaserve.images.decode import data_uri
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # two service start-ups: ~25 s idle
-SRC = Path(__file__).resolve().parents[2] / "src"
 PNG = image_bytes(size=(160, 96))
 
 
-class Service:
-    """`python -m vqaserve serve` on the scripted engine, on a free port; stopped on exit."""
+class Service(ServeProcess):
+    """`vqa serve` on the scripted engine with the shared Redis as its L2 (and rate-limit store)."""
 
-    def __init__(self, redis_url: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VQA_")}
-        env.update(PYTHONPATH=str(SRC), PYTHONUNBUFFERED="1", VQA_ENGINE="scripted", VQA_HOST="127.0.0.1",
-                   VQA_PORT=str(self.port), VQA_REDIS_URL=redis_url, VQA_SAFETY_IMAGE="off",
-                   VQA_CACHE__REDIS_PREFIX="http-test", VQA_CACHE__REDIS_PROBE_INTERVAL_S="0.1",
-                   VQA_CACHE__REDIS_TIMEOUT_MS="3000",  # generous: this machine is shared
-                   VQA_RATE_LIMIT_RPM="100000")  # the limiter shares the cache's Redis link
-        self.proc = subprocess.Popen([sys.executable, "-m", "vqaserve", "serve"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("vqa serve exited: " + self.proc.stderr.read().decode()[-2000:])  # type: ignore[union-attr]
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("vqa serve did not become ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+    def __init__(self, log_path: Path, redis_url: str) -> None:
+        super().__init__(log_path, VQA_ENGINE="scripted", VQA_REDIS_URL=redis_url, VQA_SAFETY_IMAGE="off",
+                         VQA_CACHE__REDIS_PREFIX="http-test", VQA_CACHE__REDIS_PROBE_INTERVAL_S="0.1",
+                         VQA_CACHE__REDIS_TIMEOUT_MS="3000",  # generous: this machine is shared
+                         VQA_RATE_LIMIT_RPM="100000")  # the limiter shares the cache's Redis link
 
     def chat(self, question: str, stream: bool = False, **params: Any) -> httpx.Response:
-        uri = "data:image/png;base64," + base64.b64encode(PNG).decode()
         body = {"model": "scripted", "stream": stream, **params, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": question}]}]}
+            {"type": "image_url", "image_url": {"url": data_uri(PNG)}}, {"type": "text", "text": question}]}]}
         return httpx.post(self.url + "/v1/chat/completions", json=body, timeout=10)
 
     def ready(self) -> dict[str, Any]:
@@ -70,26 +39,14 @@ class Service:
 
 
 @pytest.fixture
-def services(redis_server: RedisServer) -> Iterator[tuple[Service, Service]]:  # noqa: F811
-    a, b = Service(redis_server.url), Service(redis_server.url)
-    try:
-        a.wait_ready()
-        b.wait_ready()
+def services(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Service, Service]]:
+    a, b = Service(tmp_path / "a.log", redis_server.url), Service(tmp_path / "b.log", redis_server.url)
+    with started_together(a, b):
         yield a, b
-    finally:
-        a.stop()
-        b.stop()
-
-
-def wait_for(predicate: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 def test_two_servers_share_one_redis_and_survive_its_outage(
-        services: tuple[Service, Service], redis_server: RedisServer) -> None:  # noqa: F811
+        services: tuple[Service, Service], redis_server: RedisServer) -> None:
     a, b = services
     first = a.chat("What color is it?")
     assert first.status_code == 200 and first.headers["x-vqa-cache"] == "miss"
@@ -113,7 +70,7 @@ def test_two_servers_share_one_redis_and_survive_its_outage(
     assert ready["status"] == "degraded" and ready["cache"]["status"] == "degraded"
 
     redis_server.start()  # same port, empty; the services are not restarted
-    wait_for(lambda: a.ready()["status"] == "ready" and b.ready()["status"] == "ready")
+    wait_until(lambda: a.ready()["status"] == "ready" and b.ready()["status"] == "ready", what="both ready again")
 
     def shared_after_restart(i: int) -> bool:
         question = f"after the restart {i}"

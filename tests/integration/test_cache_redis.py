@@ -18,7 +18,8 @@ from cache_helpers import (
     redis_cache,
     redis_tiered,
 )
-from redis_fixture import RedisServer, redis_server  # noqa: F401  (fixture)
+from tests.redis_fixture import RedisServer
+from tests.waiting import wait_until_async
 from vqaserve.cache import codec
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.types import Answer
@@ -27,14 +28,7 @@ pytestmark = pytest.mark.integration
 PNG = image_bytes()
 
 
-async def wait_until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
-async def test_two_processes_share_answers_through_redis(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_two_processes_share_answers_through_redis(redis_server: RedisServer) -> None:
     engine_a, engine_b = ScriptedEngine(), ScriptedEngine()
     a, b = redis_tiered(redis_server.url), redis_tiered(redis_server.url)
     try:
@@ -52,7 +46,7 @@ async def test_two_processes_share_answers_through_redis(redis_server: RedisServ
         await close_redis(b)
 
 
-async def test_values_are_json_under_the_deployment_prefix_with_a_ttl(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_values_are_json_under_the_deployment_prefix_with_a_ttl(redis_server: RedisServer) -> None:
     cache = redis_cache(redis_server.url, prefix="shop-eu", ttl_s=600, timeout_ms=TEST_TIMEOUT_MS)
     try:
         await cache.put("abc", Answer(text="red", model="m"))
@@ -65,7 +59,7 @@ async def test_values_are_json_under_the_deployment_prefix_with_a_ttl(redis_serv
         await close_redis(cache)
 
 
-async def test_corrupt_or_foreign_values_are_misses_and_get_replaced(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_corrupt_or_foreign_values_are_misses_and_get_replaced(redis_server: RedisServer) -> None:
     engine = ScriptedEngine()
     cache = redis_tiered(redis_server.url)
     p = make_pipeline(engine, cache)
@@ -111,7 +105,7 @@ async def test_redis_down_at_start_still_answers_and_reports_degraded() -> None:
         await close_redis(cache)
 
 
-async def test_redis_killed_mid_traffic_then_restarted(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_redis_killed_mid_traffic_then_restarted(redis_server: RedisServer) -> None:
     engine = ScriptedEngine()
     cache = redis_tiered(redis_server.url)
     p = make_pipeline(engine, cache)
@@ -123,7 +117,7 @@ async def test_redis_killed_mid_traffic_then_restarted(redis_server: RedisServer
             assert "answer to" in (await p.answer(ask(f"during {i}", PNG))).text
         assert (await cache.health())["status"] == "degraded"
         redis_server.start()  # same port; empty (no persistence)
-        await wait_until(lambda: cache.l2.breaker.state == "closed", timeout=20)  # type: ignore[union-attr]
+        await wait_until_async(lambda: cache.l2.breaker.state == "closed", timeout=20)  # type: ignore[union-attr]
         assert (await cache.health())["status"] == "ok"
         await p.answer(ask("after", PNG))
         other = redis_tiered(redis_server.url)  # another process: must hit through L2
@@ -136,28 +130,26 @@ async def test_redis_killed_mid_traffic_then_restarted(redis_server: RedisServer
         await close_redis(cache)
 
 
-async def test_a_sleeping_redis_costs_one_timeout_then_the_breaker(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_a_sleeping_redis_costs_one_timeout_then_the_breaker(redis_server: RedisServer) -> None:
     cache = redis_cache(redis_server.url, prefix="test", timeout_ms=100, probe_interval_s=0.2,
                        max_probe_interval_s=0.3)
     writer = redis_cache(redis_server.url, prefix="test", timeout_ms=TEST_TIMEOUT_MS)
     try:
         await writer.put("k", Answer(text="red", model="m"))
-        blocker = redis_server.send_nowait("DEBUG", "SLEEP", "2")
+        blocker = redis_server.send_nowait("DEBUG", "SLEEP", "3")
         await asyncio.sleep(0.05)
         t0 = time.perf_counter()
         assert await cache.get("k") is None
         first = time.perf_counter() - t0
-        t1 = time.perf_counter()
         for _ in range(50):
             assert await cache.get("k") is None
-        rest = time.perf_counter() - t1
-        # 100 ms plus scheduling slack (this machine is shared): never the 2 s the Redis sleeps.
-        assert first < 0.6, f"first call took {first:.3f}s"
-        assert rest < 0.25, f"50 calls behind the open breaker took {rest:.3f}s"
+        # The first call gives up after its 100 ms timeout: never waits out the 3 s the Redis sleeps
+        # (the bound is that, not a speed: this machine is shared). The 50 after it never reach Redis.
+        assert first < 2.5, f"first call took {first:.3f}s"
         assert cache.stats()["l2_errors"] == 1 and cache.stats()["l2_skipped"] == 50
         assert (await cache.health())["status"] == "degraded"
         blocker.close()
-        await wait_until(lambda: cache.breaker.state == "closed", timeout=20)
+        await wait_until_async(lambda: cache.breaker.state == "closed", timeout=20)
         got = await cache.get("k")
         assert got is not None and got.text == "red"
     finally:
@@ -166,7 +158,7 @@ async def test_a_sleeping_redis_costs_one_timeout_then_the_breaker(redis_server:
 
 
 async def test_cancelled_redis_calls_never_deliver_another_requests_answer(
-        redis_server: RedisServer) -> None:  # noqa: F811
+        redis_server: RedisServer) -> None:
     """Case 27: clients disconnecting mid-call must not leave replies on reused connections."""
     cache = redis_cache(redis_server.url, prefix="test", timeout_ms=TEST_TIMEOUT_MS, max_connections=4)
     try:
@@ -203,7 +195,7 @@ async def test_cancelled_redis_calls_never_deliver_another_requests_answer(
 
 
 async def test_twenty_concurrent_identical_requests_with_redis_generate_once(
-        redis_server: RedisServer) -> None:  # noqa: F811
+        redis_server: RedisServer) -> None:
     engine = ScriptedEngine(delay_s=0.1)
     cache = redis_tiered(redis_server.url)
     try:

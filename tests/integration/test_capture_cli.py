@@ -11,7 +11,6 @@ import pytest
 
 from tests.capture_helpers import ago, picture, record
 from tests.conftest import free_port, subprocess_env, vqa_cmd
-from tests.postgres_fixture import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from vqaserve.capture import Feedback, open_store
 from vqaserve.capture.writer import encode_png
 

@@ -12,7 +12,6 @@ import pytest
 
 from tests.capture_helpers import BACKENDS, ago, make_store, picture, record, store_url
 from tests.conftest import subprocess_env, vqa_cmd
-from tests.postgres_fixture import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from vqaserve.capture import CapturedPicture, Feedback
 from vqaserve.capture.export import export
 from vqaserve.capture.writer import encode_png

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from tests.capture_helpers import BACKENDS, ago, make_store, picture, record, store_url
-from tests.postgres_fixture import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from vqaserve.capture import CaptureQuery, Feedback, make_feedback, open_store
 from vqaserve.capture.writer import encode_png
 from vqaserve.errors import CaptureUnavailable, InvalidRequest

@@ -6,25 +6,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.capture_helpers import BACKENDS, ago, make_store, picture, record
 from tests.conftest import free_port
-from tests.postgres_fixture import PostgresServer, postgres_server, postgres_url  # noqa: F401  (fixtures)
+from tests.postgres_fixture import PostgresServer
+from tests.waiting import wait_until_async
 from vqaserve.capture import CaptureQuery, CaptureWriter, make_feedback, open_store
 from vqaserve.capture.metrics import CaptureCollector
 from vqaserve.capture.writer import sampled
 
 pytestmark = pytest.mark.integration
-
-
-async def until(condition: Any, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
@@ -67,18 +60,18 @@ async def test_a_dead_database_costs_only_capture_rows_and_the_writer_comes_back
         writer = CaptureWriter(open_store(url), flush_interval_s=0.02, retry_s=0.3)
         await writer.start()
         writer.submit(record("before"))
-        await until(lambda: writer.stats().written == 1)
+        await wait_until_async(lambda: writer.stats().written == 1)
         server.stop()
         # No await between these submits: the writer task cannot run, so nothing here touched the
         # database; every record is queued at once.
         accepted = [writer.submit(record(f"down-{i}")) for i in range(10)]
         assert all(accepted) and writer.stats().queued == 10
-        await until(lambda: writer.stats().dropped["write_failed"] == 10)
+        await wait_until_async(lambda: writer.stats().dropped["write_failed"] == 10)
         assert writer.stats().database_up is False
         server.start()  # same port, same data
         await asyncio.sleep(0.35)  # past retry_s: the next batch is tried again
         writer.submit(record("after"))
-        await until(lambda: writer.stats().written == 2)
+        await wait_until_async(lambda: writer.stats().written == 2)
         assert writer.stats().database_up is True
         await writer.close()
         store = open_store(url)
@@ -95,10 +88,10 @@ async def test_a_hung_database_times_out_and_close_gives_up_in_time() -> None:
         writer = CaptureWriter(open_store(url), flush_interval_s=0.02, write_timeout_s=0.5, retry_s=60)
         await writer.start()
         writer.submit(record("first"))
-        await until(lambda: writer.stats().written == 1)
+        await wait_until_async(lambda: writer.stats().written == 1)
         server.pause()  # the server and its connections stop answering, as a hung host does
         writer.submit(record("hung"))
-        await until(lambda: writer.stats().dropped["write_failed"] == 1)
+        await wait_until_async(lambda: writer.stats().dropped["write_failed"] == 1)
         for i in range(3):
             writer.submit(record(f"queued-{i}"))  # paused for retry_s: they wait in the queue
         await writer.close(timeout_s=0.5)
@@ -114,7 +107,7 @@ async def test_an_unreachable_port_drops_and_counts() -> None:
     await writer.start()
     for i in range(3):
         writer.submit(record(f"r{i}"))
-    await until(lambda: writer.stats().dropped["write_failed"] == 3)
+    await wait_until_async(lambda: writer.stats().dropped["write_failed"] == 3)
     await writer.close(timeout_s=1)
     assert writer.stats().written == 0
 
@@ -180,7 +173,7 @@ async def test_retention_purges_at_start(kind: str, tmp_path: Path, request: pyt
     await store.write([record("old", created=ago(days=8)), record("recent", created=ago(days=6))], {})
     writer = CaptureWriter(store, retention_days=7)
     await writer.start()
-    await until(lambda: writer.stats().purged == 1)
+    await wait_until_async(lambda: writer.stats().purged == 1)
     assert [r.id for r in await store.query(CaptureQuery())] == ["recent"]
     await writer.close()
 

@@ -2,13 +2,12 @@
 
 Runs on the scripted engine (exact plumbing), on the tiny random Qwen3-VL with a random LoRA adapter
 (the real transformers engine; answers are noise but must be consistent), both in-process uvicorn
-threads, and on the bundled shop-toy model (`vqa serve` subprocess with VQA_MODEL=shop-toy; skipped
-until the model is on the branch), where the answers must also be right.
+threads, and on the bundled shop-toy model (`vqa serve` subprocess with VQA_MODEL=shop-toy), where the
+answers must also be right.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +22,11 @@ from tests.http_support import (
     RecordingEngine,
     ServeProcess,
     bundled_adapters,
-    bundled_model_available,
     catalogue_sample,
     make_app,
     random_lora_adapter,
 )
+from vqaserve.images.decode import data_uri
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +48,7 @@ class Live:
         else:
             data, question, expected = catalogue_sample(split, qtype)
             expected = expected if self.kind == "shop-toy" else None
-        return "data:image/png;base64," + base64.b64encode(data).decode(), question, expected
+        return data_uri(data), question, expected
 
 
 @pytest.fixture(scope="module", params=[
@@ -74,9 +73,8 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             base = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
             yield Live("tiny", server.url, base, ["sunglasses"])
         return
-    if not bundled_model_available():
-        pytest.skip("the bundled shop-toy model is not on this branch yet")
     adapters = bundled_adapters()
+    assert adapters, "shop-toy's LoRA adapters are missing from src/vqaserve/models/"
     adapter_env = ",".join(f"{k}={v}" for k, v in adapters.items())
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with ServeProcess(log, VQA_MODEL="shop-toy", VQA_ADAPTERS=adapter_env) as server:
@@ -124,8 +122,6 @@ def test_models_lists_base_and_adapters(live: Live) -> None:
 
 
 def test_adapter_selection_changes_the_answer_on_a_sunglasses_picture(live: Live) -> None:
-    if not live.adapters:
-        pytest.skip("no LoRA adapter is bundled yet")
     client = live.client()
     uri, question, _ = live.picture("adapter", "category")
     answers = {}

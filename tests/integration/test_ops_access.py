@@ -12,7 +12,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.ops_support import ThreadServer, chat_body, image_bytes, redis_server
+from tests.ops_support import ThreadServer, chat_body, image_bytes
+from tests.redis_fixture import RedisServer
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.server.app import create_app
 from vqaserve.server.state import app_state
@@ -154,26 +155,24 @@ def test_image_rate_limit_counts_images_per_key(monkeypatch: pytest.MonkeyPatch)
         assert client.post("/v1/chat/completions", json=chat_body("two", images=2)).status_code == 200
 
 
-def test_rate_limits_are_shared_through_redis_and_survive_redis_dying(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with redis_server(tmp_path) as (url, proc):
-        settings = {"api_keys": KEY, "rate_limit_rpm": "3", "redis_url": url}
-        auth = {"Authorization": f"Bearer {KEY}"}
-        with TestClient(app_with(**settings)) as a, TestClient(app_with(**settings)) as b:
-            # Two instances, one budget: 2 on A + 1 on B uses the 3 tokens, the 4th is refused on both.
-            assert [a.get("/v1/models", headers=auth).status_code for _ in range(2)] == [200, 200]
-            assert b.get("/v1/models", headers=auth).status_code == 200
-            assert b.get("/v1/models", headers=auth).status_code == 429
-            assert a.get("/v1/models", headers=auth).status_code == 429
-            proc.kill()
-            proc.wait()
-            # Redis is gone: answers keep flowing under local buckets, quickly, and stay limited.
-            started = time.monotonic()
-            codes = [b.post("/v1/chat/completions", json=chat_body("still there?"), headers=auth).status_code
-                     for _ in range(4)]
-            assert codes == [200, 200, 200, 429]
-            assert time.monotonic() - started < 10.0  # no request waits long on the dead Redis
-            assert b.get("/ready", headers=auth).status_code == 200
-            assert b.get("/health").status_code == 200
+def test_rate_limits_are_shared_through_redis_and_survive_redis_dying(redis_server: RedisServer) -> None:
+    settings = {"api_keys": KEY, "rate_limit_rpm": "3", "redis_url": redis_server.url}
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with TestClient(app_with(**settings)) as a, TestClient(app_with(**settings)) as b:
+        # Two instances, one budget: 2 on A + 1 on B uses the 3 tokens, the 4th is refused on both.
+        assert [a.get("/v1/models", headers=auth).status_code for _ in range(2)] == [200, 200]
+        assert b.get("/v1/models", headers=auth).status_code == 200
+        assert b.get("/v1/models", headers=auth).status_code == 429
+        assert a.get("/v1/models", headers=auth).status_code == 429
+        redis_server.kill()
+        # Redis is gone: answers keep flowing under local buckets, quickly, and stay limited.
+        started = time.monotonic()
+        codes = [b.post("/v1/chat/completions", json=chat_body("still there?"), headers=auth).status_code
+                 for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        assert time.monotonic() - started < 10.0  # no request waits long on the dead Redis
+        assert b.get("/ready", headers=auth).status_code == 200
+        assert b.get("/health").status_code == 200
 
 
 def raw_get(port: int, path: str) -> tuple[int, bytes]:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.ops_support import ThreadServer, chat_body, free_port
+from tests.ops_support import ThreadServer, chat_body
+from tests.redis_fixture import RedisServer
+from tests.servers import ThreadedUvicorn
+from tests.waiting import wait_until
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.server.app import create_app
 from vqaserve.settings import load_settings
@@ -50,40 +52,6 @@ def assert_still_serving(url: str) -> None:
     assert r.json()["choices"][0]["message"]["content"].startswith("answer to: are you still there?")
 
 
-def wait_for(predicate: Any, seconds: float = 5.0) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
-
-
-def test_an_exception_on_one_request_fails_only_that_request(live: Any) -> None:
-    texts = ["first [[sleep:0.3]]", "second [[raise]] [[sleep:0.3]]", "third [[sleep:0.3]]", "fourth"]
-    with ThreadPoolExecutor(len(texts)) as pool:
-        responses = list(pool.map(lambda it: post(live.url, it[1], rid=f"mid-{it[0]}"), enumerate(texts)))
-    # When the batcher put the failing request in a batch with others, those still got answers.
-    shared = [b for b in live.engine.batches if "mid-1" in b and len(b) > 1]
-    for batch in shared:
-        assert {rid for rid in batch if rid != "mid-1"} <= {"mid-0", "mid-2", "mid-3"}
-    assert [r.status_code for r in responses] == [200, 503, 200, 200]
-    error = responses[1].json()["error"]
-    assert error["code"] == "engine_failure" and "retry" in error["message"]
-    assert int(responses[1].headers["retry-after"]) >= 1
-    for r, t in zip(responses, texts, strict=True):
-        if r.status_code == 200:
-            assert r.json()["choices"][0]["message"]["content"].startswith("answer to: " + t.split()[0])
-    assert_still_serving(live.url)
-
-
-def test_out_of_memory_is_a_503_with_retry_after_and_the_engine_recovers(live: Any) -> None:
-    r = post(live.url, "a huge one [[oom]]")
-    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
-    assert "out of memory" in r.json()["error"]["message"]
-    assert_still_serving(live.url)
-
-
 @pytest.mark.parametrize("live", ["3"], indirect=True)
 def test_a_request_past_its_deadline_gets_504_and_generation_stops(live: Any) -> None:
     started = time.monotonic()
@@ -92,7 +60,7 @@ def test_a_request_past_its_deadline_gets_504_and_generation_stops(live: Any) ->
     assert time.monotonic() - started < 9  # the deadline (3 s), not the 10 s of work
     # If the engine got to it, it was told to stop (else it timed out in the queue: never ran).
     if any("deadline-1" in batch for batch in live.engine.batches):
-        assert wait_for(lambda: "deadline-1" in live.engine.stopped)
+        wait_until(lambda: "deadline-1" in live.engine.stopped, what="the engine told to stop")
     assert_still_serving(live.url)
 
 
@@ -104,10 +72,10 @@ def test_client_disconnect_stops_a_plain_request(live: Any) -> None:
     sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"x-request-id: gone-plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-    assert wait_for(lambda: any("gone-plain" in batch for batch in live.engine.batches), seconds=20)
+    wait_until(lambda: any("gone-plain" in batch for batch in live.engine.batches), what="the request at the engine")
     sock.close()  # hang up while the engine works on it
     # Without the stop the work would run its 5 s, finish normally and never show up in `stopped`.
-    assert wait_for(lambda: "gone-plain" in live.engine.stopped, seconds=3)
+    wait_until(lambda: "gone-plain" in live.engine.stopped, what="the engine told to stop")
     assert_still_serving(live.url)
 
 
@@ -124,7 +92,7 @@ def test_client_disconnect_stops_a_stream(live: Any) -> None:
                 got += 1
                 if got == 3:
                     break  # leave mid-stream
-    assert wait_for(lambda: "gone-stream" in live.engine.stopped, seconds=3)
+    wait_until(lambda: "gone-stream" in live.engine.stopped, what="the engine told to stop")
     assert_still_serving(live.url)
 
 
@@ -145,36 +113,25 @@ def test_upstream_dying_is_reported_and_the_service_recovers() -> None:
                 "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
 
     double.state.settings = None
-    port = free_port()
-
-    def start_double() -> Any:
-        import threading
-
-        import uvicorn
-
-        server = uvicorn.Server(uvicorn.Config(double, host="127.0.0.1", port=port, log_level="warning"))
-        threading.Thread(target=server.run, daemon=True).start()
-        assert wait_for(lambda: server.started, 10)
-        return server
-
-    upstream = start_double()
+    upstream = ThreadedUvicorn(double).start()
+    port = upstream.port  # the model server comes back on the same address
     settings = load_settings(engine="upstream", upstream_url=f"http://127.0.0.1:{port}/v1",
                              upstream_model="double", request_timeout_s="10", safety_image="off")
     app = create_app(settings)
     with ThreadServer(app, settings) as gateway:
         ok = post(gateway.url, "hello", model=None)
         assert ok.status_code == 200 and json.loads(ok.text)["choices"][0]["message"]["content"]
-        upstream.should_exit = True
-        assert wait_for(lambda: not upstream.started or upstream.should_exit, 5)
-        time.sleep(0.5)
+        upstream.stop()
         failed = post(gateway.url, "hello again", model=None)
         assert failed.status_code in (502, 503, 504), failed.text
         assert "error" in failed.json()
         assert httpx.get(gateway.url + "/health").status_code == 200
-        upstream = start_double()
-        assert wait_for(lambda: post(gateway.url, "back?", model=None).status_code == 200, seconds=15)
-        assert httpx.get(gateway.url + "/ready").status_code == 200
-        upstream.should_exit = True
+        upstream = ThreadedUvicorn(double, port=port).start()
+        try:
+            wait_until(lambda: post(gateway.url, "back?", model=None).status_code == 200, what="answers again")
+            assert httpx.get(gateway.url + "/ready").status_code == 200
+        finally:
+            upstream.stop()
 
 
 def test_a_stream_read_to_the_end_is_not_counted_as_stopped(live: Any) -> None:
@@ -186,21 +143,17 @@ def test_a_stream_read_to_the_end_is_not_counted_as_stopped(live: Any) -> None:
     assert "complete-stream" not in live.engine.stopped
 
 
-def test_redis_dying_under_the_cache_degrades_but_keeps_answering(tmp_path: Any) -> None:
-    from tests.ops_support import redis_server
-
-    with redis_server(tmp_path) as (url, proc):
-        settings = load_settings(engine="scripted", safety_image="off", redis_url=url)
-        app = create_app(settings, engine=ScriptedEngine(model_id="scripted"))
-        with ThreadServer(app, settings) as server:
-            assert post(server.url, "before").status_code == 200
-            assert post(server.url, "before").headers["x-vqa-cache"] == "hit"
-            proc.kill()
-            proc.wait()
-            started = time.monotonic()
-            r = post(server.url, "after redis died")
-            assert r.status_code == 200, r.text
-            assert time.monotonic() - started < 10  # short Redis timeouts, no hang
-            ready = httpx.get(server.url + "/ready", timeout=10)
-            assert ready.status_code == 200 and ready.json()["status"] in ("ready", "degraded")
-            assert post(server.url, "next one").status_code == 200
+def test_redis_dying_under_the_cache_degrades_but_keeps_answering(redis_server: RedisServer) -> None:
+    settings = load_settings(engine="scripted", safety_image="off", redis_url=redis_server.url)
+    app = create_app(settings, engine=ScriptedEngine(model_id="scripted"))
+    with ThreadServer(app, settings) as server:
+        assert post(server.url, "before").status_code == 200
+        assert post(server.url, "before").headers["x-vqa-cache"] == "hit"
+        redis_server.kill()
+        started = time.monotonic()
+        r = post(server.url, "after redis died")
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - started < 10  # short Redis timeouts, no hang
+        ready = httpx.get(server.url + "/ready", timeout=10)
+        assert ready.status_code == 200 and ready.json()["status"] in ("ready", "degraded")
+        assert post(server.url, "next one").status_code == 200

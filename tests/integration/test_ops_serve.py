@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ops_support import ServeProcess, chat_body
+from tests.ops_support import chat_body, scripted_serve
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +42,10 @@ def ask(url: str, text: str, stream: bool = False) -> tuple[int, str]:
 
 
 def test_sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_0(tmp_path: Path) -> None:
-    with ServeProcess("--shutdown-grace-s", "40", tmp=tmp_path) as server, ThreadPoolExecutor(5) as pool:
+    with scripted_serve(tmp_path, "--shutdown-grace-s", "40") as server, ThreadPoolExecutor(5) as pool:
         futures = [pool.submit(ask, server.url, f"question {i} [[sleep:6]]", stream=(i == 4))
                    for i in range(5)]
-        end = time.monotonic() + 30
-        while in_flight(server.url) < 5:
-            assert time.monotonic() < end, "the 5 requests never got in flight"
-            time.sleep(0.05)
+        wait_until(lambda: in_flight(server.url) >= 5, 30, "the 5 requests in flight")
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         time.sleep(0.3)
@@ -76,7 +74,7 @@ def test_sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_0(tmp
 
 
 def test_sigint_on_an_idle_server_exits_0_at_once(tmp_path: Path) -> None:
-    with ServeProcess(tmp=tmp_path) as server:
+    with scripted_serve(tmp_path) as server:
         started = time.monotonic()
         server.proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]
         assert server.proc.wait(timeout=30) == 0, server.log()  # type: ignore[union-attr]
@@ -88,7 +86,7 @@ def test_sigint_on_an_idle_server_exits_0_at_once(tmp_path: Path) -> None:
 def test_keys_on_a_real_server(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("key-from-file\n")
-    with ServeProcess(tmp=tmp_path, VQA_API_KEYS="key-from-env", VQA_API_KEYS_FILE=str(keys)) as server:
+    with scripted_serve(tmp_path, VQA_API_KEYS="key-from-env", VQA_API_KEYS_FILE=str(keys)) as server:
         assert httpx.get(server.url + "/health").status_code == 200
         assert httpx.get(server.url + "/v1/models").status_code == 401
         assert httpx.get(server.url + "/metrics").status_code == 401
@@ -131,7 +129,7 @@ class Trickle(threading.Thread):
 
 def test_slowloris_headers_are_cut_off_while_normal_requests_work(tmp_path: Path) -> None:
     head = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 60 + b"\r\n\r\n"
-    with ServeProcess("--header-timeout-s", "2", tmp=tmp_path) as server:
+    with scripted_serve(tmp_path, "--header-timeout-s", "2") as server:
         slow = [Trickle(server.port, head) for _ in range(3)]
         for t in slow:
             t.start()
@@ -146,7 +144,7 @@ def test_slowloris_headers_are_cut_off_while_normal_requests_work(tmp_path: Path
 
 
 def test_slow_bodies_are_cut_off(tmp_path: Path) -> None:
-    with ServeProcess("--body-timeout-s", "2", tmp=tmp_path) as server:
+    with scripted_serve(tmp_path, "--body-timeout-s", "2") as server:
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100000\r\n\r\n{\"messages\": ")
@@ -164,7 +162,7 @@ def test_slow_bodies_are_cut_off(tmp_path: Path) -> None:
 
 
 def test_connection_cap_refuses_with_503_and_frees_up(tmp_path: Path) -> None:
-    with ServeProcess("--max-connections", "3", "--header-timeout-s", "2", tmp=tmp_path) as server:
+    with scripted_serve(tmp_path, "--max-connections", "3", "--header-timeout-s", "2") as server:
         idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
         for s in idle:
             s.sendall(b"GET /health HTTP/1.1\r\n")  # heads never finished
@@ -172,10 +170,8 @@ def test_connection_cap_refuses_with_503_and_frees_up(tmp_path: Path) -> None:
         r = httpx.get(server.url + "/v1/models")
         assert r.status_code == 503
         # The head deadline (2 s) frees the slots without the clients doing anything.
-        end = time.monotonic() + 15
-        while httpx.get(server.url + "/v1/models").status_code != 200:
-            assert time.monotonic() < end, "slots were not freed"
-            time.sleep(0.2)
+        wait_until(lambda: httpx.get(server.url + "/v1/models").status_code == 200, 15, "the slots freed",
+                   every=0.2)
         for s in idle:
             assert s.recv(100).startswith(b"HTTP/1.1 408")
             s.close()

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.ops_support import ServeProcess, chat_body
+from tests.ops_support import chat_body, scripted_serve
 
 # The machine may be shared: the RSS bound is what is tested, not the speed.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -30,7 +30,7 @@ LIMIT_MB = 50.0
 def test_rss_stays_flat_over_500_distinct_pictures(tmp_path: Path) -> None:
     from vqaserve.train import synthetic
 
-    with ServeProcess(tmp=tmp_path) as server:
+    with scripted_serve(tmp_path) as server:
         proc = psutil.Process(server.pid)
         samples: list[tuple[int, float]] = []
         lock = threading.Lock()

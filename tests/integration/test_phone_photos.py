@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
-pytest.importorskip("pillow_heif")
-
-from fastapi.testclient import TestClient  # noqa: E402
-
-from http_support import LiveServer, RecordingEngine, make_app  # noqa: E402
-from tests import phone_photos  # noqa: E402
-from tests.conftest import REPO, subprocess_env  # noqa: E402
-from vqaserve.train.synthetic import make_sample  # noqa: E402
+from tests import phone_photos
+from tests.conftest import REPO, subprocess_env
+from tests.http_support import LiveServer, RecordingEngine, make_app
+from vqaserve.train.synthetic import make_sample
 
 pytestmark = pytest.mark.integration
 

@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import image_bytes
 from tests.http_support import LEAKS, ServeProcess, assert_openai_error, make_app, user_msg
+from tests.waiting import wait_until, wait_until_async
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import ConfigError
 from vqaserve.server.state import app_state
@@ -53,12 +54,15 @@ def test_vqa_serve_opens_its_port_at_once_and_reports_the_load(tmp_path: Path) -
         later = http.get("/ready").json()
         assert later["status"] == "loading" and later["elapsed_s"] > state["elapsed_s"]
 
-        deadline = time.monotonic() + DELAY_S + 60
-        while (ready := http.get("/ready")).status_code != 200:
+        def loaded() -> bool:
+            ready = http.get("/ready")
+            if ready.status_code == 200:
+                return True
             assert ready.json()["status"] == "loading", ready.text
-            assert time.monotonic() < deadline, "the load never finished"
-            time.sleep(0.5)
-        assert ready.json()["status"] == "ready"
+            return False
+
+        wait_until(loaded, DELAY_S + 60, "the end of the load", every=0.5)
+        assert http.get("/ready").json()["status"] == "ready"
         answer = http.post("/v1/vqa", files={"image": ("p.png", image_bytes(), "image/png")},
                            data={"question": "What color is it?"})
         assert answer.status_code == 200 and answer.json()["answer"]
@@ -84,21 +88,13 @@ async def serving(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def wait_done(app: Any) -> None:
-    for _ in range(200):
-        if app_state(app).startup.done.is_set():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("start-up never ended")
-
-
 async def test_a_known_load_failure_is_reported_by_ready_without_paths(caplog: pytest.LogCaptureFixture) -> None:
     secret = "/work/models/Qwen3-VL-8B-Instruct"
     app = make_app(FailingEngine(ConfigError(f"model {secret!r} does not fit in memory on cuda:0; "
                                              "`vqa doctor` shows what fits")))
     with caplog.at_level(logging.INFO, logger="vqaserve.server"):
         async with serving(app) as client:
-            await wait_done(app)
+            await wait_until_async(app_state(app).startup.done.is_set, what="the end of start-up")
             ready = await client.get("/ready")
             assert ready.status_code == 503 and "retry-after" not in ready.headers
             body = ready.json()
@@ -119,7 +115,7 @@ async def test_an_unexpected_load_failure_is_logged_with_its_traceback_not_sent(
     app = make_app(FailingEngine(RuntimeError("CUDA error at /opt/torch/lib/x.py:12")))
     with caplog.at_level(logging.INFO, logger="vqaserve.server"):
         async with serving(app) as client:
-            await wait_done(app)
+            await wait_until_async(app_state(app).startup.done.is_set, what="the end of start-up")
             ready = await client.get("/ready")
             assert ready.status_code == 503 and not LEAKS.search(ready.text)
             assert ready.json()["reason"] == ("the engine failed while loading the model (RuntimeError); "
@@ -144,6 +140,6 @@ async def test_answering_routes_get_503_while_loading_then_answer() -> None:
         assert (await client.get("/metrics")).status_code == 200  # scrapes go on while loading
         assert (await client.get("/ready")).json()["phase"] == "loading the model"
         release.set()
-        await wait_done(app)
+        await wait_until_async(app_state(app).startup.done.is_set, what="the end of start-up")
         assert (await client.get("/ready")).json()["status"] == "ready"
         assert (await client.get("/v1/models")).json()["data"][0]["id"] == "scripted"

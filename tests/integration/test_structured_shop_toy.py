@@ -19,6 +19,7 @@ from tests.http_support import LiveServer, sse_payloads
 from vqaserve.engines.structured import canonical, violation
 from vqaserve.engines.transformers import TransformersEngine
 from vqaserve.images import decode as imgs
+from vqaserve.images.decode import data_uri
 from vqaserve.settings import load_settings
 from vqaserve.train import catalogue, synthetic
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, Part, Turn
@@ -102,9 +103,8 @@ def client(engine: TransformersEngine) -> Iterator[TestClient]:
 
 
 def _body(png: bytes, response_format: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    import base64
 
-    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    url = data_uri(png)
     return {"model": "shop-toy", "max_tokens": 96, "temperature": 0, "response_format": response_format,
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                                       {"type": "text", "text": "Describe this product as JSON."}]}],

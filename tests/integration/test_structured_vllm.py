@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.http_support import ServeProcess, sse_payloads
-from tests.vllm_support import ask, catalogue, chat_body, content, gateway_env, vllm  # noqa: F401
+from tests.vllm_support import ask, catalogue, chat_body, content, gateway_env
 from vqaserve.bench.vllm_server import VllmServer
 from vqaserve.engines.structured import violation
 from vqaserve.train.catalogue import attribute_schema
@@ -32,14 +32,14 @@ QUESTION = "Describe this product as JSON."
 
 
 @pytest.fixture(scope="module")
-def gateway(vllm: VllmServer,  # noqa: F811
+def gateway(vllm: VllmServer,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     log = tmp_path_factory.mktemp("gw") / "gateway.log"
     with ServeProcess(log, **gateway_env(vllm.url)) as gw:
         yield gw
 
 
-def test_answers_follow_the_schema_and_equal_vllms_own(vllm: VllmServer, gateway: ServeProcess) -> None:  # noqa: F811
+def test_answers_follow_the_schema_and_equal_vllms_own(vllm: VllmServer, gateway: ServeProcess) -> None:
     samples = catalogue("test", 6)
     bodies = [chat_body(png, QUESTION, MODEL, max_tokens=96, response_format=FORMAT) for png, _, _ in samples]
     direct = [content(ask(vllm.url, body)) for body in bodies]

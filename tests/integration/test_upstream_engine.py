@@ -15,6 +15,8 @@ from PIL import Image
 
 from tests.conftest import image_bytes
 from tests.integration.upstream_double import UpstreamDouble
+from tests.pipelines import wired_pipeline
+from tests.waiting import wait_until_async
 from vqaserve.breaker import CircuitBreaker
 from vqaserve.engines.upstream import UpstreamEngine
 from vqaserve.errors import (
@@ -27,14 +29,15 @@ from vqaserve.errors import (
     VQAError,
 )
 from vqaserve.images import decode as imgs
-from vqaserve.pipeline import Pipeline
 from vqaserve.settings import Settings
 from vqaserve.types import EngineRequest, GenerationParams, ImageRef, Part, Question, Turn
 
 
 def settings(url: str, **llm: Any) -> Settings:
+    # No image check and no answer cache: the pipelines here must reach the upstream every time.
     return Settings(llm={"engine": "upstream", "upstream_url": url, **llm},
-                    images={"min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 64})
+                    images={"min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 64},
+                    safety={"image": "off"}, cache={"enabled": False})
 
 
 def photo(size: tuple[int, int] = (1600, 1200)) -> bytes:
@@ -75,7 +78,7 @@ async def test_image_arrives_resized_as_data_uri_with_content_hash_uuid(upstream
     s = settings(upstream.url)
     engine = UpstreamEngine(s)
     await engine.start()
-    pipeline = Pipeline(s, engine)
+    pipeline = wired_pipeline(engine, s)
     data = photo((1600, 1200))
     answer = await pipeline.answer(question("What colour is it?", data))
     (received,) = upstream.received
@@ -97,7 +100,7 @@ async def test_image_arrives_resized_as_data_uri_with_content_hash_uuid(upstream
 async def test_graphics_travel_as_lossless_png(upstream: UpstreamDouble) -> None:
     s = settings(upstream.url, upstream_send_uuid=False)
     engine = UpstreamEngine(s)
-    await Pipeline(s, engine).answer(question("what is it?", image_bytes((300, 200))))
+    await wired_pipeline(engine, s).answer(question("what is it?", image_bytes((300, 200))))
     ((mime, _, uuid),) = upstream.received[0].images
     assert mime == "image/png" and uuid is None
     await engine.close()
@@ -166,7 +169,10 @@ async def test_stream_is_relayed_chunk_by_chunk_with_usage(upstream: UpstreamDou
 async def test_pipeline_stream_through_upstream_matches_non_stream(upstream: UpstreamDouble) -> None:
     s = settings(upstream.url)
     engine = UpstreamEngine(s)
-    pipeline = Pipeline(s, engine)
+    pipeline = wired_pipeline(engine, s)
+    # A pause between the upstream's chunks: each reaches the reader on its own (a reader that falls
+    # behind gets what waits joined into one delta, which would make the count below a race).
+    upstream.behaviour.chunk_pause_s = 0.05
     whole = await pipeline.answer(question("describe it", image_bytes((200, 100))))
     _, deltas = await pipeline.open_stream(question("describe it", image_bytes((200, 100)), stream=True))
     pieces = [d async for d in deltas]
@@ -184,7 +190,7 @@ async def test_stop_signal_closes_the_upstream_request(upstream: UpstreamDouble)
     t0 = time.monotonic()
     (result,) = await engine.generate([req])
     assert isinstance(result, EngineFailure) and time.monotonic() - t0 < 4.0  # not the 5 s
-    await _eventually(lambda: upstream.disconnects == 1)
+    await wait_until_async(lambda: upstream.disconnects == 1)
     assert upstream.completed == 0
     await engine.close()
 
@@ -198,7 +204,7 @@ async def test_closing_a_stream_midway_closes_the_upstream_stream(upstream: Upst
     first = [await gen.__anext__(), await gen.__anext__()]
     assert [d.text for d in first] == ["w0 ", "w1 "]
     await gen.aclose()  # what the pipeline does when the client disconnects
-    await _eventually(lambda: upstream.disconnects == 1)
+    await wait_until_async(lambda: upstream.disconnects == 1)
     assert upstream.completed == 0
     await engine.close()
 
@@ -253,12 +259,13 @@ async def test_dead_upstream_opens_the_breaker_and_health_says_so_then_recovers(
     assert result.code != "upstream_unreachable"
     late.start()
     try:
-        deadline = time.monotonic() + 10
-        while True:  # past reset_s the next probe is let through (half-open) and closes the breaker
-            health = await engine.health()
-            if health["ok"] or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
+
+        async def healthy() -> bool:
+            return bool((await engine.health())["ok"])
+
+        # past reset_s the next probe is let through (half-open) and closes the breaker
+        await wait_until_async(healthy, what="the upstream's health after it came back", every=0.1)
+        health = await engine.health()
         assert health["ok"] is True and health["breaker"]["state"] == "closed"  # type: ignore[index]
         (result,) = await engine.generate([request("x")])
         assert not isinstance(result, VQAError)
@@ -319,13 +326,6 @@ def test_config_errors_are_one_clear_line() -> None:
         UpstreamEngine(Settings(llm={"engine": "upstream"}))
     with pytest.raises(ConfigError, match="http"):
         UpstreamEngine(settings("ftp://somewhere"))
-
-
-async def _eventually(cond: Any, timeout: float = 3.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.unit

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.http_support import ServeProcess
-from tests.vllm_support import gateway_env, vllm  # noqa: F401
+from tests.vllm_support import gateway_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.slow]
 CLIENT = Path(__file__).resolve().parents[2] / "scripts" / "vllm_bench_client.sh"
@@ -27,7 +27,7 @@ def bench(url: str, prompts: int) -> dict[str, int]:
     return {k: int(v) for k, v in counts.items()}
 
 
-def test_vllm_bench_serve_succeeds_through_the_gateway_and_in_process(vllm, tmp_path: Path) -> None:  # noqa: F811
+def test_vllm_bench_serve_succeeds_through_the_gateway_and_in_process(vllm, tmp_path: Path) -> None:
     with ServeProcess(tmp_path / "gateway.log", **gateway_env(vllm.url)) as gateway:
         assert bench(gateway.url, 16) == {"Successful": 16, "Failed": 0}
     with ServeProcess(tmp_path / "inprocess.log", VQA_SAFETY_IMAGE="off") as server:

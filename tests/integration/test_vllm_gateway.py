@@ -16,14 +16,15 @@ import httpx
 import pytest
 
 from tests.http_support import ServeProcess
-from tests.vllm_support import ADAPTER, ask, catalogue, chat_body, content, gateway_env, vllm, wait_for  # noqa: F401
+from tests.vllm_support import ADAPTER, ask, catalogue, chat_body, content, gateway_env
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 MODEL = "shop-toy"
 
 
 @pytest.fixture(scope="module")
-def gateway(vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:  # noqa: F811
+def gateway(vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     log = tmp_path_factory.mktemp("gw") / "gateway.log"
     with ServeProcess(log, **gateway_env(vllm.url)) as gw:
         yield gw
@@ -37,7 +38,7 @@ def sse(resp: httpx.Response) -> list[dict]:
     return events
 
 
-def test_gateway_answers_equal_vllm_direct_answers(vllm, gateway: ServeProcess) -> None:  # noqa: F811
+def test_gateway_answers_equal_vllm_direct_answers(vllm, gateway: ServeProcess) -> None:
     samples = catalogue("test", 16)
     direct = [content(ask(vllm.url, chat_body(png, q, MODEL))) for png, q, _ in samples]
     through = [content(ask(gateway.url, chat_body(png, q, MODEL, cache=False))) for png, q, _ in samples]
@@ -47,7 +48,7 @@ def test_gateway_answers_equal_vllm_direct_answers(vllm, gateway: ServeProcess) 
     assert ready["status"] == "ready" and ready["engine"]["model"] == MODEL
 
 
-def test_stream_is_relayed_chunk_by_chunk_with_vllms_usage(vllm, gateway: ServeProcess) -> None:  # noqa: F811
+def test_stream_is_relayed_chunk_by_chunk_with_vllms_usage(vllm, gateway: ServeProcess) -> None:
     from openai import OpenAI
 
     png, question, _ = catalogue("test", 1, seed=7)[0]
@@ -65,7 +66,7 @@ def test_stream_is_relayed_chunk_by_chunk_with_vllms_usage(vllm, gateway: ServeP
         plain["usage"]["prompt_tokens"], plain["usage"]["completion_tokens"])
 
 
-def test_adapters_are_served_by_name_and_reach_vllms_adapter(vllm, gateway: ServeProcess) -> None:  # noqa: F811
+def test_adapters_are_served_by_name_and_reach_vllms_adapter(vllm, gateway: ServeProcess) -> None:
     listed = [m["id"] for m in httpx.get(gateway.url + "/v1/models", timeout=10).json()["data"]]
     assert listed == [MODEL, ADAPTER]
     samples = [s for s in catalogue("adapter", 24) if "product" in s[1] or "什么商品" in s[1] or "这是什么" in s[1]]
@@ -77,7 +78,7 @@ def test_adapters_are_served_by_name_and_reach_vllms_adapter(vllm, gateway: Serv
     assert through != base  # the adapter was applied upstream, not the base model
 
 
-def test_vllms_own_errors_reach_the_client_as_documented(vllm, tmp_path: Path) -> None:  # noqa: F811
+def test_vllms_own_errors_reach_the_client_as_documented(vllm, tmp_path: Path) -> None:
     png, question, _ = catalogue("test", 1)[0]
     env = gateway_env(vllm.url, VQA_MAX_IMAGES="12", VQA_ADAPTERS=f"ghost=not-served,{ADAPTER}={ADAPTER}")
     with ServeProcess(tmp_path / "gw.log", **env) as gw:
@@ -104,7 +105,7 @@ def test_vllms_own_errors_reach_the_client_as_documented(vllm, tmp_path: Path) -
         assert content(ask(gw.url, chat_body(png, question, MODEL))) != ""  # still up and answering
 
 
-def test_a_client_that_leaves_mid_stream_makes_vllm_abort(vllm, gateway: ServeProcess) -> None:  # noqa: F811
+def test_a_client_that_leaves_mid_stream_makes_vllm_abort(vllm, gateway: ServeProcess) -> None:
     png, question, _ = catalogue("test", 1)[0]
     wanted = 1900  # ~5 s of generation here: a client leaving after a few chunks must cut it short
     before = vllm.metrics().get("vllm:generation_tokens_total", 0.0)
@@ -118,14 +119,14 @@ def test_a_client_that_leaves_mid_stream_makes_vllm_abort(vllm, gateway: ServePr
             if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
                 break
     # The connection is closed: the gateway closes its upstream call and vLLM aborts the generation.
-    wait_for(lambda: vllm.metrics().get("vllm:num_requests_running", 0) == 0, 15,
+    wait_until(lambda: vllm.metrics().get("vllm:num_requests_running", 0) == 0, 15,
              "vLLM still runs the request of a client that left")
     time.sleep(1.0)
     generated = vllm.metrics().get("vllm:generation_tokens_total", 0.0) - before
     assert 0 < generated < 0.8 * wanted, f"vLLM generated {generated:.0f} of {wanted} tokens for a client that left"
 
 
-def test_a_deadline_ends_the_stream_with_an_error_not_a_normal_end(vllm, tmp_path: Path) -> None:  # noqa: F811
+def test_a_deadline_ends_the_stream_with_an_error_not_a_normal_end(vllm, tmp_path: Path) -> None:
     png, question, _ = catalogue("test", 1)[0]
     with ServeProcess(tmp_path / "gw.log", **gateway_env(vllm.url, VQA_REQUEST_TIMEOUT_S="1.5")) as gw:
         body = chat_body(png, question, MODEL, max_tokens=1500, ignore_eos=True, stream=True, cache=False)
@@ -134,12 +135,12 @@ def test_a_deadline_ends_the_stream_with_an_error_not_a_normal_end(vllm, tmp_pat
     finishes = [c["choices"][0].get("finish_reason") for c in events if c.get("choices")]
     assert "stop" not in finishes and "length" not in finishes
     assert events[-1]["error"]["code"] == "deadline_exceeded"
-    wait_for(lambda: vllm.metrics().get("vllm:num_requests_running", 0) == 0, 15,
+    wait_until(lambda: vllm.metrics().get("vllm:num_requests_running", 0) == 0, 15,
              "vLLM still runs the request whose deadline passed")
 
 
 def test_vllm_killed_under_load_opens_the_breaker_and_the_gateway_recovers(
-        vllm, gateway: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+        vllm, gateway: ServeProcess, tmp_path: Path) -> None:
     """Runs last: it restarts the session's vLLM. A gateway started while vLLM is down waits for it."""
     png, question, _ = catalogue("test", 1)[0]
     statuses: list[int] = []
@@ -157,28 +158,28 @@ def test_vllm_killed_under_load_opens_the_breaker_and_the_gateway_recovers(
     worker = threading.Thread(target=load, daemon=True)
     worker.start()
     try:
-        wait_for(lambda: statuses.count(200) >= 3, 30, "the gateway did not answer under load")
+        wait_until(lambda: statuses.count(200) >= 3, 30, "the gateway did not answer under load")
         vllm.kill()
         def breaker_open() -> bool:
             ready = httpx.get(gateway.url + "/ready", timeout=10)
             return ready.status_code == 503 and ready.json()["engine"]["breaker"]["state"] == "open"
 
-        wait_for(breaker_open, 30, "/ready did not report the dead model server with an open breaker")
+        wait_until(breaker_open, 30, "/ready did not report the dead model server with an open breaker")
         # Start order does not matter: a gateway started now, with vLLM down, starts and waits.
         with ServeProcess(tmp_path / "late.log", wait_path="/health", **gateway_env(vllm.url)) as late:
             # The port opens before the engine is built (/ready "loading"); once it is, /ready says why.
-            wait_for(lambda: httpx.get(late.url + "/ready", timeout=10).json()["status"] != "loading", 30,
+            wait_until(lambda: httpx.get(late.url + "/ready", timeout=10).json()["status"] != "loading", 30,
                      "the late gateway did not finish starting")
             state = httpx.get(late.url + "/ready", timeout=10)
             assert state.status_code == 503
             assert "waiting for the model server" in state.json()["engine"]["reason"]
             vllm.start()
             for gw in (gateway, late):
-                wait_for(lambda g=gw: httpx.get(g.url + "/ready", timeout=10).status_code == 200, 60,
+                wait_until(lambda g=gw: httpx.get(g.url + "/ready", timeout=10).status_code == 200, 60,
                          "the gateway did not become ready when vLLM came back")
             assert content(ask(late.url, chat_body(png, question, MODEL))) != ""
         seen = len(statuses)
-        wait_for(lambda: statuses[seen:].count(200) >= 3, 60, "the loaded gateway did not recover")
+        wait_until(lambda: statuses[seen:].count(200) >= 3, 60, "the loaded gateway did not recover")
     finally:
         stop.set()
         worker.join(30)

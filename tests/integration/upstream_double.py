@@ -2,7 +2,8 @@
 
 It answers "saw N image(s) WxH[,WxH]: QUESTION", decoding each data-URI image so tests can check what
 actually travelled. `behaviour` switches it: an HTTP status (with Retry-After), a delay, a stream of
-given chunks (with a pause between them), a disconnect before answering. Runs in a thread on a free port.
+given chunks (with a pause between them), a disconnect before answering. Runs in a thread on a port
+reserved from construction (connections are refused until `start()`: a dead upstream until then).
 """
 
 from __future__ import annotations
@@ -11,17 +12,15 @@ import asyncio
 import base64
 import io
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 
-from tests.conftest import free_port
+from tests.servers import ThreadedUvicorn
 
 
 @dataclass
@@ -49,11 +48,10 @@ class UpstreamDouble:
         self.received: list[Received] = []
         self.disconnects = 0  # requests whose client went away before the answer was complete
         self.completed = 0
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
         self.app = self._build()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server = ThreadedUvicorn(self.app, lifespan="off")
+        self.port = self._server.port
+        self.url = f"http://127.0.0.1:{self.port}/v1"
 
     # --- what it answers ---------------------------------------------------------------------------
     @staticmethod
@@ -153,23 +151,11 @@ class UpstreamDouble:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> UpstreamDouble:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("upstream double did not start")
-            time.sleep(0.01)
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._server.stop()
 
     def reset(self) -> None:
         self.behaviour = Behaviour()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import struct
 import zlib
+from collections.abc import Iterator
+from typing import Any
 
 from PIL import Image
 
@@ -85,3 +88,30 @@ def multipage_tiff() -> bytes:
 
 FITS = b"SIMPLE  =                    T" + b" " * 50 + b"BITPIX  =                    8" + b" " * 2800
 OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 504  # FlashPix is an OLE compound file
+
+
+@contextlib.contextmanager
+def pixel_access() -> Iterator[list[str]]:
+    """What reached an image while active: "open" for each `Image.open` that read a header, "load" for
+    each pixel decode of an image opened meanwhile. A refusal "before decoding" leaves no "load"; one
+    "before the decoder" (e.g. libavif) leaves nothing. Says what happened, however busy the machine."""
+    events: list[str] = []
+    real_open = Image.open
+
+    def spy_open(*args: Any, **kwargs: Any) -> Any:
+        image = real_open(*args, **kwargs)
+        events.append("open")
+        real_load = image.load
+
+        def load() -> Any:
+            events.append("load")
+            return real_load()
+
+        image.load = load  # type: ignore[method-assign]
+        return image
+
+    Image.open = spy_open
+    try:
+        yield events
+    finally:
+        Image.open = real_open

@@ -9,7 +9,6 @@ good request succeeds. Needs the server (vqaserve.server); skipped on a branch w
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +19,9 @@ from fake_hosts import ThreadedHost, redirect, response  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from hostile_helpers import encoded, gif_frames, multipage_tiff, png_bomb  # noqa: E402
 
-from http_support import RecordingEngine, assert_openai_error, make_app, sse_payloads  # noqa: E402
 from tests.conftest import image_bytes  # noqa: E402
+from tests.http_support import RecordingEngine, assert_openai_error, make_app, sse_payloads  # noqa: E402
+from vqaserve.images.decode import data_uri
 from vqaserve.safety.image_check import MARKER_COLOR  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -78,10 +78,6 @@ def chat(client: TestClient, url: str, text: str = "what is it?", stream: bool =
 def upload(client: TestClient, data: bytes, question: str = "what is it?") -> Any:
     return client.post("/v1/vqa", files={"image": ("x.png", data, "application/octet-stream")},
                        data={"question": question})
-
-
-def data_uri(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode()
 
 
 def send(client: TestClient, how: str, data: bytes, files: ThreadedHost, path: str) -> Any:

@@ -7,7 +7,6 @@ AVIF sequence on its first frame.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,9 +16,10 @@ from fake_hosts import ThreadedHost, response  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from http_support import RecordingEngine, assert_openai_error, make_app  # noqa: E402
 from tests import phone_photos  # noqa: E402
 from tests.conftest import image_bytes, tiled_image  # noqa: E402
+from tests.http_support import RecordingEngine, assert_openai_error, make_app  # noqa: E402
+from vqaserve.images.decode import data_uri
 
 pytestmark = pytest.mark.integration
 GOOD = image_bytes()
@@ -93,7 +93,7 @@ def send(client: TestClient, how: str, data: bytes, files: ThreadedHost, path: s
     if how == "upload":
         return upload(client, data), "image"
     if how == "data":
-        return chat(client, "data:image/heic;base64," + base64.b64encode(data).decode()), FIELD
+        return chat(client, data_uri(data, "image/heic")), FIELD
     return chat(client, files.url(path, "localhost")), FIELD
 
 
@@ -135,6 +135,6 @@ def test_avif_sequence_answers_on_its_first_frame(client: TestClient, engine: Re
     frames = [Image.new("RGB", (64, 64), RGB[i % 4]) for i in range(1, 30)]  # starts green
     data = phone_photos.avif_sequence(frames)
     assert data[8:12] == b"avis"
-    r = chat(client, "data:image/avif;base64," + base64.b64encode(data).decode(), "which colour?")
+    r = chat(client, data_uri(data, "image/avif"), "which colour?")
     assert r.status_code == 200, r.text
     assert _colour_seen(engine) == (0, 250, 0)

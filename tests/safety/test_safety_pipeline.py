@@ -10,6 +10,7 @@ from hostile_helpers import assert_clean
 
 from tests.cache_helpers import DictCache, TextKey
 from tests.conftest import image_bytes
+from tests.pipelines import wired_pipeline
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import BlockedInput, FetchRefused, InvalidImage, InvalidRequest
 from vqaserve.pipeline import Pipeline
@@ -35,13 +36,10 @@ class CountingFetcher:
 
 
 def make(**safety: object) -> tuple[Pipeline, ScriptedEngine, DictCache]:
+    """Production's pipeline (micro-batcher and safety wired from settings) with a dict as its cache."""
     settings = Settings(safety={"image": "marker", **safety}, generation={"max_question_chars": 500})
-    engine = ScriptedEngine()
-    components = build_components(settings, engine)
-    cache = DictCache()
-    components.cache = cache
-    components.cache_key = TextKey()
-    return Pipeline(settings, engine, components), engine, cache
+    engine, cache = ScriptedEngine(), DictCache()
+    return wired_pipeline(engine, settings, cache=cache, cache_key=TextKey()), engine, cache
 
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
+from tests.waiting import wait_until_async
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import DeadlineExceeded, EngineFailure, Overloaded, ShuttingDown, VQAError
 from vqaserve.scheduling.batching import MicroBatcher
@@ -35,13 +37,6 @@ def req(text: str, *, rid: str | None = None, adapter: str | None = None,
                          deadline=None if deadline_s is None else time.monotonic() + deadline_s)
 
 
-async def wait_until(cond, timeout: float = 2.0) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.005)
-
-
 @pytest.fixture
 async def engine() -> ScriptedEngine:
     return ScriptedEngine()
@@ -56,37 +51,45 @@ async def test_batches_are_bounded_by_max_batch_size(engine: ScriptedEngine) -> 
     await batcher.close()
 
 
-async def test_head_waits_at_most_max_wait_for_company(engine: ScriptedEngine) -> None:
-    batcher = MicroBatcher(engine, max_batch_size=8, max_wait_ms=150, adaptive_wait=False)
-    started = time.monotonic()
+async def test_head_waits_for_company_and_at_most_max_wait(engine: ScriptedEngine) -> None:
+    batcher = MicroBatcher(engine, max_batch_size=2, max_wait_ms=60_000, adaptive_wait=False)
     first = asyncio.create_task(batcher.submit(req("a"), ""))
-    await asyncio.sleep(0.02)
-    second = asyncio.create_task(batcher.submit(req("b"), ""))
-    await asyncio.gather(first, second)
-    elapsed = time.monotonic() - started
+    await wait_until_async(lambda: batcher.depth == 1)  # the head is queued, waiting for company
+    await asyncio.gather(first, batcher.submit(req("b"), ""))  # b fills the batch: it goes at once
     assert engine.batches == [["a", "b"]]  # the late one joined the waiting head
-    assert 0.13 <= elapsed < 2.0  # it waited for company, but not past the bound by much
     await batcher.close()
 
+    alone = MicroBatcher(engine, max_batch_size=8, max_wait_ms=150, adaptive_wait=False)
+    started = time.monotonic()
+    await asyncio.wait_for(alone.submit(req("c"), ""), 30)  # nobody comes: sent once max_wait is over
+    assert time.monotonic() - started >= 0.14  # it did wait for company (a busy machine only adds)
+    assert engine.batches[-1] == ["c"]
+    await alone.close()
 
-async def test_serial_traffic_is_not_delayed_by_the_wait() -> None:
-    # Serial = each request arrives after the previous one finished, more than max_wait apart.
-    engine = ScriptedEngine(delay_s=0.3)
-    batcher = MicroBatcher(engine, max_batch_size=8, max_wait_ms=250, adaptive_wait=True)
+
+async def test_serial_traffic_is_not_delayed_by_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Serial = each request arrives after the previous one finished, more than max_wait apart. The
+    # batcher's clock is driven by the test (a minute between arrivals), so a wait it should skip would
+    # be a minute of real waiting: the 30 s bound catches it however busy the machine is.
+    from vqaserve.scheduling import batching
+
+    now = [1000.0]
+    monkeypatch.setattr(batching, "time", SimpleNamespace(monotonic=lambda: now[0], perf_counter=time.perf_counter))
+    engine = ScriptedEngine()
+    batcher = MicroBatcher(engine, max_batch_size=8, max_wait_ms=60_000, adaptive_wait=True)
     for i in range(3):
-        started = time.monotonic()
-        await batcher.submit(req(f"s{i}"), "")
-        assert time.monotonic() - started < 0.5  # 0.3 s of engine, not 0.3 + 0.25 s of waiting
+        now[0] += 61.0
+        await asyncio.wait_for(batcher.submit(req(f"s{i}"), ""), 30)
     assert engine.batches == [["s0"], ["s1"], ["s2"]]
     await batcher.close()
 
 
 async def test_concurrent_traffic_switches_waiting_back_on(engine: ScriptedEngine) -> None:
-    batcher = MicroBatcher(engine, max_batch_size=8, max_wait_ms=200, adaptive_wait=True)
-    await asyncio.gather(*(batcher.submit(req(f"burst{i}"), "") for i in range(3)))
+    batcher = MicroBatcher(engine, max_batch_size=2, max_wait_ms=60_000, adaptive_wait=True)
+    await asyncio.gather(*(batcher.submit(req(f"burst{i}"), "") for i in range(4)))
     assert batcher.stats.company_expected
     first = asyncio.create_task(batcher.submit(req("x"), ""))
-    await asyncio.sleep(0.03)
+    await wait_until_async(lambda: batcher.depth == 1)  # x waits for company (a minute at most)
     await asyncio.gather(first, batcher.submit(req("y"), ""))
     assert engine.batches[-1] == ["x", "y"]
     await batcher.close()
@@ -95,13 +98,14 @@ async def test_concurrent_traffic_switches_waiting_back_on(engine: ScriptedEngin
 async def test_full_queue_answers_429_at_once_with_retry_after(engine: ScriptedEngine) -> None:
     batcher = MicroBatcher(engine, max_batch_size=1, queue_max=2)
     running = asyncio.create_task(batcher.submit(req("[[sleep:0.5]] slow", rid="slow"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     queued = [asyncio.create_task(batcher.submit(req(f"w{i}"), "")) for i in range(2)]
-    await wait_until(lambda: batcher.depth == 2)
-    started = time.monotonic()
+    await wait_until_async(lambda: batcher.depth == 2)
+    loop_ran = asyncio.Event()
+    asyncio.get_running_loop().call_soon(loop_ran.set)
     with pytest.raises(Overloaded) as refused:
         await batcher.submit(req("one too many"), "")
-    assert time.monotonic() - started < 0.1
+    assert not loop_ran.is_set()  # refused at once: before the event loop ran anything else
     assert refused.value.status == 429
     assert refused.value.retry_after is not None and refused.value.retry_after >= 1
     assert "VQA_QUEUE_MAX" in refused.value.message
@@ -115,14 +119,14 @@ async def test_deadline_while_running_is_504_and_the_engine_stops(engine: Script
     with pytest.raises(DeadlineExceeded) as late:
         await batcher.submit(req("[[sleep:5]] slow", rid="late", deadline_s=0.1), "")
     assert late.value.status == 504
-    await wait_until(lambda: "late" in engine.stopped)
+    await wait_until_async(lambda: "late" in engine.stopped)
     await batcher.close()
 
 
 async def test_deadline_while_queued_frees_the_slot(engine: ScriptedEngine) -> None:
     batcher = MicroBatcher(engine, max_batch_size=1, queue_max=1)
     running = asyncio.create_task(batcher.submit(req("[[sleep:0.4]] busy", rid="busy"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     with pytest.raises(DeadlineExceeded):
         await batcher.submit(req("queued", rid="queued", deadline_s=0.05), "")
     assert batcher.depth == 0
@@ -136,21 +140,21 @@ async def test_disconnect_while_running_stops_generation(engine: ScriptedEngine)
     batcher = MicroBatcher(engine, max_batch_size=4)
     gone = req("[[sleep:5]] never read", rid="gone")
     task = asyncio.create_task(batcher.submit(gone, ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert gone.cancel.is_set()
-    await wait_until(lambda: "gone" in engine.stopped)  # the engine saw the stop signal
+    await wait_until_async(lambda: "gone" in engine.stopped)  # the engine saw the stop signal
     await batcher.close()
 
 
 async def test_disconnect_while_queued_never_reaches_the_engine(engine: ScriptedEngine) -> None:
     batcher = MicroBatcher(engine, max_batch_size=1)
     running = asyncio.create_task(batcher.submit(req("[[sleep:0.2]] busy", rid="busy"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     task = asyncio.create_task(batcher.submit(req("left", rid="left"), ""))
-    await wait_until(lambda: batcher.depth == 1)
+    await wait_until_async(lambda: batcher.depth == 1)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert batcher.depth == 0
@@ -234,7 +238,7 @@ async def test_many_large_images_do_not_starve_small_requests(engine: ScriptedEn
     # Budget 3000 visual tokens; a "large" request has two 1280-token images (2560 tokens).
     batcher = MicroBatcher(engine, max_batch_size=16, max_batch_visual_tokens=3000)
     blocker = asyncio.create_task(batcher.submit(req("[[sleep:0.2]] busy", rid="busy"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     large = [req(f"L{i}", images=[image(40, 32), image(40, 32)]) for i in range(3)]
     small = [req(f"S{i}", images=[image(8, 8)]) for i in range(4)]
     calls = [batcher.submit(r, "") for r in large] + [batcher.submit(r, "") for r in small]
@@ -248,7 +252,7 @@ async def test_many_large_images_do_not_starve_small_requests(engine: ScriptedEn
 async def test_fifo_across_groups(engine: ScriptedEngine) -> None:
     batcher = MicroBatcher(engine, max_batch_size=16)
     blocker = asyncio.create_task(batcher.submit(req("[[sleep:0.2]] busy", rid="busy"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     order = [("A1", None), ("B1", "lora"), ("A2", None), ("C1", "other"), ("B2", "lora")]
     calls = [batcher.submit(req(rid, adapter=ad), ad or "") for rid, ad in order]
     await asyncio.gather(blocker, *calls)
@@ -267,7 +271,7 @@ async def test_a_stream_is_a_row_and_a_disconnect_stops_it() -> None:
     first = await reader.__anext__()
     assert first.text
     await reader.aclose()  # the client disconnected
-    await wait_until(lambda: "s2" in engine.stopped)
+    await wait_until_async(lambda: "s2" in engine.stopped)
     assert (await batcher.submit(req("after"), "")).text == "answer to: after"
     await batcher.close()
 
@@ -299,9 +303,9 @@ async def test_streams_and_answers_share_one_batch() -> None:
 async def test_full_queue_refuses_a_stream_before_it_starts(engine: ScriptedEngine) -> None:
     batcher = MicroBatcher(engine, max_batch_size=1, queue_max=1)
     running = asyncio.create_task(batcher.submit(req("[[sleep:0.2]] busy"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     waiting = asyncio.create_task(batcher.submit(req("waiting"), ""))
-    await wait_until(lambda: batcher.depth == 1)
+    await wait_until_async(lambda: batcher.depth == 1)
     with pytest.raises(Overloaded):
         batcher.open_stream(req("stream"), "")
     await asyncio.gather(running, waiting)
@@ -323,9 +327,9 @@ async def test_observer_sees_queue_depth_and_batch_sizes(engine: ScriptedEngine)
 async def test_close_fails_waiting_requests_and_refuses_new_ones(engine: ScriptedEngine) -> None:
     batcher = MicroBatcher(engine, max_batch_size=1)
     running = asyncio.create_task(batcher.submit(req("[[sleep:2]] busy"), ""))
-    await wait_until(lambda: engine.batches)
+    await wait_until_async(lambda: engine.batches)
     waiting = asyncio.create_task(batcher.submit(req("waiting"), ""))
-    await wait_until(lambda: batcher.depth == 1)
+    await wait_until_async(lambda: batcher.depth == 1)
     await batcher.close()
     for task in (running, waiting):  # nobody is left hanging: in flight and queued both answered
         with pytest.raises(ShuttingDown):

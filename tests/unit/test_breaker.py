@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from tests.waiting import wait_until_async
 from vqaserve.breaker import BreakerOpen, CircuitBreaker
 
 pytestmark = pytest.mark.unit
@@ -25,27 +26,20 @@ class Backend:
             raise ConnectionError("refused")
 
 
-async def _until(cond: object, timeout: float = 5.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout
-    while not cond():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_a_background_probe_alone_closes_it_and_requests_never_wait() -> None:
     backend = Backend()
     b = CircuitBreaker(1, 0.05, name="redis", max_reset_s=0.1, probe=backend.ping)
     try:
         b.record_failure("ConnectionError")
         assert (b.state, b.state_number, b.opens) == ("open", 1, 1)
-        await _until(lambda: backend.pings >= 3)  # probes keep failing: still open, still one opening
+        await wait_until_async(lambda: backend.pings >= 3)  # probes keep failing: still open, still one opening
         assert not b.allow() and b.opens == 1 and b.last_error == "probe: ConnectionError"
         assert b.retry_after() <= 0.1  # the wait doubled from 0.05 but stops at max_reset_s
         b.record_success()  # a call admitted before it opened, finishing late: says nothing newer
         b.record_failure("late")
         assert b.state != "closed" and b.opens == 1
         backend.up = True
-        await _until(lambda: b.state == "closed")
+        await wait_until_async(lambda: b.state == "closed")
         assert b.allow() and b.failures == 0 and b.snapshot()["state"] == "closed"
         b.record_failure("again")
         assert b.opens == 2
@@ -57,7 +51,7 @@ async def test_aclose_stops_the_probe() -> None:
     backend = Backend()
     b = CircuitBreaker(1, 0.01, probe=backend.ping)
     b.record_failure("x")
-    await _until(lambda: backend.pings >= 1)
+    await wait_until_async(lambda: backend.pings >= 1)
     await b.aclose()
     pings = backend.pings
     await asyncio.sleep(0.05)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 
 import pytest
@@ -11,6 +10,7 @@ from PIL import Image
 from cache_helpers import image_bytes
 from vqaserve.cache.keys import CacheKeyBuilder
 from vqaserve.images import decode as imgs
+from vqaserve.images.decode import data_uri
 from vqaserve.types import GenerationParams, NormalizedImage, Part, Question, Turn
 
 pytestmark = pytest.mark.unit
@@ -37,8 +37,7 @@ def test_same_photo_in_other_lossless_containers_has_the_same_key() -> None:
     webp, bmp = io.BytesIO(), io.BytesIO()
     pixels.save(webp, format="WEBP", lossless=True)
     pixels.save(bmp, format="BMP")
-    data_uri = "data:image/png;base64," + base64.b64encode(png).decode()
-    from_uri = imgs.decode_data_uri(data_uri, "image", 10**7)
+    from_uri = imgs.decode_data_uri(data_uri(png), "image", 10**7)
     keys = {key(question(norm(b))) for b in (png, webp.getvalue(), bmp.getvalue(), from_uri)}
     assert len(keys) == 1
 

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from cache_helpers import BlockWord, ask, image_bytes, make_pipeline
+from tests.waiting import wait_until_async
 from vqaserve.cache import LRUCache, TieredCache
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import EngineFailure
@@ -14,14 +15,6 @@ from vqaserve.types import GenerationParams
 
 pytestmark = pytest.mark.unit
 PNG = image_bytes()
-
-
-async def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def collect(pipeline, question):  # type: ignore[no-untyped-def]
@@ -112,9 +105,9 @@ async def test_a_disconnecting_leader_does_not_cancel_the_others() -> None:
     engine = ScriptedEngine()
     p = make_pipeline(engine)
     leader = asyncio.create_task(p.answer(ask("[[sleep:1.5]] q", PNG)))
-    await wait_until(lambda: engine.generations == 1)
+    await wait_until_async(lambda: engine.generations == 1)
     follower = asyncio.create_task(p.answer(ask("[[sleep:1.5]] q", PNG)))
-    await wait_until(lambda: p.c.cache.coalesced == 1)  # type: ignore[union-attr]
+    await wait_until_async(lambda: p.c.cache.coalesced == 1)  # type: ignore[union-attr]
     leader.cancel()
     answer = await follower
     assert "answer to" in answer.text and engine.generations == 1 and not engine.stopped
@@ -166,7 +159,7 @@ async def test_a_stream_joining_an_identical_generation_replays_its_answer() -> 
     engine = ScriptedEngine(delay_s=1.0)
     p = make_pipeline(engine)
     plain = asyncio.create_task(p.answer(ask("q", PNG)))
-    await wait_until(lambda: engine.generations == 1)
+    await wait_until_async(lambda: engine.generations == 1)
     status, deltas = await collect(p, ask("q", PNG, stream=True))
     assert status == "miss" and engine.generations == 1
     assert "".join(d.text for d in deltas) == (await plain).text

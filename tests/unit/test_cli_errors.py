@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import image_bytes, png_bomb, subprocess_env, vqa_cmd
+from tests.conftest import image_bytes, subprocess_env, vqa_cmd
+from tests.safety.hostile_helpers import png_bomb
 
 pytestmark = pytest.mark.unit
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import image_bytes
+from tests.pipelines import wired_pipeline
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import InvalidRequest
 from vqaserve.eval import compare as cmp
@@ -45,8 +46,8 @@ def test_models_are_written_as_for_model_and_adapter() -> None:
 
 def scripted_build(model: str, adapters: dict[str, str]) -> Pipeline:
     """The scripted engine: the base echoes "answer to: Q (1 image)", an adapter prefixes "[name] "."""
-    return Pipeline(Settings(images={"min_pixels": 1024, "max_pixels": 32 * 32 * 16}),
-                    ScriptedEngine(model_id=model, adapter_names=list(adapters)))
+    return wired_pipeline(ScriptedEngine(model_id=model, adapter_names=list(adapters)),
+                          Settings(images={"min_pixels": 1024, "max_pixels": 32 * 32 * 16}, safety_image="off"))
 
 
 async def scripted_evaluate(pipeline: Any, items: Any, adapter: str | None) -> Any:

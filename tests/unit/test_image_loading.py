@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
 
 import vqaserve.images.loading as image_loading
 from tests.conftest import image_bytes
-from vqaserve.engines.scripted import ScriptedEngine
+from tests.pipelines import wired_pipeline
 from vqaserve.errors import InvalidImage
-from vqaserve.images.decode import normalize
+from vqaserve.images.decode import data_uri, normalize
 from vqaserve.images.loading import DecodedImageMemo
-from vqaserve.pipeline import Pipeline
-from vqaserve.settings import Settings
 from vqaserve.types import ImageRef, Part, Question, Turn
 
 BUDGET = (64 * 64, 256 * 256, 64_000_000)
@@ -89,8 +86,8 @@ async def test_the_pipeline_decodes_a_resent_photo_once_whatever_its_size(
     monkeypatch.setattr(image_loading, "HASH_ON_LOOP_BYTES", 1000)  # the small picture: the large path
     small = image_bytes((300, 200))
     large = image_bytes((900, 700), fmt="BMP")  # > 1000 bytes and > the small one
-    p = Pipeline(Settings(), ScriptedEngine())
-    uri = "data:image/png;base64," + base64.b64encode(small).decode()
+    p = wired_pipeline()
+    uri = data_uri(small)
     hashes = []
     for ref in [ImageRef("bytes", small), ImageRef("bytes", small), ImageRef("data", uri),
                 ImageRef("data", uri), ImageRef("bytes", large), ImageRef("bytes", large)]:

@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from tests.conftest import image_bytes
+from tests.pipelines import wired_pipeline
+from tests.waiting import wait_until_async
 from vqaserve.engines.scripted import ScriptedEngine
 from vqaserve.errors import DeadlineExceeded, EngineFailure, InvalidRequest, NotFound
 from vqaserve.images.budget import PixelBudget
@@ -24,7 +26,11 @@ def question(text: str, n_images: int = 1, **kw: object) -> Question:
 
 
 def make(engine: ScriptedEngine | None = None, **settings: object) -> Pipeline:
-    return Pipeline(Settings(**settings), engine or ScriptedEngine(adapter_names=["sunglasses"]))
+    """Production's pipeline (micro-batcher, safety with the image check off) on the scripted engine,
+    with the answer cache off (VQA_CACHE__ENABLED=false): every answer here is generated
+    (the cache's own tests: test_cache_pipeline.py)."""
+    return wired_pipeline(engine or ScriptedEngine(adapter_names=["sunglasses"]),
+                          Settings(**{"safety_image": "off", "cache": {"enabled": False}, **settings}))
 
 
 async def test_answer_goes_through_images_and_engine() -> None:
@@ -75,8 +81,7 @@ async def test_deadline_stops_generation() -> None:
     q.deadline = asyncio.get_running_loop().time() + 0.2
     with pytest.raises(DeadlineExceeded):
         await p.answer(q)
-    await asyncio.sleep(0.1)
-    assert q.request_id in engine.stopped
+    await wait_until_async(lambda: q.request_id in engine.stopped, what="the engine told to stop")
 
 
 async def test_stream_yields_words_and_final_usage() -> None:
