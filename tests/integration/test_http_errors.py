@@ -186,7 +186,11 @@ def test_vqa_with_thousands_of_fields_is_refused_fast(client: TestClient) -> Non
 
 def test_unknown_route_and_wrong_method(client: TestClient) -> None:
     assert_openai_error(client.get("/v1/nothing"), 404)
-    assert_openai_error(client.get("/v1/chat/completions"), 405)
+    wrong = client.get("/v1/chat/completions")
+    assert_openai_error(wrong, 405)
+    assert wrong.headers["allow"] == "POST"
+    # a path served by two routes (GET and POST): the Allow header names both, not the first route's
+    assert client.request("OPTIONS", "/admin/adapters").headers["allow"] == "GET, POST"
 
 
 def test_unexpected_exception_is_a_generic_500_and_the_server_stays_up(client: TestClient) -> None:

@@ -15,7 +15,7 @@ from tiny_vlm import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 
 from tests.conftest import image_bytes
 from tests.http_support import LiveServer, random_lora_adapter, sse_payloads
-from tests.vllm_support import wait_for
+from tests.waiting import wait_until as wait_for
 from vqaserve.server.state import app_state
 from vqaserve.settings import load_settings
 

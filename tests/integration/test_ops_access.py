@@ -62,7 +62,8 @@ def test_a_key_is_needed_on_every_route_but_the_probes(public_page: bool) -> Non
                 if path in open_paths:
                     assert r.status_code != 401, (method, path)
                 elif path.startswith("/admin/"):  # admin keys only (none here): no API key opens it
-                    assert assert_error(r, 403, "admin_api_off")
+                    bearer = headers.get("Authorization", "").startswith("Bearer ")
+                    assert assert_error(r, 403 if bearer else 401, "admin_api_off" if bearer else "invalid_admin_key")
                 else:
                     err = assert_error(r, 401, "invalid_api_key")
                     assert err["type"] == "authentication_error" and "Authorization" in err["message"]

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from tests.http_support import ServeProcess, sse_payloads
-from tests.vllm_support import ADAPTER, ask, catalogue, chat_body, content, gateway_env, vllm, wait_for  # noqa: F401
+from tests.vllm_support import ADAPTER, ask, catalogue, chat_body, content, gateway_env
+from tests.waiting import wait_until as wait_for
 from vqaserve.bench.vllm_server import BUNDLED
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]

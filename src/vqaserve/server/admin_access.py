@@ -29,14 +29,16 @@ TURN_ON = ("set VQA_ADMIN_KEYS (or VQA_ADMIN_KEYS_FILE) on the server and send '
 async def require_admin(request: Request,
                         credentials: HTTPAuthorizationCredentials | None = Depends(ADMIN_KEY)) -> None:
     server = state(request).settings.server
+    if credentials is None:  # 401 first, as for any missing credential: the message says what to set
+        state_of = "is off" if not server.admin_keys else "needs an admin key"
+        raise Unauthorized(f"missing admin key: the admin API {state_of}; {TURN_ON}", param="Authorization",
+                           code="invalid_admin_key")
     if not server.admin_keys:
         raise Forbidden(f"the admin API is off: {TURN_ON}", code="admin_api_off")
     if server.workers > 1:
         raise Forbidden("the admin API is off with VQA_WORKERS > 1: each worker process holds its own adapters "
                         "and routes; run one worker per process (several replicas behind the balancer) and "
                         "send each admin command to every replica", code="admin_api_off")
-    if credentials is None:
-        raise Unauthorized(f"missing admin key: {TURN_ON}", param="Authorization", code="invalid_admin_key")
     token = credentials.credentials
     if not KeyChecker(server.admin_keys).valid(token):
         if KeyChecker(server.api_keys).valid(token):

@@ -169,7 +169,10 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
                         "at / and /review",
                    405: f"method {request.method} is not allowed on {request.url.path}"}.get(
                        exc.status_code, str(exc.detail))
-        return error_json(exc.status_code, message, kind, None, code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names the first route's methods only; a path may have several
+            headers = {**(headers or {}), "Allow": ", ".join(_methods_for(request))}
+        return error_json(exc.status_code, message, kind, None, code, headers=headers)
 
     app.add_exception_handler(VQAError, vqa_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -179,6 +182,18 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 def _without_body(loc: Sequence[str | int]) -> Sequence[str | int]:
     """FastAPI's locations start with where the value came from ("body", "query")."""
     return loc[1:] if loc and loc[0] in ("body", "query", "form", "path") else loc
+
+
+def _methods_for(request: Request) -> list[str]:
+    """Every method some route accepts on this request's path (what a 405's Allow header must list)."""
+    from starlette.routing import Match, Route
+
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods and route.matches(
+                {**request.scope, "method": next(iter(route.methods))})[0] == Match.FULL:
+            methods |= route.methods
+    return sorted(methods)
 
 
 def vqa_error_response(exc: VQAError) -> JSONResponse:
