@@ -171,7 +171,7 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
                        exc.status_code, str(exc.detail))
         headers = exc.headers
         if exc.status_code == 405:  # Starlette names the first route's methods only; a path may have several
-            headers = {**(headers or {}), "Allow": ", ".join(_methods_for(request))}
+            headers = {**(headers or {}), "Allow": ", ".join(_methods_for(request, (headers or {}).get("Allow")))}
         return error_json(exc.status_code, message, kind, None, code, headers=headers)
 
     app.add_exception_handler(VQAError, vqa_error)
@@ -184,15 +184,19 @@ def _without_body(loc: Sequence[str | int]) -> Sequence[str | int]:
     return loc[1:] if loc and loc[0] in ("body", "query", "form", "path") else loc
 
 
-def _methods_for(request: Request) -> list[str]:
-    """Every method some route accepts on this request's path (what a 405's Allow header must list)."""
-    from starlette.routing import Match, Route
+_HTTP_METHODS = frozenset({"get", "head", "post", "put", "patch", "delete", "options"})
 
-    methods: set[str] = set()
-    for route in request.app.routes:
-        if isinstance(route, Route) and route.methods and route.matches(
-                {**request.scope, "method": next(iter(route.methods))})[0] == Match.FULL:
-            methods |= route.methods
+
+def _methods_for(request: Request, starlettes: str | None) -> list[str]:
+    """Every method this request's path accepts (what a 405's Allow header must list): the API document's
+    operations on the paths it matches, with what Starlette found (routes left out of the document)."""
+    import re
+
+    methods = {m.strip() for m in (starlettes or "").split(",") if m.strip()}
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in operations if m in _HTTP_METHODS}
     return sorted(methods)
 
 
