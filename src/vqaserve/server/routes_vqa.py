@@ -13,10 +13,11 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vqaserve.confidence import needs_review
 from vqaserve.errors import InvalidRequest, UnsupportedMediaType
 from vqaserve.server.openapi import UPLOAD_OPENAPI, error_responses
 from vqaserve.server.responses import UsageModel, VQAResponse
-from vqaserve.server.route_support import answering_pipeline, content_type, model_header, record_answer
+from vqaserve.server.route_support import answer_headers, answering_pipeline, content_type, record_answer
 from vqaserve.server.sampling import generation_params
 from vqaserve.server.state import state
 from vqaserve.server.validation import validate
@@ -63,8 +64,8 @@ async def vqa(request: Request) -> JSONResponse:
     record_answer(state(request).metrics, answer.cache, answer.usage, answer.finish_reason)
     timings = {k: round(v, 2) for k, v in answer.timings.items()}
     timings["total"] = round((time.perf_counter() - started) * 1000.0, 2)
+    review = needs_review(answer.confidence, state(request).settings.capture.review_below)
     body = VQAResponse(answer=answer.text, model=answer.model, cached=answer.cached,
                        finish_reason=answer.finish_reason, usage=UsageModel.of(answer.usage), timings=timings,
-                       request_id=q.request_id)
-    return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache,
-                                                    "x-vqa-model": model_header(answer.served_by)})
+                       request_id=q.request_id, confidence=answer.confidence, review=review)
+    return JSONResponse(body.model_dump(), headers=answer_headers(answer, review))
