@@ -44,6 +44,7 @@ class Outcome:
     prediction: str
     correct: bool
     error: str | None = None
+    confidence: float | None = None  # the answer's (confidence.py); eval/calibration.py reads it
 
 
 @dataclass
@@ -117,7 +118,8 @@ async def evaluate(pipeline: Any, items: Sequence[EvalItem], model: str | None =
         async with semaphore:
             try:
                 answer = await pipeline.answer(question_for(item, model))
-                outcome = Outcome(item, answer.text, is_correct(answer.text, item.answer))
+                outcome = Outcome(item, answer.text, is_correct(answer.text, item.answer),
+                                  confidence=answer.confidence)
             except VQAError as exc:  # one bad picture fails alone and counts as wrong
                 outcome = Outcome(item, "", False, error=exc.message)
         if bar is not None:
