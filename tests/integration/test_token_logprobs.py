@@ -73,8 +73,12 @@ def assert_matches_reference(engine: TransformersEngine, result: EngineResult, i
     assert result.logprobs is not None and len(result.logprobs) == len(ids)
     for step, (token, token_id) in enumerate(zip(result.logprobs, ids, strict=True)):
         assert token.token == token_text(engine, token_id), step
-        assert token.bytes == tuple(token.token.encode("utf-8", errors="replace"))
+        if "\ufffd" not in token.token:  # else a piece of a character, whose own bytes are given
+            assert token.bytes == tuple(token.token.encode())
         assert abs(token.logprob - float(ref[step, token_id])) < TOL, (step, token.logprob, float(ref[step, token_id]))
+    text = str(engine._processor.tokenizer.decode(ids))
+    if "\ufffd" not in text:  # the tokens' bytes join into the answer's
+        assert b"".join(bytes(t.bytes or b"") for t in result.logprobs).decode() == text
 
 
 async def test_logprobs_equal_a_teacher_forced_forward_pass(engine: TransformersEngine,
@@ -172,3 +176,18 @@ async def test_a_stream_ends_with_the_confidence_and_logprobs(engine: Transforme
     assert all(d.confidence is None and d.logprobs is None for d in deltas[:-1])
     assert deltas[-1].confidence == pytest.approx(whole.confidence, abs=TOL)
     assert [t.token for t in deltas[-1].logprobs or []] == [t.token for t in whole.logprobs or []]
+
+
+def test_a_character_split_over_two_tokens_keeps_its_bytes() -> None:
+    from transformers import AutoTokenizer
+
+    from vqaserve.engines.token_logprobs import TokenNames
+    from vqaserve.settings import BUNDLED_MODELS
+
+    tokenizer = AutoTokenizer.from_pretrained(BUNDLED_MODELS / "shop-toy")
+    names = TokenNames(tokenizer)
+    ids = [*tokenizer.encode("格子 a red"), tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    named = [names.name(i) for i in ids]
+    assert named[0][0] == "\ufffd"  # 格's first byte alone: its text is a replacement character ...
+    assert b"".join(b for _, b in named).decode() == "格子 a red<|im_end|>"  # ... its bytes are its own
+    assert [text for text, _ in named[2:]] == [" a", " red", "<|im_end|>"]

@@ -12,10 +12,15 @@ It must run where vLLM's default `raw_logprobs` are taken: after the JSON gramma
 repetition_penalty, min_tokens and the sampling warpers (temperature, top-k, top-p, min-p). generate()
 puts its own penalties before the processors it is given and the warpers after them, so the engine
 turns generate()'s penalties off and lists them after this recorder (hf_generation.penalty_processors).
+
+Tokens are named as vLLM names them (the tokenizer's decode of the one token), and their `bytes` are
+the token's own bytes: with a byte-level vocabulary (Qwen's) a Chinese character often spans two
+tokens, each of which decodes to "\ufffd" alone, and joining the tokens' bytes gives the answer back.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +77,7 @@ class TokenLogprobs:
         return self._table[0][row][:n] if self._table[0] else []
 
     def result(self, row: int, ids: list[int], ended_by_token: bool, top: int | None,
-               token_text: Callable[[int], str]) -> tuple[float, list[TokenLogprob] | None]:
+               token_text: Callable[[int], tuple[str, bytes]]) -> tuple[float, list[TokenLogprob] | None]:
         """Row `row`'s confidence for its generated `ids`, and its OpenAI logprobs when `top` is not
         None (the request asked for logprobs with that many top_logprobs)."""
         values = self.chosen(row, len(ids))
@@ -90,7 +95,40 @@ class TokenLogprobs:
         return conf, out
 
 
-def _entry(text: str, logprob: float, top: tuple[TokenLogprob, ...] = ()) -> TokenLogprob:
-    """As vLLM writes one: the token's text, its log-probability (floored), its UTF-8 bytes."""
-    return TokenLogprob(token=text, logprob=max(logprob, LOGPROB_FLOOR),
-                        bytes=tuple(text.encode("utf-8", errors="replace")), top=top)
+def _entry(named: tuple[str, bytes], logprob: float, top: tuple[TokenLogprob, ...] = ()) -> TokenLogprob:
+    return TokenLogprob(token=named[0], logprob=max(logprob, LOGPROB_FLOOR), bytes=tuple(named[1]), top=top)
+
+
+class TokenNames:
+    """token id -> (its text as vLLM shows it, its own bytes), for one tokenizer (cached per id)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from tokenizers import decoders
+
+        self._tokenizer = tokenizer
+        self._byte_level = isinstance(tokenizer.backend_tokenizer.decoder, decoders.ByteLevel)
+        self._added = set(tokenizer.added_tokens_decoder)
+        self.name = functools.lru_cache(maxsize=65536)(self._name)
+
+    def _name(self, token_id: int) -> tuple[str, bytes]:
+        text = str(self._tokenizer.decode([token_id]))
+        if not self._byte_level or token_id in self._added:
+            return text, text.encode("utf-8", errors="replace")
+        piece = str(self._tokenizer.convert_ids_to_tokens(token_id))
+        alphabet = _byte_alphabet()
+        if not all(ch in alphabet for ch in piece):
+            return text, text.encode("utf-8", errors="replace")
+        return text, bytes(alphabet[ch] for ch in piece)
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level vocabulary alphabet (every byte written as a printable character), reversed."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = dict(zip(printable, printable, strict=True))
+    extra = 0
+    for byte in range(256):
+        if byte not in chars:
+            chars[byte] = 256 + extra
+            extra += 1
+    return {chr(char): byte for byte, char in chars.items()}

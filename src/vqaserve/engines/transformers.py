@@ -38,7 +38,7 @@ from vqaserve.engines.peft_adapters import PeftAdapters, adapter_dir
 from vqaserve.engines.placement import Placement, choose_placement, stored_parameters
 from vqaserve.engines.row_streams import LoopHop, RowFeed, RowStreamer, RowText
 from vqaserve.engines.structured import GrammarCache
-from vqaserve.engines.token_logprobs import TokenLogprobs
+from vqaserve.engines.token_logprobs import TokenLogprobs, TokenNames
 from vqaserve.engines.vision_memo import VisionMemo, picture_ids, serving
 from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, NotFound, VQAError
 from vqaserve.images.budget import PixelBudget, processor_budget
@@ -73,6 +73,7 @@ class TransformersEngine(Engine):
         self._fingerprint = ""
         self._pixel_budget: PixelBudget | None = None  # what the model's image processor declares
         self._grammars: GrammarCache | None = None  # JSON-schema grammars for this tokenizer
+        self._token_names: TokenNames | None = None  # logprobs' token texts and bytes
         self.vision_memo: VisionMemo | None = None  # vision-tower output per picture, for follow-ups
         self._picture_ids: list[str] = []  # the images of the last _prepare (worker thread only)
         # request_id -> generated tokens, for diagnostics and tests (bounded)
@@ -130,6 +131,7 @@ class TransformersEngine(Engine):
         self._counter = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
         self._model, self._processor, self._placement = model, processor, placement
         self._pixel_budget = processor_budget(processor.image_processor)
+        self._token_names = TokenNames(tokenizer)
         self._grammars = GrammarCache(tokenizer, int(model.get_output_embeddings().weight.shape[0]),
                                       stop_ids(model.generation_config.eos_token_id, GenerationParams()))
         self._load_adapters()
@@ -343,8 +345,8 @@ class TransformersEngine(Engine):
         tokenizer = self._processor.tokenizer
         text, reason = finish_text(lambda t: tokenizer.decode(t, skip_special_tokens=True), ids, row)
         ended = row.reason == "stop" and bool(ids) and ids[-1] in eos_ids
-        conf, logprobs = recorder.result(index, ids, ended, row.request.params.logprobs,
-                                         lambda t: tokenizer.decode([t]))  # as vLLM names tokens
+        assert self._token_names is not None  # set with the model
+        conf, logprobs = recorder.result(index, ids, ended, row.request.params.logprobs, self._token_names.name)
         return EngineResult(text=text, finish_reason=reason, confidence=conf, logprobs=logprobs,
                             usage=Usage(prompt_tokens=int(attention.sum()), completion_tokens=len(ids)))
 
