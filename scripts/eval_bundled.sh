@@ -43,6 +43,7 @@ for name in ("test", "heldout", "paraphrase", "test-phrasing1", "test-phrasing2"
              "adapter-with-adapter", "test-with-adapter"):
     r = json.loads((Path(sys.argv[1]) / f"{name}.json").read_text(encoding="utf-8"))
     worst = min(r["by_type"].items(), key=lambda kv: kv[1]["accuracy"])
+    auroc = (r.get("confidence") or {}).get("auroc")  # confidence: right vs wrong (docs/eval.md)
     print(f"{name:22s} {100 * r['overall']:5.1f}%  weakest type {worst[0]} {100 * worst[1]['accuracy']:.1f}%"
-          f"  failed requests {r.get('failed_requests', 0)}")
+          f"  failed requests {r.get('failed_requests', 0)}  confidence AUROC {auroc}")
 EOF

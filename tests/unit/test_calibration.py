@@ -49,6 +49,7 @@ def test_summary_splits_at_the_review_threshold() -> None:
     assert c["n"] == 4 and c["auroc"] == round(pairs_count([0.9, 0.7, 0.3, 0.2], [True, True, False, True]), 4)
     assert c["flagged"] == {"n": 2, "accuracy": 0.5} and c["unflagged"] == {"n": 2, "accuracy": 1.0}
     assert (c["mean_right"], c["mean_wrong"]) == (0.6, 0.3)
+    assert c["by_threshold"]["0.8"] == {"flagged": {"n": 3, "accuracy": 0.6667}, "unflagged": {"n": 1, "accuracy": 1.0}}
     text = format_summary({"confidence": c})
     assert "AUROC right vs wrong 0.667" in text and "2 flagged (50.0% right)" in text
     assert format_summary(summary([Scored(True, None)], 0.5)) == "confidence: the engine gave none"

@@ -7,6 +7,7 @@
   have a confidence; None when all are right or all are wrong.
 - At VQA_REVIEW_BELOW: how many answers would be flagged for review, and the accuracy of the
   flagged and the unflagged ones: what a support team that hands the flagged ones to a person gets.
+  The same at a few other thresholds (`by_threshold`, in the JSON report), to choose one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from vqaserve.confidence import needs_review
+
+THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 class Scored(Protocol):
@@ -56,17 +59,20 @@ def summary(outcomes: Sequence[Scored], review_below: float) -> dict[str, Any]:
     known = [o for o in outcomes if o.confidence is not None]
     scores = [float(o.confidence) for o in known if o.confidence is not None]
     area = auroc(scores, [o.correct for o in known])
-    flagged = [o for o in known if needs_review(o.confidence, review_below)]
-    unflagged = [o for o in known if not needs_review(o.confidence, review_below)]
+
+    def split(below: float) -> dict[str, Any]:
+        return {"flagged": _share([o for o in known if needs_review(o.confidence, below)]),
+                "unflagged": _share([o for o in known if not needs_review(o.confidence, below)])}
 
     def mean(values: list[float]) -> float | None:
         return round(sum(values) / len(values), 4) if values else None
 
     return {"confidence": {
         "n": len(known), "auroc": None if area is None else round(area, 4), "review_below": review_below,
-        "flagged": _share(flagged), "unflagged": _share(unflagged),
+        **split(review_below),
         "mean_right": mean([s for s, o in zip(scores, known, strict=True) if o.correct]),
         "mean_wrong": mean([s for s, o in zip(scores, known, strict=True) if not o.correct]),
+        "by_threshold": {str(t): split(t) for t in THRESHOLDS},
     }}
 
 
