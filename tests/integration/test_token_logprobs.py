@@ -191,3 +191,19 @@ def test_a_character_split_over_two_tokens_keeps_its_bytes() -> None:
     assert named[0][0] == "\ufffd"  # 格's first byte alone: its text is a replacement character ...
     assert b"".join(b for _, b in named).decode() == "格子 a red<|im_end|>"  # ... its bytes are its own
     assert [text for text, _ in named[2:]] == [" a", " red", "<|im_end|>"]
+
+
+async def test_a_stop_string_cuts_the_text_and_its_tokens_still_count(engine: TransformersEngine,
+                                                                      pictures: list[NormalizedImage]) -> None:
+    full = ok((await engine.generate([request(QUESTIONS[0], pictures[1], max_new_tokens=10)]))[0])
+    middle = len(full.text) // 2
+    stop = full.text[middle:middle + 2]
+    assert stop.strip(), full.text  # the tiny model's answer has text in its middle
+    cut = ok((await engine.generate([request(QUESTIONS[0], pictures[1], max_new_tokens=10, logprobs=0,
+                                             stop=(stop,))]))[0])
+    assert cut.finish_reason == "stop" and cut.text == full.text[:full.text.index(stop)]
+    tokens = cut.logprobs or []
+    assert len(tokens) == cut.usage.completion_tokens  # up to the token that completed the stop string
+    assert "".join(t.token for t in tokens).startswith(cut.text + stop[:1])
+    # a stop string is text, not an end token: every token counts
+    assert cut.confidence == pytest.approx(math.exp(min(t.logprob for t in tokens)), abs=1e-9)
