@@ -50,6 +50,7 @@ for name in ("test", "heldout", "paraphrase", "test-phrasing1", "test-phrasing2"
              "unanswerable-test", "unanswerable-paraphrase", "adapter-with-adapter", "test-with-adapter"):
     r = json.loads((Path(sys.argv[1]) / f"{name}.json").read_text(encoding="utf-8"))
     refusals = r.get("refusals", {})
+    auroc = (r.get("confidence") or {}).get("auroc")  # confidence: right vs wrong (docs/eval.md)
     if "by_field" in r:
         detail = "fields " + " ".join(f"{k} {100 * v['accuracy']:.1f}%" for k, v in r["by_field"].items())
     elif "unanswerable" in refusals:
@@ -58,6 +59,6 @@ for name in ("test", "heldout", "paraphrase", "test-phrasing1", "test-phrasing2"
         worst = min(r["by_type"].items(), key=lambda kv: kv[1]["accuracy"])
         langs = " ".join(f"{k} {100 * v['accuracy']:.1f}%" for k, v in r["by_lang"].items())
         detail = (f"{langs}  weakest type {worst[0]} {100 * worst[1]['accuracy']:.1f}%  refused "
-                  f"{100 * refusals.get('catalogue', {}).get('share', 0):.1f}%")
+                  f"{100 * refusals.get('catalogue', {}).get('share', 0):.1f}%  confidence AUROC {auroc}")
     print(f"{name:24s} {100 * r['overall']:5.1f}%  {detail}  failed requests {r.get('failed_requests', 0)}")
 EOF

@@ -111,8 +111,9 @@ class Components:
     fetcher: ImageLoader | None = None
     observe: Callable[[str, float], None] | None = None  # (stage, seconds) -> metrics
     # An answer given (read to its end, for a stream): (which weights answered, i.e. Question.served_by;
-    # cache status; seconds since the request reached the pipeline) -> metrics by answering model
-    answered: Callable[[str, CacheStatus, float], None] | None = None
+    # cache status; seconds since the request reached the pipeline; its confidence; flagged for
+    # review) -> metrics by answering model
+    answered: Callable[[str, CacheStatus, float, float | None, bool], None] | None = None
     health: dict[str, HealthProbe] = field(default_factory=dict)
     # Run at server shutdown, in order (the batcher first, then the Redis pool); one failing
     # does not skip the others.

@@ -15,9 +15,12 @@ Helpers other modules call (all cheap, thread-safe):
                                             batch_seconds, rejected, queue_seconds (-> the
                                             "queue" stage) (create_app wires it in)
     metrics.count_cache(status)             "hit" | "miss" | "bypass" per answer
-    metrics.observe_answer(model, cache, s) an answer given, by the model that answered (the pipeline's
-                                            Components.answered): vqa_answers_total{model,cache} and
-                                            vqa_answer_seconds{model}
+    metrics.observe_answer(model, cache, s, confidence, review)
+                                            an answer given, by the model that answered (the pipeline's
+                                            Components.answered): vqa_answers_total{model,cache},
+                                            vqa_answer_seconds{model}, vqa_answer_confidence{model}
+                                            (when known) and vqa_answers_flagged_total{model} (under
+                                            VQA_REVIEW_BELOW: for review, or hand-off to a person)
     metrics.count_tokens(prompt, completion)
     metrics.count_feedback(model, rating)   a rating posted to /v1/feedback, by the model that gave the answer
                                             (vqa_feedback_total{model,rating}; a replaced rating counts again)
@@ -76,6 +79,9 @@ _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                  10.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+# Confidence (confidence.py) is in 0..1; the cut-offs a shop is likely to choose for VQA_REVIEW_BELOW
+# (0.3..0.9) fall on bucket edges, so the share an answer threshold would flag can be read off.
+CONFIDENCE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
 class Metrics:
@@ -119,6 +125,13 @@ class Metrics:
         self.feedback = Counter("feedback", "Ratings posted for captured answers (POST /v1/feedback), by the model "
                                 "(adapter version) that answered and the rating", ["model", "rating"],
                                 namespace=ns, registry=r)
+        self.answer_confidence = Histogram("answer_confidence", "Confidence of the answers given (the "
+                                           "probability of the answer's least probable token), by the model "
+                                           "that answered", ["model"], namespace=ns, registry=r,
+                                           buckets=CONFIDENCE_BUCKETS)
+        self.answers_flagged = Counter("answers_flagged", "Answers under VQA_REVIEW_BELOW (flagged for review, "
+                                       "or hand-off to a person), by the model that answered", ["model"],
+                                       namespace=ns, registry=r)
         self.safety_blocks = Counter("safety_blocks", "Requests or answers blocked by safety checks",
                                      ["stage"], namespace=ns, registry=r)
         self.engine_errors = Counter("engine_errors", "Engine failures by error code", ["code"],
@@ -155,9 +168,14 @@ class Metrics:
         elif metric in ("queue_seconds", "queue"):  # time a request waited before its batch ran
             self.observe_stage("queue", value)
 
-    def observe_answer(self, model: str, cache: str, seconds: float) -> None:
+    def observe_answer(self, model: str, cache: str, seconds: float, confidence: float | None = None,
+                       review: bool = False) -> None:
         self.answers.labels(model=model, cache=cache).inc()
         self.answer_latency.labels(model=model).observe(seconds)
+        if confidence is not None:
+            self.answer_confidence.labels(model=model).observe(confidence)
+        if review:
+            self.answers_flagged.labels(model=model).inc()
 
     def count_feedback(self, model: str, rating: str) -> None:
         self.feedback.labels(model=model, rating=rating).inc()

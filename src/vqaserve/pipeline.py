@@ -12,6 +12,9 @@ answer ends with the refusal text), the same cache-write rule (`_conclude`), the
 (scheduling/admission.py) and the same coalescing (while it generates, identical requests wait for its answer).
 An adapter version pinned by `_route` is released when the answer or the stream ends, however it ends:
 until then a reload or unload leaves that version's weights in place (engines/adapters.py).
+Every answer carries the engine's confidence (confidence.py; a stream: on its last delta), stored with
+it in the cache; a refusal's is 0 (the client got no answer: hand over). A request asking for
+logprobs bypasses the cache (the cached answer has none).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from vqaserve import confidence
 from vqaserve.cache.coalesce import Coalescer
 from vqaserve.components import Components, DeltaStream
 from vqaserve.engines.base import Engine
@@ -41,8 +45,11 @@ from vqaserve.types import (
     FinishReason,
     Question,
     StreamDelta,
+    TokenLogprob,
     Usage,
 )
+
+REFUSED = 0.0  # the confidence of an answer the output filter replaced with its refusal
 
 
 @dataclass
@@ -86,7 +93,7 @@ class Pipeline:
             answer = await self._answer_prepared(question, timer)
         finally:
             self._release(question)
-        self._answered(question, answer.cache, started)
+        self._answered(question, answer.cache, started, answer.confidence)
         return answer
 
     async def _answer_prepared(self, question: Question, timer: Timer) -> Answer:
@@ -120,7 +127,8 @@ class Pipeline:
         except BaseException:
             self._release(question)
             raise
-        return status, _Concluded(deltas, lambda finished: self._stream_ended(question, status, started, finished))
+        return status, _Concluded(deltas, lambda finished, conf: self._stream_ended(question, status, started,
+                                                                                   finished, conf))
 
     async def _open_prepared(self, question: Question,
                              timer: Timer) -> tuple[CacheStatus, AsyncGenerator[StreamDelta, None]]:
@@ -196,14 +204,16 @@ class Pipeline:
         if q.adapter is not None:
             self.engine.adapter_table.unpin(q.adapter)
 
-    def _answered(self, q: Question, cache: CacheStatus, started: float) -> None:
+    def _answered(self, q: Question, cache: CacheStatus, started: float, conf: float | None) -> None:
         if self.c.answered is not None:
-            self.c.answered(q.served_by, cache, time.perf_counter() - started)
+            self.c.answered(q.served_by, cache, time.perf_counter() - started, conf,
+                            confidence.needs_review(conf, self.settings.capture.review_below))
 
-    def _stream_ended(self, q: Question, status: CacheStatus, started: float, finished: bool) -> None:
+    def _stream_ended(self, q: Question, status: CacheStatus, started: float, finished: bool,
+                      conf: float | None) -> None:
         self._release(q)
         if finished:
-            self._answered(q, status, started)
+            self._answered(q, status, started, conf)
 
     def _policy(self) -> str:
         return self.c.output_filter.version if self.c.output_filter else "none"
@@ -215,7 +225,8 @@ class Pipeline:
         return f"{self.model_id}@{fingerprint}" if fingerprint else self.model_id
 
     async def _cache_key(self, q: Question) -> str | None:
-        if not (self.c.cache and self.c.cache_key and q.cache and q.params.deterministic):
+        if not (self.c.cache and self.c.cache_key and q.cache and q.params.deterministic) \
+                or q.params.logprobs is not None:
             return None
         builder, identity, policy = self.c.cache_key, self._model_identity(), self._policy()
         if builder.blocking:  # e.g. near-duplicate hashing: milliseconds of numpy
@@ -271,24 +282,28 @@ class Pipeline:
         blocked = self.c.output_filter is not None and self.c.output_filter.is_blocked(result.text)
         if self.c.output_filter is not None:
             timer.add("safety_out", t0)
-        return self._answer_of(q, self._refusal(q) if blocked else result.text,
-                               "content_filter" if blocked else result.finish_reason, result.usage, timer)
+        if blocked:
+            return self._answer_of(q, self._refusal(q), "content_filter", result.usage, timer, REFUSED)
+        return self._answer_of(q, result.text, result.finish_reason, result.usage, timer, result.confidence,
+                               result.logprobs)
 
     def _refusal(self, q: Question) -> str:
         assert self.c.output_filter is not None
         return self.c.output_filter.refusal(q.last_user_text)
 
-    def _answer_of(self, q: Question, text: str, finish: FinishReason, usage: Usage | None,
-                   timer: Timer) -> Answer:
+    def _answer_of(self, q: Question, text: str, finish: FinishReason, usage: Usage | None, timer: Timer,
+                   conf: float | None, logprobs: list[TokenLogprob] | None = None) -> Answer:
         return Answer(text=text, model=q.answered_by, finish_reason=finish, usage=usage or Usage(),
-                      timings=timer.timings, request_id=q.request_id, served_by=q.served_by)
+                      timings=timer.timings, request_id=q.request_id, served_by=q.served_by,
+                      confidence=conf, logprobs=logprobs)
 
     async def _replay(self, answer: Answer) -> AsyncGenerator[StreamDelta, None]:
         """A finished answer as a stream, word by word (the pieces join to exactly the text)."""
         pieces = [p for p in re.split(r"(?<=\s)(?=\S)", answer.text) if p] or [""]
         for piece in pieces[:-1]:
             yield StreamDelta(text=piece)
-        yield StreamDelta(text=pieces[-1], finish_reason=answer.finish_reason, usage=answer.usage)
+        yield StreamDelta(text=pieces[-1], finish_reason=answer.finish_reason, usage=answer.usage,
+                          confidence=answer.confidence, logprobs=answer.logprobs)
 
     async def _replay_shared(self, q: Question, key: str, timer: Timer) -> AsyncGenerator[StreamDelta, None]:
         """An identical request is generating right now: wait for its answer and replay it."""
@@ -365,9 +380,11 @@ class Pipeline:
                 pieces.append(tail)
                 text = tail
             finish = final.finish_reason or "stop"  # set on both paths above; the type cannot say so
-            answer = self._answer_of(q, "".join(pieces), finish, final.usage, timer)
+            answer = self._answer_of(q, "".join(pieces), finish, final.usage, timer, final.confidence,
+                                     final.logprobs)
             await self._conclude(q, key, answer, timer)
-            emit(StreamDelta(text=text, finish_reason=finish, usage=final.usage))
+            emit(StreamDelta(text=text, finish_reason=finish, usage=final.usage, confidence=final.confidence,
+                             logprobs=final.logprobs))
             return answer
         finally:
             if final is None:  # failed, blocked or abandoned: tell the engine to stop
@@ -381,10 +398,10 @@ class Pipeline:
         words back, so only safe text preceded it); the answer is the refusal, as for `answer`."""
         request.cancel.set()  # stop generating what will not be shown
         refusal = self._refusal(q)
-        answer = self._answer_of(q, refusal, "content_filter", last.usage, timer)
+        answer = self._answer_of(q, refusal, "content_filter", last.usage, timer, REFUSED)
         await self._conclude(q, key, answer, timer)
         emit(StreamDelta(text=("\n" if "".join(sent).strip() else "") + refusal,
-                         finish_reason="content_filter", usage=last.usage))
+                         finish_reason="content_filter", usage=last.usage, confidence=REFUSED))
         return answer
 
 
@@ -392,9 +409,11 @@ class _Concluded:
     """A stream that reports its end once, however it ends: read to its last delta, failed, or closed
     by a reader that left (started or not: closing a generator never started does not run its code)."""
 
-    def __init__(self, inner: AsyncGenerator[StreamDelta, None], on_end: Callable[[bool], None]) -> None:
+    def __init__(self, inner: AsyncGenerator[StreamDelta, None],
+                 on_end: Callable[[bool, float | None], None]) -> None:
         self.inner, self.on_end = inner, on_end
         self.finished = self.ended = False
+        self.confidence: float | None = None  # the last delta's
 
     def __aiter__(self) -> _Concluded:
         return self
@@ -405,7 +424,8 @@ class _Concluded:
         except BaseException:
             self._end()
             raise
-        self.finished = self.finished or delta.finish_reason is not None
+        if delta.finish_reason is not None:
+            self.finished, self.confidence = True, delta.confidence
         return delta
 
     async def aclose(self) -> None:
@@ -417,7 +437,7 @@ class _Concluded:
     def _end(self) -> None:
         if not self.ended:
             self.ended = True
-            self.on_end(self.finished)
+            self.on_end(self.finished, self.confidence)
 
 
 def _joined(deltas: asyncio.Queue[StreamDelta]) -> StreamDelta:
@@ -431,4 +451,5 @@ def _joined(deltas: asyncio.Queue[StreamDelta]) -> StreamDelta:
     while last.finish_reason is None and not deltas.empty():
         last = deltas.get_nowait()
         pieces.append(last.text)
-    return StreamDelta(text="".join(pieces), finish_reason=last.finish_reason, usage=last.usage)
+    return StreamDelta(text="".join(pieces), finish_reason=last.finish_reason, usage=last.usage,
+                       confidence=last.confidence, logprobs=last.logprobs)

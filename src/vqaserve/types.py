@@ -95,6 +95,10 @@ class GenerationParams:
     # Structured output: the JSON Schema the answer must follow, as canonical JSON text ("" = free
     # text; see engines/structured.py). Not in batch_key(): the engine masks each row on its own.
     json_schema: str = ""
+    # OpenAI's logprobs: None = not asked; k = the chosen tokens' log-probabilities and the k most
+    # likely at each place (top_logprobs, 0..20). Per row, so not in batch_key(); such a request
+    # bypasses the answer cache (pipeline._cache_key), so not in the key either.
+    logprobs: int | None = None
 
     def extensions(self) -> dict[str, object]:
         """The vLLM extensions a client set (away from the no-op default), under vLLM's names.
@@ -251,12 +255,24 @@ class EngineRequest:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token as OpenAI's logprobs show it: its text, log-probability and UTF-8 bytes, and
+    (when top_logprobs was asked) the most likely tokens at its place, most likely first."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None
+    top: tuple[TokenLogprob, ...] = ()
+
+
 @dataclass
 class EngineResult:
     text: str
     finish_reason: FinishReason
     usage: Usage
-    confidence: float | None = None  # how sure the model was of this answer (0..1); None: not known
+    confidence: float | None = None  # how sure the model was of this answer (0..1, confidence.py); None: not known
+    logprobs: list[TokenLogprob] | None = None  # every generated token, when params.logprobs asked for them
 
 
 @dataclass
@@ -267,6 +283,7 @@ class StreamDelta:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     confidence: float | None = None  # on the last delta, as EngineResult.confidence
+    logprobs: list[TokenLogprob] | None = None  # on the last delta: all of them, as EngineResult.logprobs
 
 
 @dataclass
@@ -280,6 +297,7 @@ class Answer:
     request_id: str = ""
     served_by: str = ""  # which weights answered (Question.served_by): the x-vqa-model header, metrics
     confidence: float | None = None  # as EngineResult.confidence; answers under VQA_REVIEW_BELOW are flagged
+    logprobs: list[TokenLogprob] | None = None  # as EngineResult.logprobs (None for a refusal)
 
     @property
     def cached(self) -> bool:

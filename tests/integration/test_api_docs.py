@@ -48,7 +48,7 @@ def run(cmd: list[str], live: LiveServer, cwd: Path) -> str:
 
 
 def test_the_docs_have_the_examples() -> None:
-    assert len(blocks("bash")) == 4 and len(blocks("python")) == 1  # the 4th: test_capture_docs.py
+    assert len(blocks("bash")) == 4 and len(blocks("python")) == 2  # the 4th bash: test_capture_docs.py
 
 
 def test_curl_upload_example(live: LiveServer, workdir: Path) -> None:
@@ -72,6 +72,14 @@ def test_openai_client_example(live: LiveServer, workdir: Path) -> None:
     assert out[0] == "['scripted', 'sunglasses']"
     assert out[1].startswith("answer to: What occasion is it suitable for?")
     assert out[2] == out[1].rsplit(" ", 1)[0]  # the streamed text equals the plain answer
+
+
+def test_logprobs_example(live: LiveServer, workdir: Path) -> None:
+    """The logprobs snippet, run after the client example that defines `client` and `messages`."""
+    out = run([sys.executable, "-c", blocks("python")[0] + blocks("python")[1]], live, workdir).splitlines()
+    tokens = out[3:-1]
+    assert tokens[0] == "'answer' 0.0 ['answer']" and tokens[1] == "' to:' 0.0 [' to:']"
+    assert out[-1] == "1.0 False"  # confidence, review
 
 
 def test_latency_command(live: LiveServer, tmp_path: Path) -> None:

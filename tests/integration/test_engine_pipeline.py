@@ -72,6 +72,7 @@ def test_vqa_ask_with_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> No
     out = json.loads(proc.stdout)
     assert out["model"] == tiny_model_dir.name
     assert out["usage"]["completion_tokens"] <= 5 and out["finish_reason"] in ("stop", "length")
+    assert 0.0 <= out["confidence"] <= 1.0 and out["review"] is (out["confidence"] < 0.5)  # VQA_REVIEW_BELOW
 
 
 def test_vqa_ask_missing_model_is_one_line(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def test_wrong_content_type_for_vqa(client: TestClient) -> None:
 @pytest.mark.parametrize(("field", "value", "status"), [
     ("n", 5, 400), ("max_tokens", -1, 400), ("max_tokens", 0, 400), ("max_tokens", 10**12, 400),
     ("max_completion_tokens", -5, 400), ("temperature", -0.1, 400), ("temperature", 9, 400),
-    ("top_p", 0, 400), ("stop", ["a", "b", "c", "d", "e"], 400), ("logprobs", True, 400),
+    ("top_p", 0, 400), ("stop", ["a", "b", "c", "d", "e"], 400), ("top_logprobs", 3, 400),
     ("chat_template", "{{ evil }}", 400), ("chat_template_kwargs", {"x": 1}, 400),
     ("mm_processor_kwargs", {"max_pixels": 10**9}, 400), ("tools", [{"type": "function"}], 400),
     ("made_up_field", 1, 400), ("stream", "yes", 400), ("temperature", "0.5", 400), ("messages", [], 400),

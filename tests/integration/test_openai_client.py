@@ -144,3 +144,24 @@ def test_errors_reach_the_client_as_typed_exceptions(live: Live) -> None:
     with pytest.raises(openai.BadRequestError) as many:
         client.chat.completions.create(model=live.base, messages=msgs, n=5)  # type: ignore[arg-type]
     assert many.value.body["param"] == "n"  # type: ignore[index]
+
+
+def test_logprobs_and_confidence_reach_the_client(live: Live) -> None:
+    client = live.client()
+    uri, question, _ = live.picture("test", "color")
+    common: dict[str, Any] = {"model": live.base, "messages": _messages(uri, question), "temperature": 0,
+                              "max_tokens": 24, "logprobs": True, "top_logprobs": 2}
+    plain = client.chat.completions.create(**common)
+    logprobs = plain.choices[0].logprobs
+    assert logprobs is not None and logprobs.content
+    assert all(len(t.top_logprobs) <= 2 and t.logprob <= 0 for t in logprobs.content)
+    extra = plain.model_extra or {}
+    assert 0.0 <= extra["confidence"] <= 1.0 and isinstance(extra["review"], bool)
+    streamed, final = [], None
+    for chunk in client.chat.completions.create(stream=True, **common):
+        if chunk.choices and chunk.choices[0].logprobs is not None:
+            streamed.extend(chunk.choices[0].logprobs.content or [])
+        if chunk.choices and chunk.choices[0].finish_reason is not None:
+            final = chunk
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in logprobs.content]
+    assert final is not None and (final.model_extra or {})["confidence"] == pytest.approx(extra["confidence"])

@@ -8,7 +8,7 @@ so what the schema says, the server does; what remains are the rules no JSON Sch
 finding must be one of those, named below with the reason, or the test fails:
 
 - a schema-valid chat request refused by a cross-field rule (at most VQA_MAX_IMAGES images in all
-  messages; min_tokens <= max_tokens), or by what a picture's bytes
+  messages; min_tokens <= max_tokens; top_logprobs > 0 needs logprobs: true), or by what a picture's bytes
   are (an image that does not decode; a media type outside the allowlist, a 415 clients rely on);
   the schema's descriptions state each of these;
 - a schema-breaking multipart value the server accepted because, once encoded as form text, it is
@@ -50,6 +50,8 @@ RUN = ["--checks", "all", "--max-examples", "120", "--seed", "20261130", "--cont
 INEXPRESSIBLE = [
     # JSON Schema cannot compare two fields
     ("min_tokens over max_tokens", 400, "invalid_request", r"min_tokens", "between 0 and max_tokens"),
+    # the fuzzer sets fields one at a time: top_logprobs alone (OpenAI's and vLLM's rule: with logprobs)
+    ("top_logprobs without logprobs", 400, "invalid_request", r"top_logprobs", "needs logprobs: true"),
     # nor count across items (VQA_MAX_IMAGES is for all messages together)
     ("too many images", 400, "invalid_request", r"messages", "too many images"),
     # whether bytes are a picture is not a matter of syntax
@@ -327,6 +329,8 @@ def test_the_fuzz_findings_are_sorted_as_the_docstring_says() -> None:
 
     over = refused(400, "invalid_request", "min_tokens", "min_tokens must be between 0 and max_tokens (1), got 5")
     assert inexpressible(over) == "min_tokens over max_tokens"
+    alone = refused(400, "invalid_request", "top_logprobs", "top_logprobs needs logprobs: true; add ...")
+    assert inexpressible(alone) == "top_logprobs without logprobs"
     assert inexpressible(refused(415, "unsupported_image_format", "image", "image: PDF files ...")) is not None
     assert inexpressible(refused(400, "invalid_request", "temperature", "temperature must be ...")) is None
     assert inexpressible({"status_code": 400, "content": "oops"}) is None

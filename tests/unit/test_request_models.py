@@ -54,8 +54,11 @@ def chat(**body: Any) -> ChatCompletionRequest:
     ({"messages": HI, "stop": [""]}, "stop", "up to 4 non-empty strings"),
     ({"messages": HI, "stop_token_ids": [-1]}, "stop_token_ids", "each between 0 and 2**31-1"),
     ({"messages": HI, "repetition_penalty": 5e-324}, "repetition_penalty", "greater than 0 (from 1e-6)"),
-    ({"messages": HI, "logprobs": True}, "logprobs", "logprobs are not supported"),
-    ({"messages": HI, "top_logprobs": 3}, "top_logprobs", "needs logprobs"),
+    ({"messages": HI, "logprobs": 1}, "logprobs", "valid boolean"),
+    ({"messages": HI, "top_logprobs": 3}, "top_logprobs", "top_logprobs needs logprobs: true"),
+    ({"messages": HI, "top_logprobs": 3, "logprobs": False}, "top_logprobs", "needs logprobs: true"),
+    ({"messages": HI, "top_logprobs": 21, "logprobs": True}, "top_logprobs", "between 0 and 20"),
+    ({"messages": HI, "top_logprobs": 2.5, "logprobs": True}, "top_logprobs", "valid integer"),
     ({"messages": HI, "best_of": True}, "best_of", "best_of must be 1"),  # True == 1, but not here
     ({"messages": HI, "tools": []}, "tools", "tool calling is not supported"),
     ({"messages": HI, "ignore_eoss": True}, "ignore_eoss", "unknown field 'ignore_eoss'"),
@@ -137,3 +140,11 @@ def test_the_schema_says_the_rules() -> None:
     assert props["best_of"]["anyOf"] == [{"type": "null"}, {"const": 1}]
     assert props["user"] == {"description": "accepted and ignored", "default": None, "title": "User"}
 
+
+
+def test_logprobs_reach_the_generation_params() -> None:
+    settings = load_settings(engine="scripted")
+    asked = {(True, 5): 5, (True, None): 0, (False, 0): None, (None, None): None, (None, 0): None}
+    for (logprobs, top), expected in asked.items():
+        fields = {k: v for k, v in (("logprobs", logprobs), ("top_logprobs", top)) if v is not None}
+        assert to_question(chat(**fields), settings, "rid").params.logprobs == expected, fields

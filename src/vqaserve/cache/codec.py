@@ -4,11 +4,16 @@
 a value stored under another key), so the caller treats it as a miss and overwrites it. The key
 inside the value is a second guard: even a reply read from the wrong request's connection can
 never be served for this key.
+
+The answer's confidence is stored with it, so a hit answers with the confidence it was given. An entry
+written before confidence existed (no "confidence" field) is not recognised: it is answered afresh once
+and overwritten, instead of answering without a confidence.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from vqaserve.cache.keys import CACHE_SCHEMA_VERSION
@@ -26,7 +31,7 @@ def encode(key: str, answer: Answer) -> bytes:
     value = {"v": MAGIC, "schema": CACHE_SCHEMA_VERSION, "key": key, "text": answer.text,
              "model": answer.model, "finish_reason": answer.finish_reason,
              "prompt_tokens": answer.usage.prompt_tokens,
-             "completion_tokens": answer.usage.completion_tokens}
+             "completion_tokens": answer.usage.completion_tokens, "confidence": answer.confidence}
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -47,5 +52,16 @@ def decode(key: str, raw: bytes | str | None) -> Answer | None:
         return None
     if not (isinstance(pt, int) and isinstance(ct, int) and _count(pt) and _count(ct)):
         return None
+    conf = value.get("confidence", "missing")
+    if not _confidence(conf):
+        return None
     return Answer(text=text, model=model, finish_reason=finish, cache="hit",
-                  usage=Usage(prompt_tokens=pt, completion_tokens=ct))
+                  usage=Usage(prompt_tokens=pt, completion_tokens=ct),
+                  confidence=None if conf is None else float(conf))
+
+
+def _confidence(c: object) -> bool:
+    """null (the engine could not tell) or a probability."""
+    if c is None:
+        return True
+    return isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) and 0.0 <= c <= 1.0

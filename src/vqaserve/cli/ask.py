@@ -8,6 +8,7 @@ import json
 import sys
 import time
 
+from vqaserve.confidence import needs_review
 from vqaserve.errors import InvalidRequest
 from vqaserve.settings import load_settings
 from vqaserve.types import GenerationParams, ImageRef, Part, Question, Turn
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json-schema", metavar="FILE",
                    help="answer as JSON following this JSON Schema file (constrained decoding)")
-    p.add_argument("--json", action="store_true", help="print a JSON object instead of the answer")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of the answer (with its "
+                                                       "confidence, and review: true under VQA_REVIEW_BELOW)")
     p.set_defaults(func=run)
 
 
@@ -89,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     total_ms = (time.perf_counter() - started) * 1000.0
     if args.json:
         print(json.dumps({"answer": answer.text, "model": answer.model,
-                          "finish_reason": answer.finish_reason, "usage": answer.usage.to_dict(),
+                          "finish_reason": answer.finish_reason, "confidence": answer.confidence,
+                          "review": needs_review(answer.confidence, settings.capture.review_below),
+                          "usage": answer.usage.to_dict(),
                           "timings": {**{k: round(v, 2) for k, v in answer.timings.items()},
                                       "total": round(total_ms, 2)}}, ensure_ascii=False))
     else:

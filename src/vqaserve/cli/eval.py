@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.compare:
         return run_compare(args)
     from vqaserve.cli.ask import _adapters
+    from vqaserve.eval import calibration
     from vqaserve.eval.harness import format_table, items_from_jsonl
     from vqaserve.settings import load_settings
 
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     source = (f"synthetic {args.synthetic} n={args.n} seed={args.seed}{wording}" if args.synthetic else args.data)
     title = f"{model_id}{' + ' + chosen if chosen else ''} on {source}"
     print(format_table(summary, title))
+    print(calibration.format_summary(summary))
     report = {"command": "vqa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
               "model": model_id, "adapter": chosen, "data": source,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary}
@@ -112,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _evaluate(settings: Any, items: list[Any], adapter: str | None, concurrency: int,
                     progress: bool) -> tuple[dict[str, Any], str]:
+    from vqaserve.eval import calibration
     from vqaserve.eval.harness import evaluate
     from vqaserve.wiring import build_pipeline
 
@@ -119,7 +122,9 @@ async def _evaluate(settings: Any, items: list[Any], adapter: str | None, concur
     await pipeline.engine.start()
     try:
         report = await evaluate(pipeline, items, model=adapter, concurrency=concurrency, progress=progress)
-        return report.summary(), pipeline.model_id
+        # how well confidence tells right from wrong, at this server's VQA_REVIEW_BELOW
+        return {**report.summary(), **calibration.summary(report.outcomes, settings.capture.review_below)}, \
+            pipeline.model_id
     finally:
         await pipeline.engine.close()
 
@@ -134,6 +139,6 @@ def record(directory: str, source: str, report: dict[str, Any]) -> None:
         raise ConfigError(f"--record: {path} not found; point it at a model or adapter dir made by vqa train")
     info = json.loads(path.read_text(encoding="utf-8"))
     key = source + (f" + {report['adapter']}" if report.get("adapter") else "")
-    keep = ("command", "n", "overall", "by_type", "by_lang", "by_field", "refusals", "created")
+    keep = ("command", "n", "overall", "by_type", "by_lang", "by_field", "refusals", "confidence", "created")
     info.setdefault("eval", {})[key] = {k: report[k] for k in keep if k in report}
     path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

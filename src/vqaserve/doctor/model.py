@@ -89,7 +89,7 @@ def forecast(shape: memory.Shape, dtype: str, device: str, settings: Settings, w
 
 
 def check_model(report: Report, settings: Settings, work: Workload) -> None:
-    from vqaserve.engines.transformers import resolve_model_source
+    from vqaserve.engines.model_source import resolve_model_source
     from vqaserve.modeling.standins import standin_notice
 
     name = settings.llm.model

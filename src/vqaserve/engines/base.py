@@ -4,6 +4,8 @@ Engines know nothing of HTTP, caches or safety. `generate` takes a batch and ret
 one error per request, so a single bad request fails alone. `stream` yields text deltas for one
 request; engines without native streaming fall back to one whole delta. `generate_streams` is
 `generate` for a batch in which some rows stream: their deltas go to per-row sinks as they come.
+Every result (and a stream's last delta) carries the answer's confidence (confidence.py) and, when
+the request asked for them (GenerationParams.logprobs), its tokens' log-probabilities.
 Adapters are served by name through `adapter_table` (engines/adapters.py): an engine that can take
 new weights while it runs overrides `adapter_version` and gives its table attach/detach hooks.
 """
@@ -93,7 +95,8 @@ class Engine(abc.ABC):
         (result,) = await self.generate([request])
         if isinstance(result, VQAError):
             raise result
-        yield StreamDelta(text=result.text, finish_reason=result.finish_reason, usage=result.usage)
+        yield StreamDelta(text=result.text, finish_reason=result.finish_reason, usage=result.usage,
+                          confidence=result.confidence, logprobs=result.logprobs)
 
     async def generate_streams(self, batch: Sequence[EngineRequest],
                                sinks: Sequence[DeltaSink | None]) -> list[EngineResult | VQAError]:
@@ -122,7 +125,7 @@ class Engine(abc.ABC):
                 out[i] = exc
                 return
             out[i] = EngineResult(text=text, finish_reason=last.finish_reason or "stop",
-                                  usage=last.usage or Usage())
+                                  usage=last.usage or Usage(), confidence=last.confidence, logprobs=last.logprobs)
 
         await asyncio.gather(rest(), *(one(i, s) for i, s in enumerate(sinks) if s is not None))
         return [r if r is not None else EngineResult("", "stop", Usage()) for r in out]

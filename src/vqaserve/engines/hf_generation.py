@@ -69,18 +69,18 @@ def generation_kwargs(base_config: Any, params: GenerationParams, max_new_tokens
     """A GenerationConfig from the model's own (eos, pad) with our sampling settings on top.
 
     generate() refills every None from the model's generation_config, so "off" must be spelled as
-    a value (eos_token_id=[]), and None means "the model's default" (min_p, repetition_penalty
-    when the client sent none, as vLLM does).
+    a value (eos_token_id=[]), and None means "the model's default" (min_p when the client sent
+    none, as vLLM does).
     """
     import copy
 
     config = copy.deepcopy(base_config)
     config.max_new_tokens = max_new_tokens
     config.max_length = None
-    config.min_new_tokens = params.min_tokens or None  # suppresses every id in eos_token_id below
+    # Both applied by penalty_processors instead, after the log-probabilities are recorded.
+    config.min_new_tokens = 0
+    config.repetition_penalty = 1.0
     config.num_beams = 1
-    if params.repetition_penalty is not None:
-        config.repetition_penalty = params.repetition_penalty
     if params.greedy:
         config.do_sample = False
         config.temperature, config.top_p, config.top_k, config.min_p = None, None, None, None
@@ -93,6 +93,27 @@ def generation_kwargs(base_config: Any, params: GenerationParams, max_new_tokens
             config.min_p = params.min_p  # 0.0, not None: a sent 0 turns off the model's default min_p
     config.eos_token_id = stop_ids(base_config.eos_token_id, params)
     return config
+
+
+def penalty_processors(base_config: Any, params: GenerationParams, prompt_len: int, attention_mask: Any,
+                       eos_ids: list[int]) -> list[Any]:
+    """repetition_penalty (the request's, else the model's default) and min_tokens as logits processors.
+
+    generate() would put them before every processor it is given; listed after the log-probability
+    recorder instead, they leave its distribution vLLM's raw one (engines/token_logprobs.py). They
+    commute with the grammar's mask (a penalty keeps -inf at -inf), so answers are unchanged.
+    """
+    from transformers import MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    out: list[Any] = []
+    penalty = params.repetition_penalty if params.repetition_penalty is not None else base_config.repetition_penalty
+    if penalty is not None and penalty != 1.0:
+        padding = (attention_mask != 0).int().argmax(dim=1)  # left padding: the prompt's first real token
+        out.append(RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=padding))
+    if params.min_tokens and eos_ids:  # suppresses every id in eos_ids before min_tokens tokens
+        out.append(MinNewTokensLengthLogitsProcessor(prompt_len, params.min_tokens, eos_ids,
+                                                     device=attention_mask.device))
+    return out
 
 
 def stop_ids(model_eos: int | list[int] | None, params: GenerationParams) -> list[int]:

@@ -5,26 +5,32 @@ form "answer to: <question>". Faults are triggered by markers in the question so
 inside a batch can fail alone:
     [[raise]]  -> EngineFailure for that request        [[oom]] -> EngineFailure("out of memory")
     [[sleep:S]] -> that request takes S more seconds     [[say:TEXT]] -> answers TEXT verbatim
+    [[confidence:C]] -> the answer's confidence is C (0..1; else 1.0)
+Asked for logprobs, it gives one token per word: the first with log-probability ln C, the rest 0,
+so the confidence rule (confidence.py) gives C back.
 It records every batch it saw, every request that was told to stop, and counts generations.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import threading
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
+from vqaserve import confidence
 from vqaserve.engines.adapters import AdapterTable, AdapterVersion, fingerprint_of
 from vqaserve.engines.base import Engine, EngineInfo
 from vqaserve.errors import EngineFailure, VQAError
 from vqaserve.images.budget import PixelBudget
-from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
+from vqaserve.types import EngineRequest, EngineResult, StreamDelta, TokenLogprob, Usage
 
 _SLEEP = re.compile(r"\[\[sleep:([0-9.]+)\]\]")
 _SAY = re.compile(r"\[\[say:(.*?)\]\]", re.DOTALL)
+_CONFIDENCE = re.compile(r"\[\[confidence:([0-9]*\.?[0-9]+)\]\]")
 
 
 @dataclass
@@ -89,9 +95,12 @@ class ScriptedEngine(Engine):
                 await asyncio.sleep(0.01)
         text = self.reply(request)
         words = len(text.split())
+        tokens = _tokens(text, _scripted_confidence(question), request.params.logprobs or 0)
         return EngineResult(text=text, finish_reason="stop",
                             usage=Usage(prompt_tokens=len(question.split()) + 10 * len(request.images),
-                                        completion_tokens=words))
+                                        completion_tokens=words),
+                            confidence=confidence.of_answer([t.logprob for t in tokens], ended_by_token=False),
+                            logprobs=tokens if request.params.logprobs is not None else None)
 
     async def generate(self, batch: Sequence[EngineRequest]) -> list[EngineResult | VQAError]:
         with self._lock:
@@ -123,7 +132,8 @@ class ScriptedEngine(Engine):
                 piece = word if i == 0 else " " + word
                 if i == len(words) - 1:
                     last_sent = True
-                    yield StreamDelta(text=piece, finish_reason=result.finish_reason, usage=result.usage)
+                    yield StreamDelta(text=piece, finish_reason=result.finish_reason, usage=result.usage,
+                                      confidence=result.confidence, logprobs=result.logprobs)
                 else:
                     yield StreamDelta(text=piece)
         except (GeneratorExit, asyncio.CancelledError):
@@ -132,3 +142,19 @@ class ScriptedEngine(Engine):
                 with self._lock:
                     self.stopped.append(request.request_id)
             raise
+
+
+def _scripted_confidence(question: str) -> float:
+    m = _CONFIDENCE.search(question)
+    return min(1.0, float(m.group(1))) if m else 1.0
+
+
+def _tokens(text: str, conf: float, top: int) -> list[TokenLogprob]:
+    """One token per word (with its leading space): the first at ln(conf), the others certain."""
+    words = re.findall(r"\s*\S+|\s+", text) or [""]
+    out = []
+    for i, word in enumerate(words):
+        logprob = (math.log(conf) if conf > 0 else -9999.0) if i == 0 else 0.0
+        entry = TokenLogprob(word, logprob, tuple(word.encode()))
+        out.append(TokenLogprob(word, logprob, entry.bytes, (entry,) if top else ()))
+    return out

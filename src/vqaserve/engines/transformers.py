@@ -13,7 +13,6 @@ between two batches, each version under its own PEFT name (engines/adapters.py h
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
@@ -29,58 +28,31 @@ from vqaserve.engines.hf_generation import (
     RowStopper,
     finish_text,
     generation_kwargs,
+    penalty_processors,
     split_groups,
     stop_ids,
     to_messages,
 )
+from vqaserve.engines.model_source import public_model_id, resolve_model_source
 from vqaserve.engines.peft_adapters import PeftAdapters, adapter_dir
 from vqaserve.engines.placement import Placement, choose_placement, stored_parameters
 from vqaserve.engines.row_streams import LoopHop, RowFeed, RowStreamer, RowText
 from vqaserve.engines.structured import GrammarCache
+from vqaserve.engines.token_logprobs import TokenLogprobs, TokenNames
 from vqaserve.engines.vision_memo import VisionMemo, picture_ids, serving
 from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, NotFound, VQAError
 from vqaserve.images.budget import PixelBudget, processor_budget
 from vqaserve.modeling.standins import standin_notice
-from vqaserve.settings import BUNDLED_MODELS, Settings, resolve_model_path
+from vqaserve.settings import Settings
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, StreamDelta, Usage
 
 log = logging.getLogger(__name__)
-
-
-@functools.lru_cache(maxsize=256)  # info() is called several times per request: no stat() calls each time
-def public_model_id(name: str) -> str:
-    """The name clients see: a bundled name as is, a local directory by its basename, a hub id as is."""
-    if "/" not in name and (BUNDLED_MODELS / name).is_dir():
-        return name
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path.resolve().name
-    return name
 
 
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError)
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
-
-
-def resolve_model_source(name: str) -> str:
-    """A bundled name, model directory or hub id -> what from_pretrained gets; ConfigError if none."""
-    path = Path(resolve_model_path(name)).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model {name!r} is a directory without config.json; point VQA_MODEL / "
-                              "--model at a Hugging Face model directory")
-        return str(path)
-    if _looks_like_hub_id(name) and not path.exists():
-        return name
-    raise ConfigError(f"model {name!r} not found: give a model directory, a hub id such as "
-                      "Qwen/Qwen3-VL-2B-Instruct, or a bundled name (shop-toy)")
 
 
 class TransformersEngine(Engine):
@@ -101,6 +73,7 @@ class TransformersEngine(Engine):
         self._fingerprint = ""
         self._pixel_budget: PixelBudget | None = None  # what the model's image processor declares
         self._grammars: GrammarCache | None = None  # JSON-schema grammars for this tokenizer
+        self._token_names: TokenNames | None = None  # logprobs' token texts and bytes
         self.vision_memo: VisionMemo | None = None  # vision-tower output per picture, for follow-ups
         self._picture_ids: list[str] = []  # the images of the last _prepare (worker thread only)
         # request_id -> generated tokens, for diagnostics and tests (bounded)
@@ -158,6 +131,7 @@ class TransformersEngine(Engine):
         self._counter = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
         self._model, self._processor, self._placement = model, processor, placement
         self._pixel_budget = processor_budget(processor.image_processor)
+        self._token_names = TokenNames(tokenizer)
         self._grammars = GrammarCache(tokenizer, int(model.get_output_embeddings().weight.shape[0]),
                                       stop_ids(model.generation_config.eos_token_id, GenerationParams()))
         self._load_adapters()
@@ -331,13 +305,18 @@ class TransformersEngine(Engine):
             torch.manual_seed(params.seed)
         streamer = RowStreamer(rows, feeds, stopper.decode) if any(feeds) else None
         grammar = self._grammars.processor([r.params.json_schema for r in live]) if self._grammars else None
+        # The recorder sees the grammar's mask and nothing later (token_logprobs.py says why).
+        recorder = TokenLogprobs(max(r.params.logprobs or 0 for r in live))
+        processors = [*([grammar] if grammar else []), recorder, *penalty_processors(
+            self._model.generation_config, params, prompt_len, inputs["attention_mask"], sorted(eos_ids))]
         with (torch.inference_mode(), self._peft.context(self._model, live[0].adapter),
               serving(self.vision_memo, self._peft.peft_name(live[0].adapter), self._picture_ids)):
             out = self._model.generate(**inputs, generation_config=gen_config, streamer=streamer,
                                        stopping_criteria=StoppingCriteriaList([stopper]),
-                                       logits_processor=LogitsProcessorList([grammar] if grammar else []))
+                                       logits_processor=LogitsProcessorList(processors))
         stopper.finish(int(out.shape[1]) - prompt_len)
-        results = iter(self._row_result(row, out[i, prompt_len:], inputs["attention_mask"][i])
+        recorder.finish(out)
+        results = iter(self._row_result(row, out[i, prompt_len:], inputs["attention_mask"][i], recorder, i, eos_ids)
                        for i, row in enumerate(rows))
         return [e if e is not None else next(results) for e in early]
 
@@ -356,15 +335,19 @@ class TransformersEngine(Engine):
             return DeadlineExceeded()
         return EngineFailure("generation cancelled: the client went away", code="cancelled")
 
-    def _row_result(self, row: RowState, new_ids: Any, attention: Any) -> EngineResult | VQAError:
+    def _row_result(self, row: RowState, new_ids: Any, attention: Any, recorder: TokenLogprobs, index: int,
+                    eos_ids: set[int]) -> EngineResult | VQAError:
         done = row.done_at if row.done_at is not None else len(new_ids)
         ids = new_ids[:done].tolist()
         self._record(row.request.request_id, len(ids))
         if row.cancelled:
             return self._stopped_error(row.request)
-        text, reason = finish_text(lambda t: self._processor.tokenizer.decode(t, skip_special_tokens=True),
-                                   ids, row)
-        return EngineResult(text=text, finish_reason=reason,
+        tokenizer = self._processor.tokenizer
+        text, reason = finish_text(lambda t: tokenizer.decode(t, skip_special_tokens=True), ids, row)
+        ended = row.reason == "stop" and bool(ids) and ids[-1] in eos_ids
+        assert self._token_names is not None  # set with the model
+        conf, logprobs = recorder.result(index, ids, ended, row.request.params.logprobs, self._token_names.name)
+        return EngineResult(text=text, finish_reason=reason, confidence=conf, logprobs=logprobs,
                             usage=Usage(prompt_tokens=int(attention.sum()), completion_tokens=len(ids)))
 
     def _record(self, request_id: str, n: int) -> None:
@@ -398,4 +381,5 @@ class TransformersEngine(Engine):
                 await asyncio.wait([task])
         if isinstance(result, VQAError):
             raise result
-        yield StreamDelta(text=result.text[sent:], finish_reason=result.finish_reason, usage=result.usage)
+        yield StreamDelta(text=result.text[sent:], finish_reason=result.finish_reason, usage=result.usage,
+                          confidence=result.confidence, logprobs=result.logprobs)

@@ -30,17 +30,19 @@ from vqaserve.engines.base import Engine, EngineInfo
 from vqaserve.engines.upstream_lora import UpstreamAdapters
 from vqaserve.engines.upstream_wire import (
     ImageEncoder,
+    answer_confidence,
     build_body,
     build_messages,
     finish_reason,
     map_status,
+    parse_logprobs,
     parse_sse_line,
     parse_usage,
     upstream_message,
 )
 from vqaserve.errors import ConfigError, DeadlineExceeded, EngineFailure, VQAError
 from vqaserve.settings import Settings
-from vqaserve.types import EngineRequest, EngineResult, StreamDelta, Usage
+from vqaserve.types import EngineRequest, EngineResult, StreamDelta, TokenLogprob, Usage
 
 log = logging.getLogger("vqaserve.upstream")
 
@@ -296,7 +298,10 @@ class UpstreamEngine(Engine):
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise EngineFailure("the model server sent an answer we could not read; retry") from None
         usage = parse_usage(data.get("usage")) or Usage(completion_tokens=self.count_tokens(text))
-        return EngineResult(text=text, finish_reason=finish_reason(choice.get("finish_reason")), usage=usage)
+        finish, tokens = finish_reason(choice.get("finish_reason")), parse_logprobs(choice.get("logprobs"))
+        return EngineResult(text=text, finish_reason=finish, usage=usage,
+                            confidence=answer_confidence(tokens, finish, choice.get("stop_reason")),
+                            logprobs=(tokens or None) if request.params.logprobs is not None else None)
 
     async def _one(self, request: EngineRequest) -> EngineResult | VQAError:
         """One request, watched without polling: its stop signal, a client that leaves or a deadline
@@ -354,6 +359,8 @@ class UpstreamEngine(Engine):
         tail = ""
         usage: Usage | None = None
         done = False
+        tokens: list[TokenLogprob] = []  # every chunk's; the last delta carries them all
+        stop_reason: object = None
         async for line in resp.aiter_lines():
             if request.should_stop():
                 # Never a silent end: the client would read a cut answer as a complete one.
@@ -372,15 +379,18 @@ class UpstreamEngine(Engine):
             usage = parse_usage(chunk.get("usage")) or usage
             for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content") or ""
+                tokens.extend(parse_logprobs(choice.get("logprobs")) or ())
                 if choice.get("finish_reason") is not None:
-                    finish = choice["finish_reason"]
+                    finish, stop_reason = choice["finish_reason"], choice.get("stop_reason")
                     tail += text
                 elif text:
                     yield StreamDelta(text=text)
         if finish is None and not done:
             raise EngineFailure("the model server ended the answer early; retry", retry_after=1.0)
-        yield StreamDelta(text=tail, finish_reason=finish_reason(finish),
-                          usage=usage or Usage(completion_tokens=0))
+        reason = finish_reason(finish)
+        yield StreamDelta(text=tail, finish_reason=reason, usage=usage or Usage(completion_tokens=0),
+                          confidence=answer_confidence(tokens, reason, stop_reason),
+                          logprobs=(tokens or None) if request.params.logprobs is not None else None)
 
 
 async def _read_close(resp: httpx.Response) -> bytes:

@@ -8,6 +8,9 @@ to `png` for bit-exact pixels). Each image part carries vLLM's optional `uuid`: 
 vLLM's multimodal processor cache hits for a photo it has seen, without hashing the pixels again.
 
 Responses: usage, finish reason and text come from the server; its HTTP errors become our error tree.
+Every request asks for logprobs (top_logprobs: the client's, else 0), so every answer gets its
+confidence (confidence.py) from the server's own log-probabilities (vLLM's default raw_logprobs: the
+distribution the in-process engine records too); the client sees them only if it asked.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import re
 import time
 from typing import Any
 
+from vqaserve import confidence
 from vqaserve.bounded_lru import BoundedLRU
 from vqaserve.engines.structured import response_format_body
 from vqaserve.errors import (
@@ -30,7 +34,7 @@ from vqaserve.errors import (
     PayloadTooLarge,
     VQAError,
 )
-from vqaserve.types import EngineRequest, FinishReason, NormalizedImage, Usage
+from vqaserve.types import EngineRequest, FinishReason, NormalizedImage, TokenLogprob, Usage
 
 PHOTO_COLOURS = 4096  # more distinct colours than this (on a thumbnail) -> treat as a photo -> JPEG
 JPEG_QUALITY = 95
@@ -128,7 +132,35 @@ def build_body(request: EngineRequest, model: str, messages: list[dict[str, Any]
         body["response_format"] = response_format_body(p.json_schema)
     if stream:
         body["stream_options"] = {"include_usage": True}
+    body["logprobs"] = True  # for the confidence, asked or not (the chosen tokens' only: cheap)
+    body["top_logprobs"] = p.logprobs or 0
     return body
+
+
+def parse_logprobs(value: object) -> list[TokenLogprob] | None:
+    """A choice's (or chunk's) `logprobs` in OpenAI's shape -> our tokens; None if absent or unreadable."""
+    content = value.get("content") if isinstance(value, dict) else None
+    if not isinstance(content, list):
+        return None
+    try:
+        return [_token(entry, tuple(_token(alt) for alt in entry.get("top_logprobs") or ())) for entry in content]
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return None
+
+
+def _token(entry: Any, top: tuple[TokenLogprob, ...] = ()) -> TokenLogprob:
+    raw = entry.get("bytes")
+    return TokenLogprob(token=str(entry["token"]), logprob=float(entry["logprob"]),
+                        bytes=tuple(int(b) for b in raw) if isinstance(raw, list) else None, top=top)
+
+
+def answer_confidence(tokens: list[TokenLogprob] | None, finish: FinishReason, stop_reason: object) -> float | None:
+    """confidence.py's rule over the server's tokens. vLLM's last token is the end token when the answer
+    stopped on EOS (stop_reason null) or a stop_token_id (an int); a stop string (a str) is text."""
+    if not tokens:
+        return None
+    ended = finish == "stop" and not isinstance(stop_reason, str)
+    return confidence.of_answer([t.logprob for t in tokens], ended)
 
 
 def finish_reason(value: object) -> FinishReason:

@@ -43,13 +43,14 @@ class Outcome:
     correct: bool
     error: str | None = None
     fields: dict[str, bool] | None = None  # per JSON field, for items with a schema
+    confidence: float | None = None  # the answer's (confidence.py); eval/calibration.py reads it
 
 
-def score(item: EvalItem, prediction: str) -> Outcome:
+def score(item: EvalItem, prediction: str, confidence: float | None = None) -> Outcome:
     if item.schema:
         fields = field_scores(prediction, item.answer)
-        return Outcome(item, prediction, all(fields.values()), fields=fields)
-    return Outcome(item, prediction, is_correct(prediction, item.answer))
+        return Outcome(item, prediction, all(fields.values()), fields=fields, confidence=confidence)
+    return Outcome(item, prediction, is_correct(prediction, item.answer), confidence=confidence)
 
 
 @dataclass
@@ -153,7 +154,7 @@ async def evaluate(pipeline: Any, items: Sequence[EvalItem], model: str | None =
         async with semaphore:
             try:
                 answer = await pipeline.answer(question_for(item, model))
-                outcome = score(item, answer.text)
+                outcome = score(item, answer.text, answer.confidence)
             except VQAError as exc:  # one bad picture fails alone and counts as wrong
                 outcome = Outcome(item, "", False, error=exc.message)
         if bar is not None:

@@ -257,8 +257,8 @@ class MicroBatcher:
                 self._fail(ticket, result)
             elif ticket.buffer is not None:
                 ticket.buffer.put_nowait(StreamDelta(text=result.text[ticket.sent:],
-                                                     finish_reason=result.finish_reason,
-                                                     usage=result.usage))
+                                                     finish_reason=result.finish_reason, usage=result.usage,
+                                                     confidence=result.confidence, logprobs=result.logprobs))
                 ticket.buffer.put_nowait(_END)
             elif not ticket.future.done():
                 ticket.future.set_result(result)

@@ -5,7 +5,7 @@ The route takes `ChatCompletionRequest` as its body, so FastAPI validates reques
 fields OpenAI clients send, and vLLM's sampling extensions (sampling.py) that clients of a vLLM
 server send, so those clients work unchanged. Fields that would hand the client control over the
 model's internals (chat templates, processor kwargs) and features this service does not have (n > 1,
-tools, logprobs, audio, beam search) are refused with a 400 that names the field; unknown fields too
+tools, prompt logprobs, audio, beam search) are refused with a 400 that names the field; unknown fields too
 (compat.py declares those, and the fields that change nothing here). Rules JSON Schema cannot state
 (min_tokens with a JSON response_format) are validators, and the schema's descriptions say them. As
 with OpenAI and vLLM, a conversation may end with any role: the answer is the next assistant turn.
@@ -13,6 +13,7 @@ with OpenAI and vLLM, a conversation may end with any role: the answer is the ne
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -31,7 +32,6 @@ from vqaserve.server.compat import (
     REFUSED_FIELDS,
     DefaultOnly,
     Ignored,
-    LogprobsFields,
     OpenAIIgnored,
     VLLMDefaults,
     marked,
@@ -194,6 +194,16 @@ ResponseFormat = Annotated[
                   custom_error_message="use 'text', 'json_object' or 'json_schema'")]
 
 
+class LogprobsFields(BaseModel):
+    """OpenAI's log-probabilities of the answer's tokens (docs/api.md: Confidence and logprobs)."""
+
+    logprobs: bool | None = Field(None, description=(
+        "true: choices[0].logprobs.content gives each answer token with its log-probability (in a stream, "
+        "all of them on the final chunk); such a request skips the answer cache"))
+    top_logprobs: Annotated[int | None, Field(ge=0, le=20), Integral, says(
+        "between 0 and 20", note="the most likely tokens at each place; needs logprobs: true")] = None
+
+
 class Conversation(BaseModel):
     """What to answer, by which model, and how to send it."""
 
@@ -232,7 +242,15 @@ class ChatCompletionRequest(OpenAIIgnored, VLLMDefaults, LogprobsFields, Generat
         if self._json_schema and self.min_tokens:  # the grammar ends the answer where its JSON ends
             raise Problem("min_tokens cannot be combined with a JSON response_format (the answer ends where "
                           "its JSON does); remove min_tokens", at="min_tokens")
+        if self.top_logprobs and not self.logprobs:  # 0 without logprobs changes nothing (as in vLLM)
+            raise Problem("top_logprobs needs logprobs: true; add \"logprobs\": true or remove top_logprobs",
+                          at="top_logprobs")
         return self
+
+    @property
+    def logprobs_asked(self) -> int | None:
+        """GenerationParams.logprobs: None, or how many top_logprobs to give with each token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def json_schema(self) -> str:
@@ -272,5 +290,6 @@ def to_question(req: ChatCompletionRequest, settings: Settings, request_id: str)
         else:
             parts = [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(msg.content)]
         turns.append(Turn(role="system" if msg.role == "developer" else msg.role, parts=parts))
-    return Question(turns=turns, params=generation_params(req, settings.generation, req.json_schema),
-                    model=req.model or None, request_id=request_id, stream=req.stream, cache=req.cache)
+    params = replace(generation_params(req, settings.generation, req.json_schema), logprobs=req.logprobs_asked)
+    return Question(turns=turns, params=params, model=req.model or None, request_id=request_id,
+                    stream=req.stream, cache=req.cache)

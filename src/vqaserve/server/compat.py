@@ -71,16 +71,6 @@ _STRUCTURED = ("structured output through {0} is not supported; remove {0} and s
                "(json_schema or json_object) instead")
 
 
-class LogprobsFields(BaseModel):
-    """OpenAI's log-probabilities: refused until they are implemented (issue 29). Accepting them is
-    this class: make the annotations `bool | None` and `int | None` (0..20) and read them in
-    `to_question`."""
-
-    logprobs: Annotated[Any, default_only(False, why="logprobs are not supported; remove logprobs")] = None
-    top_logprobs: Annotated[Any, default_only(
-        0, why="top_logprobs needs logprobs, which are not supported; remove top_logprobs")] = None
-
-
 class VLLMDefaults(BaseModel):
     """vLLM's fields that neither engine can honour, or that would reach the prompt: accepted at the
     value that changes nothing, refused otherwise; and the ones that change nothing here at all."""

@@ -46,11 +46,17 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": _ERRORS[code]} for code in codes}
 
 
-CACHE_HEADER = {"x-vqa-cache": {"description": "where the answer came from",
+ANSWER_HEADERS = {"x-vqa-cache": {"description": "where the answer came from",
                                 "schema": {"type": "string", "enum": ["hit", "miss", "bypass"]}},
                 "x-vqa-model": {"description": "the weights that answered: the base model's name, or an adapter's "
                                                "version NAME@FINGERPRINT (percent-encoded outside ASCII)",
-                                "schema": {"type": "string"}}}
+                                "schema": {"type": "string"}},
+                "x-vqa-confidence": {"description": "the answer's confidence, 0..1 with 4 decimals (as the body's "
+                                                    "`confidence`); not on streams, whose final chunk carries it",
+                                     "schema": {"type": "string", "pattern": "^[01]\\.[0-9]{4}$"}},
+                "x-vqa-review": {"description": "`true` when the confidence is under VQA_REVIEW_BELOW (flagged for "
+                                                "review: hand the customer to a person); absent otherwise and on "
+                                                "streams", "schema": {"type": "string", "enum": ["true"]}}}
 # Before OpenAPI 3.2 (itemSchema) an event stream's `schema` describes one event, as tools read it.
 SSE_EVENT = {
     "type": "object", "required": ["data"],
@@ -65,9 +71,10 @@ CHAT_OPENAPI: dict[str, Any] = {
     "responses": {"200": {
         "description": "`stream: false`: a chat.completion; `stream: true`: server-sent events, each "
                        "`data: <chat.completion.chunk JSON>` (role chunk, text chunks, a final chunk with "
-                       "finish_reason, a usage chunk if stream_options.include_usage), then `data: [DONE]`; "
+                       "finish_reason and the extensions `confidence` and `review`, a usage chunk if "
+                       "stream_options.include_usage), then `data: [DONE]`; "
                        "an error after the stream started is `data: {\"error\": {...}}` then `data: [DONE]`",
-        "headers": CACHE_HEADER,
+        "headers": ANSWER_HEADERS,
         "content": {"text/event-stream": {"schema": SSE_EVENT}}}},
 }
 
@@ -113,7 +120,7 @@ UPLOAD_OPENAPI: dict[str, Any] = {
     "requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": form_schema(VQAForm), "encoding": {"image": {"contentType": "image/*, application/octet-stream"},
                                                      "schema": {"contentType": "application/json"}}}}},
-    "responses": {"200": {"headers": CACHE_HEADER}},
+    "responses": {"200": {"headers": ANSWER_HEADERS}},
 }
 
 

@@ -20,7 +20,7 @@ from vqaserve.errors import EngineFailure, InvalidRequest, UnsupportedMediaType
 from vqaserve.metrics import Metrics
 from vqaserve.pipeline import Pipeline
 from vqaserve.server.state import state
-from vqaserve.types import Usage
+from vqaserve.types import Answer, Usage
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # how one is written in JSON
@@ -38,6 +38,16 @@ def model_header(served_by: str) -> str:
     from urllib.parse import quote
 
     return quote(served_by, safe="@._-:+")
+
+
+def answer_headers(answer: Answer, review: bool) -> dict[str, str]:
+    """The headers of a whole (not streamed) answer: where it came from, who answered, how sure it is."""
+    headers = {"x-vqa-cache": answer.cache, "x-vqa-model": model_header(answer.served_by)}
+    if answer.confidence is not None:
+        headers["x-vqa-confidence"] = f"{answer.confidence:.4f}"
+    if review:
+        headers["x-vqa-review"] = "true"
+    return headers
 
 
 def record_answer(metrics: Metrics, cache: str, usage: Usage, finish_reason: str | None) -> None:

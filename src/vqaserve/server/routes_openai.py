@@ -8,11 +8,18 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from vqaserve.confidence import needs_review
 from vqaserve.server.capture_hook import capture_answer, capture_stream
 from vqaserve.server.chat_request import ChatCompletionRequest, to_question
 from vqaserve.server.openapi import CHAT_OPENAPI, error_responses
 from vqaserve.server.responses import ChatCompletion, ModelCard, ModelList, completion_id
-from vqaserve.server.route_support import JSONBodyRoute, answering_pipeline, model_header, record_answer
+from vqaserve.server.route_support import (
+    JSONBodyRoute,
+    answer_headers,
+    answering_pipeline,
+    model_header,
+    record_answer,
+)
 from vqaserve.server.sse import ClosingStreamingResponse, sse_events
 from vqaserve.server.state import state
 
@@ -27,18 +34,19 @@ async def chat_completions(chat: ChatCompletionRequest, request: Request) -> Any
     app = state(request)
     question = to_question(chat, app.settings, request.state.request_id)
     pipeline = answering_pipeline(request)
+    review_below = app.settings.capture.review_below
     if not chat.stream:
         answer = await pipeline.answer(question)
         record_answer(app.metrics, answer.cache, answer.usage, answer.finish_reason)
-        body = ChatCompletion.of(answer, completion_id())
+        review = needs_review(answer.confidence, review_below)
+        body = ChatCompletion.of(answer, completion_id(), review)
         capture_answer(request, question, answer, body.id, started)
-        return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache,
-                                                        "x-vqa-model": model_header(answer.served_by)})
+        return JSONResponse(body.model_dump(), headers=answer_headers(answer, review))
     status, deltas = await pipeline.open_stream(question)
     deltas, answered = capture_stream(request, question, status, deltas, started)
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-    events = sse_events(deltas, model=question.answered_by, cache=status,
-                        include_usage=include_usage, metrics=app.metrics, count=pipeline.engine.count_tokens,
+    events = sse_events(deltas, model=question.answered_by, cache=status, include_usage=include_usage,
+                        metrics=app.metrics, count=pipeline.engine.count_tokens, review_below=review_below,
                         on_answer=answered)
     return ClosingStreamingResponse(events, media_type="text/event-stream",
                                     headers={"x-vqa-cache": status, "x-vqa-model": model_header(question.served_by),

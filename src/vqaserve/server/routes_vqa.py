@@ -13,11 +13,12 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vqaserve.confidence import needs_review
 from vqaserve.errors import InvalidRequest, UnsupportedMediaType
 from vqaserve.server.capture_hook import capture_answer
 from vqaserve.server.openapi import UPLOAD_OPENAPI, error_responses
 from vqaserve.server.responses import UsageModel, VQAResponse
-from vqaserve.server.route_support import answering_pipeline, content_type, model_header, record_answer
+from vqaserve.server.route_support import answer_headers, answering_pipeline, content_type, record_answer
 from vqaserve.server.sampling import generation_params
 from vqaserve.server.state import state
 from vqaserve.server.validation import validate
@@ -64,9 +65,9 @@ async def vqa(request: Request) -> JSONResponse:
     record_answer(state(request).metrics, answer.cache, answer.usage, answer.finish_reason)
     timings = {k: round(v, 2) for k, v in answer.timings.items()}
     timings["total"] = round((time.perf_counter() - started) * 1000.0, 2)
+    review = needs_review(answer.confidence, state(request).settings.capture.review_below)
     body = VQAResponse(answer=answer.text, model=answer.model, cached=answer.cached,
                        finish_reason=answer.finish_reason, usage=UsageModel.of(answer.usage), timings=timings,
-                       request_id=q.request_id)
+                       request_id=q.request_id, confidence=answer.confidence, review=review)
     capture_answer(request, q, answer, body.request_id, started)
-    return JSONResponse(body.model_dump(), headers={"x-vqa-cache": answer.cache,
-                                                    "x-vqa-model": model_header(answer.served_by)})
+    return JSONResponse(body.model_dump(), headers=answer_headers(answer, review))

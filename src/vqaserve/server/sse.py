@@ -1,4 +1,11 @@
-"""Server-sent events for `stream: true`: the pipeline's deltas as chat.completion.chunk events."""
+"""Server-sent events for `stream: true`: the pipeline's deltas as chat.completion.chunk events.
+
+The final chunk (the one with finish_reason) carries the answer's `confidence` and `review` flag, and
+with `logprobs: true` all its tokens' log-probabilities: a delta here is text that the stop-string
+hold-back, the output check and the event joining have cut anew, no longer one token, so tokens
+cannot be matched to chunks cleanly. A client that concatenates the chunks' logprobs.content (as
+OpenAI's clients do) gets the same list as from a plain answer.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +19,19 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from vqaserve.components import DeltaStream
+from vqaserve.confidence import needs_review
 from vqaserve.errors import VQAError
 from vqaserve.metrics import Metrics
-from vqaserve.server.responses import ChatCompletionChunk, ChunkChoice, Delta, UsageModel, completion_id
+from vqaserve.server.responses import (
+    ChatCompletionChunk,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Delta,
+    UsageModel,
+    completion_id,
+)
 from vqaserve.server.route_support import record_answer
-from vqaserve.types import Usage
+from vqaserve.types import StreamDelta, Usage
 
 log = logging.getLogger("vqaserve.server")
 
@@ -39,13 +54,19 @@ def _event(payload: dict[str, Any]) -> str:
 
 
 def _chunk(cid: str, created: int, model: str, delta: Delta | None, finish: str | None = None,
-           usage: Usage | None = None) -> str:
-    choices = [] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish)]
+           usage: Usage | None = None, last: StreamDelta | None = None, review: bool = False) -> str:
+    """One chunk; `last` (the final delta) adds its logprobs, confidence and the review flag."""
+    logprobs = ChoiceLogprobs.of(last.logprobs) if last is not None else None
+    choices = [] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)]
     chunk = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices,
                                 usage=UsageModel.of(usage) if usage is not None else None)
     payload = chunk.model_dump()
     for choice in payload["choices"]:  # OpenAI sends only the delta fields that are set
         choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+    if last is None:  # the extensions are the final chunk's
+        del payload["confidence"], payload["review"]
+    else:
+        payload["confidence"], payload["review"] = last.confidence, review
     return _event(payload)
 
 
@@ -58,7 +79,7 @@ def _content_events(cid: str, created: int, model: str) -> Callable[[str], str]:
 
 
 async def sse_events(deltas: DeltaStream, *, model: str, cache: str, include_usage: bool,
-                     metrics: Metrics, count: Callable[[str], int],
+                     metrics: Metrics, count: Callable[[str], int], review_below: float,
                      on_answer: Callable[[str], None] | None = None) -> AsyncIterator[str]:
     """Role chunk, content deltas, final chunk (finish_reason), usage chunk (if asked), [DONE].
 
@@ -72,6 +93,7 @@ async def sse_events(deltas: DeltaStream, *, model: str, cache: str, include_usa
     pieces: list[str] = []
     finish: str | None = None
     usage: Usage | None = None
+    last = StreamDelta()
     try:
         async for delta in deltas:
             if delta.text:
@@ -79,7 +101,7 @@ async def sse_events(deltas: DeltaStream, *, model: str, cache: str, include_usa
                 yield content(delta.text)
             if delta.finish_reason is not None:
                 # no break: the pipeline writes the cache after its final delta, when resumed once more
-                finish, usage = delta.finish_reason, delta.usage
+                finish, usage, last = delta.finish_reason, delta.usage, delta
     except VQAError as exc:
         yield _event(exc.to_openai())
         yield "data: [DONE]\n\n"
@@ -97,7 +119,8 @@ async def sse_events(deltas: DeltaStream, *, model: str, cache: str, include_usa
     record_answer(metrics, cache, usage, finish)
     if on_answer is not None:
         on_answer(cid)
-    yield _chunk(cid, created, model, Delta(), finish=finish or "stop")
+    yield _chunk(cid, created, model, Delta(), finish=finish or "stop", last=last,
+                 review=needs_review(last.confidence, review_below))
     if include_usage:
         yield _chunk(cid, created, model, None, usage=usage)
     yield "data: [DONE]\n\n"
