@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from vqaserve.images.loading import PictureLoader
 from vqaserve.routing import RoutingTable
 from vqaserve.scheduling.admission import within_deadline
 from vqaserve.settings import Settings
+from vqaserve.streams import Concluded, relay, replay
 from vqaserve.types import (
     Answer,
     CacheStatus,
@@ -127,7 +127,7 @@ class Pipeline:
         except BaseException:
             self._release(question)
             raise
-        return status, _Concluded(deltas, lambda finished, conf: self._stream_ended(question, status, started,
+        return status, Concluded(deltas, lambda finished, conf: self._stream_ended(question, status, started,
                                                                                    finished, conf))
 
     async def _open_prepared(self, question: Question,
@@ -135,7 +135,7 @@ class Pipeline:
         key = await self._cache_key(question)
         cached = await self._cache_get(key, timer)
         if cached is not None:
-            return "hit", self._replay(cached)
+            return "hit", replay(cached)
         if key is not None and self.inflight.in_flight(key):
             return "miss", self._replay_shared(question, key, timer)
         request = self._engine_request(question)
@@ -146,10 +146,10 @@ class Pipeline:
             return self._generate_stream(question, key, timer, request, source, deltas.put_nowait)
 
         if key is None:
-            return "bypass", self._relay(asyncio.ensure_future(generate()), deltas)
+            return "bypass", relay(asyncio.ensure_future(generate()), deltas)
         # No await since the in_flight check: this stream leads the flight others join.
         flight, _ = self.inflight.flight(key, generate)
-        return "miss", self._relay(asyncio.ensure_future(self.inflight.wait(flight)), deltas)
+        return "miss", relay(asyncio.ensure_future(self.inflight.wait(flight)), deltas)
 
     # --- stages ------------------------------------------------------------------------------------
     def budget(self) -> PixelBudget:
@@ -297,18 +297,10 @@ class Pipeline:
                       timings=timer.timings, request_id=q.request_id, served_by=q.served_by,
                       confidence=conf, logprobs=logprobs)
 
-    async def _replay(self, answer: Answer) -> AsyncGenerator[StreamDelta, None]:
-        """A finished answer as a stream, word by word (the pieces join to exactly the text)."""
-        pieces = [p for p in re.split(r"(?<=\s)(?=\S)", answer.text) if p] or [""]
-        for piece in pieces[:-1]:
-            yield StreamDelta(text=piece)
-        yield StreamDelta(text=pieces[-1], finish_reason=answer.finish_reason, usage=answer.usage,
-                          confidence=answer.confidence, logprobs=answer.logprobs)
-
     async def _replay_shared(self, q: Question, key: str, timer: Timer) -> AsyncGenerator[StreamDelta, None]:
         """An identical request is generating right now: wait for its answer and replay it."""
         answer, _ = await self.inflight.run(key, lambda: self._answer_fresh(q, key, timer))
-        async for delta in self._replay(answer):
+        async for delta in replay(answer):
             yield delta
 
     def _open_engine_stream(self, request: EngineRequest, q: Question) -> DeltaStream:
@@ -316,32 +308,6 @@ class Pipeline:
         if self.c.batcher is not None:
             return self.c.batcher.open_stream(request, q.adapter or "")
         return self.engine.stream(request)
-
-    async def _relay(self, work: asyncio.Future[Answer],
-                     deltas: asyncio.Queue[StreamDelta]) -> AsyncGenerator[StreamDelta, None]:
-        """The client's side of a generating stream: its deltas as they come, then its error if it
-        failed. A client that leaves cancels `work` (the generation, or its wait in a flight that
-        others may still be waiting on)."""
-        getter: asyncio.Future[StreamDelta] | None = None
-        try:
-            while not (work.done() and deltas.empty()):
-                if not deltas.empty():  # a reader behind the engine: what waits goes out as one delta
-                    yield _joined(deltas)
-                    continue
-                getter = asyncio.ensure_future(deltas.get())
-                either: set[asyncio.Future[StreamDelta] | asyncio.Future[Answer]] = {getter, work}
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
-            work.result()  # the generation's error, after every delta it sent
-        finally:
-            if getter is not None:
-                getter.cancel()
-            if not work.done():
-                work.cancel()
-                await asyncio.wait({work})
 
     async def _generate_stream(self, q: Question, key: str | None, timer: Timer, request: EngineRequest,
                                source: DeltaStream, emit: Callable[[StreamDelta], None]) -> Answer:
@@ -403,53 +369,3 @@ class Pipeline:
         emit(StreamDelta(text=("\n" if "".join(sent).strip() else "") + refusal,
                          finish_reason="content_filter", usage=last.usage, confidence=REFUSED))
         return answer
-
-
-class _Concluded:
-    """A stream that reports its end once, however it ends: read to its last delta, failed, or closed
-    by a reader that left (started or not: closing a generator never started does not run its code)."""
-
-    def __init__(self, inner: AsyncGenerator[StreamDelta, None],
-                 on_end: Callable[[bool, float | None], None]) -> None:
-        self.inner, self.on_end = inner, on_end
-        self.finished = self.ended = False
-        self.confidence: float | None = None  # the last delta's
-
-    def __aiter__(self) -> _Concluded:
-        return self
-
-    async def __anext__(self) -> StreamDelta:
-        try:
-            delta = await self.inner.__anext__()
-        except BaseException:
-            self._end()
-            raise
-        if delta.finish_reason is not None:
-            self.finished, self.confidence = True, delta.confidence
-        return delta
-
-    async def aclose(self) -> None:
-        try:
-            await self.inner.aclose()
-        finally:
-            self._end()
-
-    def _end(self) -> None:
-        if not self.ended:
-            self.ended = True
-            self.on_end(self.finished, self.confidence)
-
-
-def _joined(deltas: asyncio.Queue[StreamDelta]) -> StreamDelta:
-    """The queued deltas as one (text joined; the finish reason and usage of the last), up to and
-    including a final one. Fewer, larger events cost the client and the server less than one per
-    token, and the text is the same."""
-    last = deltas.get_nowait()
-    if last.finish_reason is not None or deltas.empty():
-        return last
-    pieces = [last.text]
-    while last.finish_reason is None and not deltas.empty():
-        last = deltas.get_nowait()
-        pieces.append(last.text)
-    return StreamDelta(text="".join(pieces), finish_reason=last.finish_reason, usage=last.usage,
-                       confidence=last.confidence, logprobs=last.logprobs)

@@ -106,7 +106,7 @@ USES = [
          "server/limits.py", "cycle.more_body", _uvicorn_protocol_cycle),
     Uses("uvicorn", "Config(timeout_graceful_shutdown=)", "0.22.0", "server/limits.py",
          "timeout_graceful_shutdown", _uvicorn_graceful_timeout),
-    Uses("pydantic-settings", "NoDecode", "2.7.0", "settings.py", "NoDecode", _settings_no_decode),
+    Uses("pydantic-settings", "NoDecode", "2.7.0", "settings/groups.py", "NoDecode", _settings_no_decode),
     # 5.0 added return_dict (4.57 refuses it: the memo would crash generation); 5.18 the per-image split.
     Uses("transformers", "Qwen3-VL get_image_features(return_dict=True) with per-image deepstack_features",
          "5.18.0", "engines/vision_memo.py", "deepstack_features", _qwen3_vl_split_deepstack),

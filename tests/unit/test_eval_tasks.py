@@ -74,6 +74,7 @@ def test_evaluate_scores_json_items_through_the_pipeline(tmp_path: Path) -> None
         async def answer(self, question):  # type: ignore[no-untyped-def]
             class A:
                 text = GOLD if question.params.json_schema else REFUSALS["zh"]
+                confidence = None
             return A()
 
     items = [EvalItem("a.png", "JSON?", GOLD, "json", "en", SCHEMA),
