@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from tests.cache_helpers import DictCache, TextKey
 from tests.conftest import image_bytes
 from tests.http_support import LiveServer, RecordingEngine, make_app, sse_payloads, user_msg
+from tests.waiting import wait_until
 from vqaserve.server.state import app_state
 
 pytestmark = pytest.mark.integration
@@ -288,7 +289,10 @@ def test_a_gateway_reports_its_queue_batches_and_upstream_breaker_in_metrics() -
         gateway = create_app(load_settings(engine="upstream", upstream_url=f"{upstream.url}/v1",
                                            upstream_model="shop-toy", safety_image="off"))
         with TestClient(gateway) as c:
-            assert chat(c, [user_msg("through the gateway")], model="shop-toy").status_code == 200
+            # On a loaded machine the first discovery can miss; the gateway retries in the background.
+            wait_until(lambda: c.get("/ready").status_code == 200, what="the gateway to find its model server")
+            resp = chat(c, [user_msg("through the gateway")], model="shop-toy")
+            assert resp.status_code == 200, resp.text
             text = c.get("/metrics").text
     for line in ("vqa_batch_size_count 1.0", "vqa_queue_depth 0.0", 'vqa_stage_seconds_count{stage="queue"} 1.0',
                  'vqa_breaker_state{backend="upstream"} 0.0', 'vqa_breaker_opens_total{backend="upstream"} 0.0'):
