@@ -104,17 +104,20 @@ class Story:
         self.details: dict[str, Any] = {"engine": "vllm" if through_vllm else "in process", "seeds": self.seeds,
                                         "base_model": self.base_spec, "adapter_name": ADAPTER, "steps": []}
         self.failed = 0  # requests the story sent that were not answered 200
+        self.capture_url = ""  # set with the server's settings
 
     async def run(self) -> Result:
         if self.cfg.url:
             raise ConfigError("the story starts its own service (capture on, admin keys): run it without --url")
-        tmp = self.cfg.out_dir / f"{'story-vllm' if self.through_vllm else 'story'}-{time.strftime('%Y%m%dT%H%M%SZ')}"
-        tmp.mkdir(parents=True)
-        self.details["folder"] = str(tmp)
+        # Absolute: the server reads the capture database, and vLLM the adapter, from their own directories.
+        name = "story-vllm" if self.through_vllm else "story"
+        folder = (self.cfg.out_dir / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ')}").resolve()
+        folder.mkdir(parents=True)
+        self.details["folder"] = str(folder)
         with contextlib.ExitStack() as stack:
             upstream, vllm_proc = stack.enter_context(self._vllm()) if self.through_vllm else (None, None)
-            server = stack.enter_context(ServerProcess(self._serve_env(tmp, upstream)))
-            await self._tell(server.url, tmp)
+            server = stack.enter_context(ServerProcess(self._serve_env(folder, upstream)))
+            await self._tell(server.url, folder)
             alive = [server.proc] + ([vllm_proc.proc] if vllm_proc else [])
             self.figures["story_restarts"] = sum(p is None or p.poll() is not None for p in alive)
         self.figures["story_failed_requests"] = self.failed
@@ -131,8 +134,8 @@ class Story:
         with VllmServer(self.model_dir, lora=True) as server:
             yield server.url, server
 
-    def _serve_env(self, tmp: Path, upstream: str | None) -> dict[str, str]:
-        self.capture_url = f"sqlite:///{tmp / 'capture.db'}"
+    def _serve_env(self, folder: Path, upstream: str | None) -> dict[str, str]:
+        self.capture_url = f"sqlite:///{folder / 'capture.db'}"
         env = {"VQA_CAPTURE_URL": self.capture_url, "VQA_API_KEYS": self.api_key, "VQA_ADMIN_KEYS": self.admin_key}
         if upstream:
             from vqaserve.bench.upstream import model_budget
@@ -144,7 +147,7 @@ class Story:
         return self.cfg.server_env(**env)
 
     # --- the story ---------------------------------------------------------------------------------------
-    async def _tell(self, url: str, tmp: Path) -> None:
+    async def _tell(self, url: str, folder: Path) -> None:
         import httpx
 
         async with httpx.AsyncClient(base_url=url, timeout=900.0,
@@ -160,8 +163,8 @@ class Story:
             self.figures.update(story_review_listed=reviewed["listed"], story_corrections=reviewed.get("corrected", 0),
                                 story_photos_seen=reviewed.get("photos_seen", 0))
             self.figures["story_captured"] = await _captured(client, 3 * self.n)
-            adapter = await self._export_and_train(tmp)
-            if not await self._gate(base, adapter, tmp):
+            adapter = await self._export_and_train(folder)
+            if not await self._gate(adapter, folder):
                 return
             await self._live(url, base, adapter, new, test, before)
 
@@ -181,9 +184,9 @@ class Story:
         self.details["customers_by_type"] = {t: {"right": r, "wrong": w} for t, (w, r) in sorted(by_type.items())}
         return truth
 
-    async def _export_and_train(self, tmp: Path) -> Path:
+    async def _export_and_train(self, folder: Path) -> Path:
         """Steps 4 and 5: the corrections exported as training data, and the adapter trained on them."""
-        out = tmp / "loop"
+        out = folder / "loop"
         await self._vqa("data", "export", "--capture", self.capture_url, "--out", str(out), "--holdout", "0.2",
                         "--seed", str(self.cfg.seed))
         exported = json.loads((out / "export.json").read_text(encoding="utf-8"))
@@ -199,10 +202,10 @@ class Story:
                                                               "duration_s", "final_loss", "params_trainable")}
         return adapter
 
-    async def _gate(self, base: str, adapter: Path, tmp: Path) -> bool:
+    async def _gate(self, adapter: Path, folder: Path) -> bool:
         """Step 6: the candidate against the base on the held-out corrections and the `test` split."""
-        data = [str(tmp / "loop" / "holdout.jsonl")] if (tmp / "loop" / "holdout.jsonl").is_file() else []
-        report = tmp / "loop" / "compare.json"
+        data = [str(folder / "loop" / "holdout.jsonl")] if (folder / "loop" / "holdout.jsonl").is_file() else []
+        report = folder / "loop" / "compare.json"
         step = await self._vqa("eval", "--compare", self.base_spec, str(adapter),
                                *[arg for d in data for arg in ("--data", d)], "--data", "test",
                                "--n", str(self.n), "--seed", str(self.seeds["gate"]),
@@ -210,10 +213,10 @@ class Story:
                                env=self.cfg.server_env(), check=False)
         if step.rc != 0 and "gate:" not in step.said:
             step.must_pass()  # a failure, not a verdict
-        rows = json.loads(report.read_text(encoding="utf-8"))["rows"]
+        compared = json.loads(report.read_text(encoding="utf-8"))
+        rows, by_set = compared["rows"], compared["details"]
         for row in rows:  # one question leaves no SE: NaN, which is not JSON
             row["se_points"] = None if row["se_points"] != row["se_points"] else row["se_points"]
-        by_set = json.loads(report.read_text(encoding="utf-8"))["details"]
         self.details["gate"] = {"rc": step.rc, "max_regression": self.cfg.max_regression, "rows": rows,
                                 "by_type": {name: {side: by_set[name][side].get("by_type") for side in by_set[name]}
                                             for name in by_set},
@@ -238,26 +241,31 @@ class Story:
         each = max(len(pool), self.n // 5)
         admin = {"VQA_ADMIN_KEY": self.admin_key}
         headers = {"authorization": f"Bearer {self.api_key}"}
+        going_live = [("loaded", ("load", ADAPTER, str(adapter))),
+                      ("canary 10%", ("route", base, "--to", f"{ADAPTER}:10")),
+                      ("all traffic", ("route", base, "--to", f"{ADAPTER}:100"))]
+        way_back = [("route off", ("route", base, "--off")), ("unloaded", ("unload", ADAPTER))]
         async with Traffic(url, headers, pool) as traffic:
-            await traffic.enter("before", each)
-            steps = [("loaded", ("load", ADAPTER, str(adapter))),
-                     ("canary 10%", ("route", base, "--to", f"{ADAPTER}:10")),
-                     ("all traffic", ("route", base, "--to", f"{ADAPTER}:100")),
-                     ("route off", ("route", base, "--off")),
-                     ("unloaded", ("unload", ADAPTER))]
-            for phase, command in steps:
+
+            async def change(phase: str, command: tuple[str, ...]) -> None:
                 traffic.changing(phase)
                 await self._vqa("adapter", *command, "--url", url, env=admin)
                 await traffic.enter(phase, each)
-                if phase == "all traffic":
-                    after = {"new": await self._ask(url, new, "new sunglasses pictures, adapter"),
-                             "test": await self._ask(url, test, "test split, adapter")}
+
+            await traffic.enter("before", each)
+            for phase, command in going_live:
+                await change(phase, command)
+            after = {"new": await self._ask(url, new, "new sunglasses pictures, adapter"),
+                     "test": await self._ask(url, test, "test split, adapter")}
+            for phase, command in way_back:
+                await change(phase, command)
         phases = traffic.summary(ADAPTER)
         self.failed += sum(p["failed"] for p in phases.values())
         self.details["traffic"] = phases
         self.figures.update(
             story_live_requests=sum(p["requests"] for p in phases.values()),
             story_adapter_share_canary=phases["canary 10%"]["adapter_share"],
+            # at 100 %: the least of the clients' share and the two measurements' (each should be 1)
             story_adapter_share_all=min(phases["all traffic"]["adapter_share"], answered_by(after["new"], ADAPTER),
                                         answered_by(after["test"], ADAPTER)),
             story_adapter_share_unloaded=phases["unloaded"]["adapter_share"],
