@@ -42,6 +42,11 @@ class BenchConfig:
     vllm_model: Path | None = None
     answers: int = 200  # upstream: pictures whose answers are compared direct vs through the gateway
     adapter: tuple[str, str] | None = None  # adapter-vllm: (name vLLM serves it as, its directory)
+    # story, story-vllm (issue 29): the adapter trained from the corrections, and the gate it must pass
+    train_steps: int = 1500  # the LR schedule's length; the time budget usually ends the run first
+    train_batch_size: int = 32
+    train_minutes: float = 8.5  # `vqa train --time-budget-min`: the whole command within 10 minutes
+    max_regression: float = 2.0  # `vqa eval --compare --max-regression`, in points
     progress: bool = True
     out_dir: Path = Path("bench-results")
 

@@ -22,6 +22,8 @@ class Sample:
     cache: str  # the x-vqa-cache header: hit | miss | bypass | "" (absent)
     answer: str = ""
     first_s: float | None = None  # a stream's first text: seconds after the request was sent
+    model: str = ""  # the x-vqa-model header: the weights that answered
+    id: str = ""  # the response's id (what POST /v1/feedback rates); plain answers only
 
 
 @dataclass
@@ -74,6 +76,13 @@ def answer_text(payload: Any) -> str:
         return str(payload["choices"][0]["message"]["content"])
     except (KeyError, IndexError, TypeError):
         return ""
+
+
+def answer_id_of(payload: Any) -> str:
+    """A chat completion's `id`, or `/v1/vqa`'s `request_id`: what POST /v1/feedback rates."""
+    if not isinstance(payload, dict):
+        return ""
+    return str(payload.get("id") or payload.get("request_id") or "")
 
 
 async def stream_text(lines: AsyncIterator[str], sent: float) -> tuple[str, float | None, bool]:
@@ -133,17 +142,19 @@ async def run_load(url: str, bodies: Sequence[bytes], concurrency: int, *, label
                     if stream:
                         async with client.stream("POST", path, content=body) as resp:
                             status, cache = resp.status_code, resp.headers.get("x-vqa-cache", "")
-                            text = ""
+                            model, text, answer_id = resp.headers.get("x-vqa-model", ""), "", ""
                             if status == 200:
                                 text, first, clean = await stream_text(resp.aiter_lines(), t0)
                                 status = 200 if clean else 599
                     else:
                         resp = await client.post(path, content=body)
                         status, cache = resp.status_code, resp.headers.get("x-vqa-cache", "")
-                        text = answer_text(resp.json()) if status == 200 else ""
+                        model = resp.headers.get("x-vqa-model", "")
+                        payload = resp.json() if status == 200 else None
+                        text, answer_id = answer_text(payload), answer_id_of(payload)
                 except httpx.HTTPError:
-                    status, cache, text = 599, "", ""  # no answer at all (connection error, timeout)
-                samples[i] = Sample(time.perf_counter() - t0, status, cache, text, first)
+                    status, cache, text, model, answer_id = 599, "", "", "", ""  # no answer at all
+                samples[i] = Sample(time.perf_counter() - t0, status, cache, text, first, model, answer_id)
                 bar.update(1)
 
         started = time.perf_counter()

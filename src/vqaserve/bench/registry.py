@@ -81,6 +81,18 @@ async def _adapter_vllm(bench: Bench) -> Result:
     return await run(bench)
 
 
+async def _story(bench: Bench) -> Result:
+    from vqaserve.bench.loop_story import run
+
+    return await run(bench)
+
+
+async def _story_vllm(bench: Bench) -> Result:
+    from vqaserve.bench.loop_story import run_vllm
+
+    return await run_vllm(bench)
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("latency", "p50/p90 at c=1 through HTTP, where the time goes, and the engine in-process",
              lambda b: b.latency()),
@@ -109,4 +121,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              "off", _capture, concurrency=(1,), in_all=False),
     Scenario("adapter-vllm", "a LoRA adapter's greedy answers in a real vLLM vs in process",
              _adapter_vllm, requests=200, concurrency=(8,), in_all=False),
+    Scenario("story", "the learning loop end to end in process: sunglasses questions captured, corrected, exported, "
+             "an adapter trained, gated and put live on 10% then all traffic while clients ask",
+             _story, requests=200, concurrency=(4,), max_new_tokens=64, in_all=False),
+    Scenario("story-vllm", "the same story through a gateway in front of a real vLLM (runtime LoRA)",
+             _story_vllm, requests=200, concurrency=(4,), max_new_tokens=64, in_all=False),
 ]}

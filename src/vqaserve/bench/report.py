@@ -41,6 +41,13 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "image_safety_false_positives": ("<=", 0, "catalogue pictures the image check refuses"),
     # `vqa bench capture` (issue 29): capture stays off the request path
     "capture_hook_ms": ("<=", 1.0, "ms per answer capture adds on the request path (the hook)"),
+    # `vqa bench story` / `story-vllm` (issue 29): the learning loop, end to end
+    "story_failed_requests": ("<=", 0, "requests not answered 200, while the adapter went live included"),
+    "story_restarts": ("<=", 0, "service (and vLLM) processes that were not the ones started"),
+    "story_train_minutes": ("<=", 10.0, "minutes of the whole `vqa train` command"),
+    "story_gate_passed": (">=", 1, "`vqa eval --compare --max-regression` let the adapter through"),
+    "story_new_category_adapter": (">=", 0.80, "new sunglasses pictures whose category the live adapter names"),
+    "story_test_drop_points": ("<=", 2.0, "test split as served, base minus adapter, in points"),
     # `vqa bench adapter-vllm` (issue 20)
     "adapter_vllm_equal_share": (">=", 0.95, "adapter's greedy answers equal, vLLM / in process"),
 }

@@ -31,14 +31,16 @@ def vllm_available() -> str | None:
 
 
 class VllmServer:
-    """`scripts/vllm.sh serve MODEL --port N [--adapter NAME=PATH]...` on a free loopback port."""
+    """`scripts/vllm.sh serve MODEL --port N [--adapter NAME=PATH]... [--lora]` on a free loopback port
+    (`lora`: LoRA and its runtime endpoints on with no adapter at start-up, for `vqa adapter load`)."""
 
     def __init__(self, model_dir: Path | str = BUNDLED / "shop-toy", *, adapters: dict[str, str] | None = None,
                  port: int | None = None, extra_args: tuple[str, ...] = (), ready_timeout_s: float = 900.0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, lora: bool = False) -> None:
         self.model_dir = Path(model_dir)
         self.name = self.model_dir.name
         self.adapters = dict(adapters or {})
+        self.lora = lora
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = extra_args
@@ -54,6 +56,8 @@ class VllmServer:
                "--served-model-name", self.name]
         for name, path in self.adapters.items():
             cmd += ["--adapter", f"{name}={path}"]
+        if self.lora and not self.adapters:
+            cmd.append("--lora")
         if self.extra_args:
             cmd += ["--", *self.extra_args]
         return cmd

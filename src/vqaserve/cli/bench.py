@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="setting for the servers the benchmark starts and its in-process parts (repeatable)")
     p.add_argument("--requests", type=int, help="requests per measurement, or pictures (each scenario's "
                    "default: 16; vision-reuse 50, structured 200, near-duplicates 2000, image-safety 1000, "
-                   "followups 40, adapter-vllm 200)")
+                   "followups 40, adapter-vllm 200; story: sunglasses questions asked, and as many new pictures and "
+                   "test questions, 200)")
     p.add_argument("--concurrency", help="levels, comma-separated (default 1,4,16; upstream 1,16; stream and "
                    "structured 16; adapter-vllm 8)")
     p.add_argument("--max-new-tokens", type=int, help="answer length (default 16; stream 32, vision-reuse 8, "
@@ -59,6 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "shop-toy)")
     p.add_argument("--adapter", metavar="NAME=PATH", help="adapter-vllm: the adapter, NAME as vLLM serves it "
                    "(default: the bundled shop-toy-sunglasses)")
+    p.add_argument("--train-steps", type=int, default=1500, help="story: the adapter's training steps (the LR "
+                   "schedule; --train-minutes usually ends it first)")
+    p.add_argument("--train-batch-size", type=int, default=32, help="story: pictures a training step")
+    p.add_argument("--train-minutes", type=float, default=8.5, help="story: the training's time budget "
+                   "(vqa train --time-budget-min; the target is the whole command within 10 minutes)")
+    p.add_argument("--max-regression", type=float, default=2.0, metavar="POINTS",
+                   help="story: the gate (vqa eval --compare --max-regression)")
     p.add_argument("--out", default="bench-results", help="folder for the JSON records")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -99,9 +107,14 @@ def config(args: argparse.Namespace, scenario: str) -> BenchConfig:
     from vqaserve.bench.config import BenchConfig
 
     for flag, value in (("--requests", args.requests), ("--max-new-tokens", args.max_new_tokens),
-                        ("--rounds", args.rounds)):
+                        ("--rounds", args.rounds), ("--train-steps", args.train_steps),
+                        ("--train-batch-size", args.train_batch_size)):
         if value is not None and value < 1:
             raise InvalidRequest(f"{flag} must be at least 1")
+    if not args.train_minutes > 0:
+        raise InvalidRequest("--train-minutes must be a number of minutes above 0, e.g. 8.5")
+    if not args.max_regression >= 0:
+        raise InvalidRequest("--max-regression must be a number of points >= 0, e.g. 2")
     s = SCENARIOS[scenario]
     return BenchConfig(url=args.url, env=_env(args.env), model=args.model, requests=args.requests or s.requests,
                        concurrency=_levels(args.concurrency) if args.concurrency else list(s.concurrency),
@@ -112,6 +125,8 @@ def config(args: argparse.Namespace, scenario: str) -> BenchConfig:
                        torch_threads=args.torch_threads, upstream_url=args.upstream_url,
                        upstream_pid=args.upstream_pid, vllm_model=Path(args.vllm_model) if args.vllm_model else None,
                        answers=max(0, args.answers), adapter=_adapter(args.adapter),
+                       train_steps=args.train_steps, train_batch_size=args.train_batch_size,
+                       train_minutes=args.train_minutes, max_regression=args.max_regression,
                        progress=not args.no_progress, out_dir=Path(args.out))
 
 
