@@ -10,29 +10,18 @@ import io
 from pathlib import Path
 
 import pytest
+from cuda_only import BUDGET, require_cuda
 from PIL import Image
 
 pytestmark = pytest.mark.gpu
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001
-        return False
-
-
-if not _cuda():
-    pytest.skip("needs CUDA", allow_module_level=True)
+require_cuda()
 
 from vqaserve.engines.transformers import TransformersEngine  # noqa: E402
 from vqaserve.images import decode as imgs  # noqa: E402
 from vqaserve.settings import load_settings  # noqa: E402
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, Part, Turn  # noqa: E402
-
-BUDGET = (4 * 32 * 32, 64 * 32 * 32)
 
 
 @pytest.fixture(scope="module")

@@ -12,25 +12,14 @@ import math
 from pathlib import Path
 
 import pytest
+from cuda_only import BUDGET, require_cuda
 
 pytestmark = pytest.mark.gpu
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001
-        return False
-
-
-if not _cuda():
-    pytest.skip("needs CUDA", allow_module_level=True)
+require_cuda()
 
 from vqaserve.train.trainer import TrainConfig, train  # noqa: E402
-
-BUDGET = (4 * 32 * 32, 64 * 32 * 32)
 
 
 @pytest.fixture(scope="module")

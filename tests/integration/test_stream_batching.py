@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_vlm import COLOURS, QUESTIONS, SIZES, ok, picture, request
+from tiny_vlm import QUESTIONS, four_pictures, ok, request, started_engine
 
 from vqaserve.engines.transformers import TransformersEngine
 from vqaserve.errors import DeadlineExceeded
 from vqaserve.scheduling.batching import MicroBatcher
-from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest, NormalizedImage, StreamDelta
 
 pytestmark = pytest.mark.integration
@@ -26,15 +25,12 @@ LONG = 120  # tokens: long enough that a row stopped after its first delta is vi
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path) -> Iterator[TransformersEngine]:
-    eng = TransformersEngine(load_settings(model=str(tiny_model_dir)))
-    asyncio.run(eng.start())
-    yield eng
-    asyncio.run(eng.close())
+    yield from started_engine(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
 def pictures() -> list[NormalizedImage]:
-    return [picture(s, c) for s, c in zip(SIZES, COLOURS, strict=True)]
+    return four_pictures()
 
 
 @pytest.fixture

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_vlm import COLOURS, QUESTIONS, SIZES, ok, picture, request
+from tiny_vlm import QUESTIONS, four_pictures, ok, request, started_engine
 
 from vqaserve import confidence
 from vqaserve.engines.hf_generation import generation_kwargs
 from vqaserve.engines.transformers import TransformersEngine
-from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest, EngineResult, NormalizedImage, StreamDelta
 
 pytestmark = pytest.mark.integration
@@ -28,16 +28,13 @@ TOL = 1e-4  # float32 on CPU: batched and single passes differ in the last bits
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> TransformersEngine:
-    eng = TransformersEngine(load_settings(model=str(tiny_model_dir)))
-    asyncio.run(eng.start())
-    yield eng
-    asyncio.run(eng.close())
+def engine(tiny_model_dir: Path) -> Iterator[TransformersEngine]:
+    yield from started_engine(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
 def pictures() -> list[NormalizedImage]:
-    return [picture(s, c) for s, c in zip(SIZES, COLOURS, strict=True)]
+    return four_pictures()
 
 
 async def reference(engine: TransformersEngine, req: EngineRequest, **overrides: Any) -> tuple[list[int], Any]:

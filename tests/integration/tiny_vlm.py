@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from vqaserve.engines.transformers import TransformersEngine
 from vqaserve.errors import VQAError
 from vqaserve.images import decode as imgs
+from vqaserve.settings import load_settings
 from vqaserve.types import EngineRequest, EngineResult, GenerationParams, NormalizedImage, Part, Turn
 
 # The tiny model's processor budget: 4..64 visual tokens per image keeps the vision tower cheap.
@@ -45,3 +50,16 @@ def request(question: str, image: NormalizedImage | None = None, rid: str = "",
 def ok(result: EngineResult | VQAError) -> EngineResult:
     assert isinstance(result, EngineResult), result
     return result
+
+
+def started_engine(model_dir: Path) -> Iterator[TransformersEngine]:
+    """The in-process engine on `model_dir`, started; closed when the generator is (a fixture body)."""
+    eng = TransformersEngine(load_settings(model=str(model_dir)))
+    asyncio.run(eng.start())
+    yield eng
+    asyncio.run(eng.close())
+
+
+def four_pictures() -> list[NormalizedImage]:
+    """One picture per SIZES/COLOURS pair: four shapes, so batched rows differ in visual tokens."""
+    return [picture(s, c) for s, c in zip(SIZES, COLOURS, strict=True)]

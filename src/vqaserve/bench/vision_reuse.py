@@ -92,8 +92,7 @@ async def measure(bench: Bench) -> Result:
     try:
         memo = engine.vision_memo
         lo, hi = pixel_budget(settings.images, engine.info().pixel_budget).as_tuple()
-        # The engine has no public handle on its model; the bench reads it only to time the tower.
-        module = image_model(engine._model)
+        module = image_model(engine.module)  # read only to time the vision tower
         if module is None:
             raise ConfigError(f"vision-reuse needs a Qwen3-VL model with a vision tower; {settings.llm.model} "
                               "has none the engine recognises")

@@ -139,6 +139,12 @@ class TransformersEngine(Engine):
         revision = getattr(model.config, "_commit_hash", None) or ""  # hub ids: the snapshot loaded
         self._fingerprint = weights_fingerprint([source if Path(source).is_dir() else source + revision])
 
+    @property
+    def module(self) -> Any:
+        """The loaded torch model (None before start): for benchmarks that time its parts. Requests
+        never touch it from here; generation runs on the engine's worker thread."""
+        return self._model
+
     def _load_adapters(self) -> None:
         """The adapters named at start-up (VQA_ADAPTERS), attached before the first request."""
         for name, path in self.settings.llm.adapters.items():

@@ -15,7 +15,6 @@ distribution the in-process engine records too); the client sees them only if it
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import io
 import json
@@ -34,6 +33,7 @@ from vqaserve.errors import (
     PayloadTooLarge,
     VQAError,
 )
+from vqaserve.images import decode
 from vqaserve.types import EngineRequest, FinishReason, NormalizedImage, TokenLogprob, Usage
 
 PHOTO_COLOURS = 4096  # more distinct colours than this (on a thumbnail) -> treat as a photo -> JPEG
@@ -77,14 +77,14 @@ class ImageEncoder:
         if image.encoded is not None and self._forwards(image):
             # The client's file already carries exactly these pixels: no encoding, no cache entry.
             mime, data = image.encoded
-            return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+            return decode.data_uri(data, mime)
         fmt = self.choose_format(image)
         buf = io.BytesIO()
         if fmt == "png":
             image.image.save(buf, format="PNG", compress_level=1)  # speed over the last few % of size
         else:
             image.image.save(buf, format="JPEG", quality=JPEG_QUALITY)
-        uri = f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        uri = decode.data_uri(buf.getvalue(), f"image/{fmt}")
         self._cache.put(key, uri)
         return uri
 
