@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,21 @@ def test_a_workload_flag_below_one_is_one_clear_line(capsys: pytest.CaptureFixtu
 
     assert main(["doctor", "--batch-size", "0"]) == 2
     assert capsys.readouterr().err.strip() == "vqa: error: --batch-size must be at least 1"
+
+
+def test_a_mapped_untied_embedding_table_is_not_counted_resident_on_cpu() -> None:
+    """Weights stored in the compute dtype are mapped on a CPU: an untied input embedding is read a
+    row per token (the 8B stand-in peaked below its weights' size); a tied one is the lm_head too."""
+    untied = memory.Shape(parameters=10**9, layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2,
+                          head_dim=16, vocab=1000, tied=False, vision_depth=1, vision_hidden=32,
+                          vision_intermediate=64, patch=16, merge=2, deepstack=0)
+
+    def weights(shape: memory.Shape, **kw: object) -> int:
+        return memory.serve_forecast(shape, "bfloat16", batch=1, max_pixels=1024 * 32, max_new_tokens=8,
+                                     **kw).terms["weights"]  # type: ignore[arg-type]
+
+    assert weights(untied) == 2 * 10**9
+    assert weights(untied, mapped=True) == 2 * 10**9 - 1000 * 64 * 2
+    assert weights(untied, mapped=True, device="cuda") == 2 * 10**9  # copied to the GPU whole
+    tied = dataclasses.replace(untied, tied=True)
+    assert weights(tied, mapped=True) == 2 * 10**9

@@ -125,3 +125,13 @@ def test_stored_parameters_reads_safetensors_headers_only(tmp_path: Path) -> Non
     assert placement.stored_parameters(tmp_path / "empty") is None
     (tmp_path / "broken.safetensors").write_bytes(b"\x01")
     assert placement.stored_parameters(tmp_path) is None
+
+
+def test_stored_dtype_is_the_dtype_most_weights_have(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"big": torch.zeros(10, 10, dtype=torch.bfloat16), "norm": torch.zeros(10)},
+              str(tmp_path / "model.safetensors"))
+    assert placement.stored_dtype(tmp_path) == "bfloat16"
+    assert placement.stored_dtype(tmp_path / "none") is None

@@ -12,7 +12,7 @@ from typing import Any
 from vqaserve.doctor import memory
 from vqaserve.doctor import report as checks
 from vqaserve.doctor.report import Report, size
-from vqaserve.engines.placement import choose_placement, stored_parameters
+from vqaserve.engines.placement import choose_placement, stored_dtype, stored_parameters
 from vqaserve.errors import ConfigError
 from vqaserve.settings import Settings
 
@@ -69,7 +69,7 @@ def _model_budget(source: str) -> int | None:
 
 
 def forecast(shape: memory.Shape, dtype: str, device: str, settings: Settings, work: Workload,
-             model_max_pixels: int | None) -> memory.Forecast:
+             model_max_pixels: int | None, stored: str | None = None) -> memory.Forecast:
     pixels = work.max_pixels or min(settings.images.max_pixels, model_max_pixels or settings.images.max_pixels)
     if work.train:
         return memory.train_forecast(
@@ -83,7 +83,7 @@ def forecast(shape: memory.Shape, dtype: str, device: str, settings: Settings, w
     result = memory.serve_forecast(
         shape, dtype, batch=batch, max_pixels=pixels,
         max_new_tokens=work.max_new_tokens or settings.generation.max_new_tokens,
-        vision_memo_bytes=settings.llm.vision_memo_mb * 2**20, device=device)
+        vision_memo_bytes=settings.llm.vision_memo_mb * 2**20, device=device, mapped=stored == dtype)
     result.workload["asked_batch"] = asked
     return result
 
@@ -127,8 +127,9 @@ def check_model(report: Report, settings: Settings, work: Workload) -> None:
     if notice:
         report.warn(notice, "measure memory and speed with it; answer users with real weights")
     shape = memory.shape_from_config(config, parameters)
+    local = Path(source).is_dir()
     result = forecast(shape, placement.dtype, placement.device, settings, work,
-                      _model_budget(source) if Path(source).is_dir() else None)
+                      _model_budget(source) if local else None, stored_dtype(source) if local else None)
     available = _available(report, placement.device)
     report.forecast = {**result.to_dict(), "available_bytes": available, "fits": result.total <= available}
     gpu = placement.device.startswith("cuda")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,10 +78,10 @@ def cpu_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
     return [flag for flag in BF16_CPU_FLAGS if flag in words]
 
 
-def stored_parameters(model_dir: str | Path) -> int | None:
-    """Parameters in a model directory's safetensors files, from their headers alone (no weights
-    read); None when there are none (a hub id, another format)."""
-    total, found = 0, False
+def _safetensors_entries(model_dir: str | Path) -> list[tuple[str, dict[str, Any]]] | None:
+    """(tensor name, header entry) of every tensor in a directory's safetensors files, from their
+    headers alone (no weights read); None when there are none or one cannot be read."""
+    entries: list[tuple[str, dict[str, Any]]] = []
     for path in sorted(Path(model_dir).glob("*.safetensors")):
         try:
             with path.open("rb") as f:
@@ -88,14 +89,30 @@ def stored_parameters(model_dir: str | Path) -> int | None:
                 header = json.loads(f.read(length))
         except (OSError, ValueError, struct.error):
             return None
-        for name, entry in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in entry.get("shape", []):
-                    count *= int(dim)
-                total += count
-                found = True
-    return total if found else None
+        entries += [(name, entry) for name, entry in header.items() if name != "__metadata__"]
+    return entries or None
+
+
+def stored_parameters(model_dir: str | Path) -> int | None:
+    """Parameters in a model directory's safetensors files; None when there are none (a hub id,
+    another format)."""
+    entries = _safetensors_entries(model_dir)
+    if entries is None:
+        return None
+    return sum(math.prod(int(dim) for dim in entry.get("shape", [])) for _, entry in entries)
+
+
+def stored_dtype(model_dir: str | Path) -> str | None:
+    """The torch name of the dtype most of a directory's stored weights have ("bfloat16" for
+    BF16), or None when unknown: where it equals the compute dtype, the CPU engine maps the
+    safetensors files instead of copying them (doctor's forecast depends on it)."""
+    names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+    counts: dict[str, int] = {}
+    for _, entry in _safetensors_entries(model_dir) or []:
+        dtype = names.get(str(entry.get("dtype")))
+        if dtype:
+            counts[dtype] = counts.get(dtype, 0) + math.prod(int(dim) for dim in entry.get("shape", []))
+    return max(counts, key=lambda k: counts[k]) if counts else None
 
 
 def _cpu_dtype(parameters: int | None) -> tuple[str, str]:
