@@ -3,7 +3,6 @@ them (model field, x-vqa-model, metrics, the answer cache), and errors that name
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import image_bytes
 from tests.http_support import RecordingEngine, assert_openai_error, make_app
+from vqaserve.images.decode import data_uri
 
 pytestmark = pytest.mark.integration
 ADMIN, API = "admin-key-0123456789", "api-key-0123456789"
@@ -43,7 +43,7 @@ def client(engine: RecordingEngine) -> Iterator[TestClient]:
 
 def ask(client: TestClient, model: str = "shop-toy", colour: tuple[int, int, int] = (200, 30, 30),
         text: str = "what is it?", **body: Any) -> httpx.Response:
-    uri = "data:image/png;base64," + base64.b64encode(image_bytes(color=colour)).decode()
+    uri = data_uri(image_bytes(color=colour))
     content = [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": text}]
     return client.post("/v1/chat/completions", json={"model": model, **body,
                                                      "messages": [{"role": "user", "content": content}]})

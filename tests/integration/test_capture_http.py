@@ -5,7 +5,6 @@ test_capture_dead_database.py."""
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from tests.capture_http_support import png_of, seed, stored, stored_one, wait_st
 from tests.conftest import image_bytes
 from tests.http_support import RecordingEngine, assert_openai_error, make_app, sse_payloads
 from vqaserve.capture import Feedback
+from vqaserve.images.decode import data_uri
 from vqaserve.server.access import key_id
 from vqaserve.server.state import app_state
 
@@ -29,7 +29,7 @@ AS_USER = {"Authorization": f"Bearer {KEY}"}
 
 
 def photo(colour: tuple[int, int, int] = (200, 30, 30)) -> str:
-    return "data:image/png;base64," + base64.b64encode(image_bytes(color=colour)).decode()
+    return data_uri(image_bytes(color=colour))
 
 
 def chat(client: TestClient, text: str = "what is it?", colour: tuple[int, int, int] = (200, 30, 30),
@@ -125,7 +125,7 @@ def test_an_adapter_is_kept_by_name_with_its_weights_digest(client: TestClient, 
 
 def test_nothing_refused_is_captured(client: TestClient, url: str) -> None:
     bad = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"no").decode()}},
+        {"type": "image_url", "image_url": {"url": data_uri(b"no")}},
         {"type": "text", "text": "what is it?"}]}]})
     assert_openai_error(bad, 400)
     filtered = chat(client, "naughty question")

@@ -16,6 +16,7 @@ from tiny_vlm import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 from tests.conftest import image_bytes
 from tests.http_support import LiveServer, random_lora_adapter, sse_payloads
 from tests.waiting import wait_until as wait_for
+from vqaserve.images.decode import data_uri
 from vqaserve.server.state import app_state
 from vqaserve.settings import load_settings
 
@@ -44,9 +45,8 @@ def live(tiny_model_dir: Path) -> Iterator[LiveServer]:
 
 
 def chat(url: str, model: str, colour: tuple[int, int, int], text: str = "What is it?", **body: Any) -> httpx.Response:
-    import base64
 
-    uri = "data:image/png;base64," + base64.b64encode(image_bytes(size=(64, 64), color=colour)).decode()
+    uri = data_uri(image_bytes(size=(64, 64), color=colour))
     content = [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": text}]
     return httpx.post(url + "/v1/chat/completions", timeout=120,
                       json={"model": model, "messages": [{"role": "user", "content": content}], **body})

@@ -12,7 +12,6 @@ vLLM refuses or ignores.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import re
@@ -28,7 +27,7 @@ from tests.conftest import REPO
 from tests.http_support import ServeProcess, random_lora_adapter
 from tests.vllm_support import serving
 from vqaserve.bench.vllm_server import VllmServer
-from vqaserve.images.decode import smart_resize
+from vqaserve.images.decode import data_uri, smart_resize
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.timeout(1800)]
 DOC = REPO / "docs" / "deploy.md"
@@ -120,7 +119,7 @@ def _jpeg(size: tuple[int, int], seed: int) -> bytes:
 
 
 def _body(model: str, jpeg: bytes, question: str, **extra: object) -> dict:
-    uri = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+    uri = data_uri(jpeg, "image/jpeg")
     return {"model": model, "temperature": 0, "max_tokens": 8, **extra,
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
                                                       {"type": "text", "text": question}]}]}

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from pathlib import Path
@@ -16,13 +15,14 @@ import pytest
 
 from tests.http_support import ServeProcess
 from tests.realsize.support import SLOW_ENV, picture_png, record, standin
+from vqaserve.images.decode import data_uri
 
 pytestmark = [pytest.mark.realsize, pytest.mark.timeout(3 * 3600)]
 SIZE = (512, 512)  # 256 visual tokens: Qwen's advised floor, minutes less per answer than 1280 on CPU
 
 
 def _chat(url: str, png: bytes, question: str, **extra: object) -> httpx.Response:
-    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    uri = data_uri(png)
     body = {"model": "qwen3-vl-2b", "temperature": 0, "max_tokens": 16, **extra,
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
                                                       {"type": "text", "text": question}]}]}
@@ -60,7 +60,7 @@ def test_2b_standin_serves_every_path(tmp_path: Path) -> None:
 
         t = time.monotonic()
         events = []
-        uri = "data:image/png;base64," + base64.b64encode(picture_png(SIZE, seed=8)).decode()
+        uri = data_uri(picture_png(SIZE, seed=8))
         body = {"model": "qwen3-vl-2b", "temperature": 0, "max_tokens": 16, "stream": True,
                 "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
                                                           {"type": "text", "text": "Describe it."}]}]}

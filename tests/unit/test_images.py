@@ -137,7 +137,7 @@ def test_gif_first_frame_only() -> None:
 
 def test_data_uri_checks() -> None:
     png = image_bytes()
-    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    uri = images.data_uri(png)
     assert images.decode_data_uri(uri, "image_url", 10**6) == png
     with pytest.raises(UnsupportedFormat):
         images.decode_data_uri("data:application/pdf;base64,AAAA", "image_url", 10**6)
