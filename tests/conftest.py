@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from vqaserve.bench.procs import free_port  # noqa: F401 - one port picker, re-exported for tests
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -35,12 +36,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def image_bytes(size: tuple[int, int] = (96, 64), color: tuple[int, int, int] = (200, 30, 30),
