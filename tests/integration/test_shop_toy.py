@@ -25,20 +25,18 @@ MODEL = BUNDLED_MODELS / "shop-toy"
 ADAPTER = BUNDLED_MODELS / "shop-toy-sunglasses"
 
 # Regression floors, not the targets (those are in docs/eval.md), on 200 seeded questions per split
-# (seed 2024). Test, heldout and adapter: the committed model (run 12) scores 85.5% (test), 84.0%
-# (heldout) and, with the sunglasses adapter, 85.0% (adapter split); each floor sits 3 points (6
-# answers) lower: greedy answers on a fixed set only move when batch make-up or another CPU's
-# arithmetic flips a borderline answer, while a broken model, template, wording or image path costs
-# far more. The paraphrase split (held-out compositions since issue 30) and the two tasks: set from
-# the best 500-step pilot of issue 30 (docs/eval-history.md; seed 1: paraphrase 63.5%, JSON fields
-# 72.5-92.5%, can't-tell sentence 26.5%, refusals 0-2.5%) minus a margin, not from a committed model,
-# so they fail with run 12. Raise every floor to the committed model's figures minus 3 points when it
-# is committed (and lower the refusal ceiling to its figure plus 1 point).
-FLOORS = {"test": 0.82, "heldout": 0.81, "paraphrase": 0.57}
-ADAPTER_FLOOR = 0.82
-JSON_FIELD_FLOOR = 0.65  # each field of the attributes as JSON, held-out wordings, with response_format
-UNANSWERABLE_FLOOR = 0.20  # held-out unanswerable questions answered with the sentence in their language
-REFUSED_CEILING = 0.04  # share of catalogue questions (each split) answered with that sentence
+# (seed 2024). The committed model (run 13) scores there: test 94.0%, heldout 93.5%, paraphrase
+# 90.5%, the sunglasses adapter 86.5% on its split; the attributes as JSON on held-out wordings,
+# field by field, category 94.0%, color 96.5%, pattern 94.5%, occasions 63.0%; the can't-tell
+# sentence 100%; catalogue questions refused at most 1.5% (paraphrase). Each floor sits 3 points (6
+# answers) lower, the refusal ceiling 1 point higher: greedy answers on a fixed set only move when
+# batch make-up or another CPU's arithmetic flips a borderline answer, while a broken model,
+# template, wording, grammar or image path costs far more.
+FLOORS = {"test": 0.91, "heldout": 0.905, "paraphrase": 0.875}
+ADAPTER_FLOOR = 0.835
+JSON_FIELD_FLOORS = {"category": 0.91, "color": 0.935, "pattern": 0.915, "occasions": 0.60}  # held-out wordings
+UNANSWERABLE_FLOOR = 0.97  # held-out unanswerable questions answered with the sentence in their language
+REFUSED_CEILING = 0.025  # share of catalogue questions (each split) answered with that sentence
 
 
 def _accuracy(split: str, n: int, seed: int, tmp: Path, adapter: bool = False,  # type: ignore[type-arg]
@@ -89,9 +87,9 @@ def test_attributes_as_json_are_right_field_by_field(tmp_path: Path) -> None:
     response_format: each field right often enough, and the answer always the schema's object."""
     summary = _accuracy("paraphrase", 200, 2024, tmp_path, task="json")
     assert summary["failed_requests"] == 0
-    assert set(summary["by_field"]) == {"category", "color", "pattern", "occasions"}
+    assert set(summary["by_field"]) == set(JSON_FIELD_FLOORS)
     for name, stats in summary["by_field"].items():
-        assert stats["accuracy"] >= JSON_FIELD_FLOOR, (name, summary["by_field"])
+        assert stats["accuracy"] >= JSON_FIELD_FLOORS[name], (name, summary["by_field"])
 
 
 def test_questions_a_photo_cannot_answer_get_the_cant_tell_sentence(tmp_path: Path) -> None:
