@@ -48,9 +48,15 @@ def assert_mechanics(record: dict[str, Any]) -> None:
     assert 0 < f["story_base_wrong"] == f["story_thumbs_down"] < N
     assert d["customers_by_type"]["category"] == {"right": 0, "wrong": 2}  # it has never seen sunglasses
     # The agent saw each thumbs-down answer with its photo and typed the right answer; all exported.
-    assert f["story_review_listed"] == f["story_corrections"] == f["story_photos_seen"] == f["story_base_wrong"]
-    assert d["export"]["kept"] == {"corrected": f["story_corrections"]}
-    assert f["story_exported_train"] + f["story_exported_holdout"] == f["story_corrections"]
+    # The review list: every thumbs-down (each wrong answer, corrected), the customers' right answers
+    # the model was unsure of (flagged under VQA_REVIEW_BELOW: the agent confirms them with a thumbs-up)
+    # and flagged answers to the story's own measuring questions, which the agent leaves alone.
+    confirmed, others = d["review"].get("confirmed", 0), d["review"].get("not_ours", 0)
+    assert f["story_review_listed"] == f["story_photos_seen"] == f["story_corrections"] + confirmed + others
+    assert f["story_corrections"] == f["story_base_wrong"]
+    kept = {"corrected": f["story_corrections"], **({"confirmed": confirmed} if confirmed else {})}
+    assert d["export"]["kept"] == kept
+    assert f["story_exported_train"] + f["story_exported_holdout"] == f["story_corrections"] + confirmed
     assert len(d["steps"]) == len(COMMANDS) and all(s["rc"] == 0 for s in d["steps"])
     assert all(s["command"].startswith(c) for s, c in zip(d["steps"], COMMANDS, strict=True)), d["steps"]
     assert f["story_train_steps"] == 2 and "--lora-new-words" in d["train"]["command"]
